@@ -1,0 +1,556 @@
+//! Apps: what a client submits, what the master keeps, and the one function that changes state.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::state::AppState;
+use crate::worker::WorkerId;
+
+/// Largest accepted name, label key or label value, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+/// Largest accepted `max_retries`.
+pub const MAX_RETRIES_LIMIT: u32 = 100;
+/// Most entries kept in an app's history; older entries are dropped first (the first entry,
+/// SUBMITTED, is always kept).
+pub const MAX_HISTORY: usize = 200;
+
+/// An app id, `app-<yyyymmddhhmmss>-<seq>`: unique across master restarts because the sequence
+/// is persisted with the app.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AppId(pub String);
+
+impl AppId {
+    /// Builds the id of the `seq`-th app, submitted at `at`.
+    pub fn new(seq: u64, at: DateTime<Utc>) -> Self {
+        AppId(format!("app-{}-{seq:04}", at.format("%Y%m%d%H%M%S")))
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AppId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The body of `POST /api/v1/apps`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// A human-readable name; need not be unique.
+    pub name: String,
+    /// The plugin kind that runs the app (`process`, `spark`, ...).
+    pub kind: String,
+    /// Plugin-specific settings, handed to the plugin untouched. Must be a JSON object.
+    #[serde(default = "empty_object")]
+    pub spec: serde_json::Value,
+    /// Cores the app needs on one worker (at least 1).
+    #[serde(default = "default_cores")]
+    pub cores: i64,
+    /// Memory the app needs on one worker, in MiB.
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: i64,
+    /// How many times the app is relaunched elsewhere when its worker is lost.
+    #[serde(default)]
+    pub max_retries: i64,
+    /// Free-form key/value labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+fn default_cores() -> i64 {
+    1
+}
+fn default_memory_mb() -> i64 {
+    256
+}
+
+/// Why a submission was refused. Each maps to HTTP 400 (422 for an unknown kind).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// A field is out of range or malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// No plugin anywhere in the cluster provides the kind.
+    #[error("unknown kind {kind:?}; known kinds: {known}")]
+    UnknownKind {
+        /// The kind asked for.
+        kind: String,
+        /// The kinds the cluster knows, comma-separated.
+        known: String,
+    },
+}
+
+impl SubmitRequest {
+    /// Checks every field; `known_kinds` are the kinds any worker provides or the master allows.
+    pub fn validate<'a>(
+        &self,
+        known_kinds: impl IntoIterator<Item = &'a str> + Clone,
+    ) -> Result<(), SubmitError> {
+        let invalid = |m: String| Err(SubmitError::Invalid(m));
+        if self.name.trim().is_empty() {
+            return invalid("name must not be empty".into());
+        }
+        if self.name.len() > MAX_NAME_LEN {
+            return invalid(format!("name is longer than {MAX_NAME_LEN} bytes"));
+        }
+        if self.kind.trim().is_empty() {
+            return invalid("kind must not be empty".into());
+        }
+        if !known_kinds.clone().into_iter().any(|k| k == self.kind) {
+            let mut known: Vec<&str> = known_kinds.into_iter().collect();
+            known.sort_unstable();
+            known.dedup();
+            return Err(SubmitError::UnknownKind {
+                kind: self.kind.clone(),
+                known: if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                },
+            });
+        }
+        if !self.spec.is_object() {
+            return invalid("spec must be a JSON object".into());
+        }
+        if self.cores <= 0 {
+            return invalid(format!("cores must be at least 1 (got {})", self.cores));
+        }
+        if self.cores > u32::MAX as i64 {
+            return invalid(format!("cores {} is out of range", self.cores));
+        }
+        if self.memory_mb < 0 {
+            return invalid(format!(
+                "memory_mb must not be negative (got {})",
+                self.memory_mb
+            ));
+        }
+        if self.max_retries < 0 || self.max_retries > MAX_RETRIES_LIMIT as i64 {
+            return invalid(format!(
+                "max_retries must be between 0 and {MAX_RETRIES_LIMIT} (got {})",
+                self.max_retries
+            ));
+        }
+        for (k, v) in &self.labels {
+            if k.is_empty() || k.len() > MAX_NAME_LEN || v.len() > MAX_NAME_LEN {
+                return invalid(format!(
+                    "label {k:?} must have a non-empty key and key and value of at most {MAX_NAME_LEN} bytes"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One entry of an app's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The state entered.
+    pub state: AppState,
+    /// When it was entered.
+    pub at: DateTime<Utc>,
+    /// Why, when there is something to say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// An app as the master keeps, persists and serves it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct App {
+    /// Unique id.
+    pub id: AppId,
+    /// Submission sequence number: the app's place in the FIFO queue.
+    pub seq: u64,
+    /// Name from the submission.
+    pub name: String,
+    /// Plugin kind.
+    pub kind: String,
+    /// Plugin spec from the submission.
+    pub spec: serde_json::Value,
+    /// Cores needed.
+    pub cores: u32,
+    /// Memory needed, MiB.
+    pub memory_mb: u64,
+    /// Relaunches allowed after worker loss.
+    pub max_retries: u32,
+    /// Labels from the submission.
+    pub labels: BTreeMap<String, String>,
+    /// Current state.
+    pub state: AppState,
+    /// Worker the current attempt runs on (kept after the app ends, for the record).
+    pub worker_id: Option<WorkerId>,
+    /// Launch attempt: 0 before the first launch, 1 for the first launch, +1 per relaunch.
+    pub attempt: u32,
+    /// Relaunches spent from `max_retries`.
+    pub retries: u32,
+    /// Exit code of the last attempt, when it exited.
+    pub exit_code: Option<i32>,
+    /// The latest explanation: why it waits, failed, was relaunched or killed.
+    pub message: Option<String>,
+    /// When the master accepted it.
+    pub submitted_at: DateTime<Utc>,
+    /// When the current attempt started running.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// A kill was asked for: the app is not relaunched and ends KILLED.
+    #[serde(default)]
+    pub kill_requested: bool,
+    /// Plugin-reported details (e.g. `spark_app_id`).
+    #[serde(default)]
+    pub details: BTreeMap<String, String>,
+    /// Every state the app went through.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// A state change that the state machine does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("app {app}: illegal transition {from} -> {to}")]
+pub struct TransitionError {
+    /// The app.
+    pub app: AppId,
+    /// Its state.
+    pub from: AppState,
+    /// The refused target.
+    pub to: AppState,
+}
+
+impl App {
+    /// A freshly submitted app. The request must have passed [`SubmitRequest::validate`].
+    pub fn submitted(id: AppId, seq: u64, req: SubmitRequest, at: DateTime<Utc>) -> App {
+        App {
+            id,
+            seq,
+            name: req.name,
+            kind: req.kind,
+            spec: req.spec,
+            // validate() bounds these, so the conversions cannot truncate.
+            cores: req.cores.clamp(1, u32::MAX as i64) as u32,
+            memory_mb: req.memory_mb.max(0) as u64,
+            max_retries: req.max_retries.clamp(0, MAX_RETRIES_LIMIT as i64) as u32,
+            labels: req.labels,
+            state: AppState::Submitted,
+            worker_id: None,
+            attempt: 0,
+            retries: 0,
+            exit_code: None,
+            message: None,
+            submitted_at: at,
+            started_at: None,
+            finished_at: None,
+            kill_requested: false,
+            details: BTreeMap::new(),
+            history: vec![HistoryEntry {
+                state: AppState::Submitted,
+                at,
+                message: None,
+            }],
+        }
+    }
+
+    /// The single place an app changes state: checks legality, records history and keeps the
+    /// timestamps, attempt and message consistent. Moving to LAUNCHING starts a new attempt on
+    /// `worker`.
+    pub fn transition(
+        &mut self,
+        next: AppState,
+        at: DateTime<Utc>,
+        message: Option<String>,
+    ) -> Result<(), TransitionError> {
+        if !self.state.can_move_to(next) {
+            return Err(TransitionError {
+                app: self.id.clone(),
+                from: self.state,
+                to: next,
+            });
+        }
+        match next {
+            AppState::Launching => {
+                self.attempt += 1;
+                self.exit_code = None;
+                self.started_at = None;
+            }
+            AppState::Running => {
+                self.started_at.get_or_insert(at);
+            }
+            _ => {}
+        }
+        if next.is_terminal() {
+            self.finished_at = Some(at);
+        }
+        self.state = next;
+        if message.is_some() || next != AppState::Running {
+            self.message = message.clone();
+        }
+        self.history.push(HistoryEntry {
+            state: next,
+            at,
+            message,
+        });
+        if self.history.len() > MAX_HISTORY {
+            // Keep the SUBMITTED entry; drop the oldest after it.
+            self.history.remove(1);
+        }
+        Ok(())
+    }
+
+    /// Whether a lost attempt may be relaunched: retries are left and nobody asked for a kill.
+    pub fn can_relaunch(&self) -> bool {
+        !self.kill_requested && self.retries < self.max_retries
+    }
+
+    /// What the worker gets in a launch command.
+    pub fn description(&self) -> AppDescription {
+        AppDescription {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            kind: self.kind.clone(),
+            spec: self.spec.clone(),
+            cores: self.cores,
+            memory_mb: self.memory_mb,
+            attempt: self.attempt,
+            labels: self.labels.clone(),
+        }
+    }
+}
+
+/// The description handed to a worker and on to the plugin (Aloha's `ApplicationDescription`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppDescription {
+    /// App id.
+    pub id: AppId,
+    /// App name.
+    pub name: String,
+    /// Plugin kind.
+    pub kind: String,
+    /// Plugin spec.
+    pub spec: serde_json::Value,
+    /// Cores granted.
+    pub cores: u32,
+    /// Memory granted, MiB.
+    pub memory_mb: u64,
+    /// Which attempt this is (1-based).
+    pub attempt: u32,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_700_000_000 + s, 0).unwrap()
+    }
+
+    fn req() -> SubmitRequest {
+        serde_json::from_value(serde_json::json!({
+            "name": "hello", "kind": "process", "spec": {"command": ["true"]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_fill_omitted_fields() {
+        let r = req();
+        assert_eq!((r.cores, r.memory_mb, r.max_retries), (1, 256, 0));
+        assert!(r.labels.is_empty());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let bad = serde_json::from_value::<SubmitRequest>(serde_json::json!({
+            "name": "x", "kind": "process", "corez": 2
+        }));
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let kinds = ["process"];
+        assert_eq!(req().validate(kinds), Ok(()));
+        let mut r = req();
+        r.cores = 0;
+        assert!(matches!(r.validate(kinds), Err(SubmitError::Invalid(m)) if m.contains("cores")));
+        let mut r = req();
+        r.kind = "flonk".into();
+        let err = r.validate(kinds).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown kind \"flonk\"; known kinds: process"
+        );
+        let mut r = req();
+        r.spec = serde_json::json!([1]);
+        assert!(r.validate(kinds).is_err());
+        let mut r = req();
+        r.name = " ".into();
+        assert!(r.validate(kinds).is_err());
+        let mut r = req();
+        r.max_retries = -1;
+        assert!(r.validate(kinds).is_err());
+        let mut r = req();
+        r.memory_mb = -5;
+        assert!(r.validate(kinds).is_err());
+    }
+
+    #[test]
+    fn ids_sort_by_time_then_sequence() {
+        assert_eq!(AppId::new(7, t(0)).0, "app-20231114221320-0007");
+        assert!(AppId::new(12345, t(0)).0.ends_with("-12345"));
+    }
+
+    #[test]
+    fn transitions_keep_history_attempts_and_times() {
+        let mut app = App::submitted(AppId::new(1, t(0)), 1, req(), t(0));
+        app.transition(AppState::Launching, t(1), None).unwrap();
+        assert_eq!(app.attempt, 1);
+        app.transition(AppState::Running, t(2), None).unwrap();
+        assert_eq!(app.started_at, Some(t(2)));
+        app.transition(AppState::Relaunching, t(3), Some("worker lost".into()))
+            .unwrap();
+        app.transition(AppState::Launching, t(4), None).unwrap();
+        assert_eq!(app.attempt, 2);
+        assert_eq!(app.started_at, None, "a new attempt has not started yet");
+        app.transition(AppState::Running, t(5), None).unwrap();
+        app.transition(AppState::Finished, t(6), None).unwrap();
+        assert_eq!(app.finished_at, Some(t(6)));
+        let states: Vec<_> = app.history.iter().map(|h| h.state).collect();
+        use AppState::*;
+        assert_eq!(
+            states,
+            [
+                Submitted,
+                Launching,
+                Running,
+                Relaunching,
+                Launching,
+                Running,
+                Finished
+            ]
+        );
+        assert_eq!(app.history[3].message.as_deref(), Some("worker lost"));
+    }
+
+    #[test]
+    fn illegal_transitions_change_nothing() {
+        let mut app = App::submitted(AppId::new(1, t(0)), 1, req(), t(0));
+        let before = app.clone();
+        let err = app.transition(AppState::Running, t(1), None).unwrap_err();
+        assert_eq!((err.from, err.to), (AppState::Submitted, AppState::Running));
+        assert_eq!(app, before);
+    }
+
+    #[test]
+    fn history_is_bounded_but_keeps_submission() {
+        let mut app = App::submitted(AppId::new(1, t(0)), 1, req(), t(0));
+        app.max_retries = 1000;
+        for i in 0..(MAX_HISTORY as i64) {
+            app.transition(AppState::Launching, t(i), None).unwrap();
+            app.transition(AppState::Relaunching, t(i), None).unwrap();
+        }
+        assert_eq!(app.history.len(), MAX_HISTORY);
+        assert_eq!(app.history[0].state, AppState::Submitted);
+    }
+
+    #[test]
+    fn relaunch_budget() {
+        let mut r = req();
+        r.max_retries = 1;
+        let mut app = App::submitted(AppId::new(1, t(0)), 1, r, t(0));
+        assert!(app.can_relaunch());
+        app.retries = 1;
+        assert!(!app.can_relaunch());
+        app.retries = 0;
+        app.kill_requested = true;
+        assert!(!app.can_relaunch());
+    }
+}
+
+impl App {
+    /// The app's attempt was lost (its worker died, stopped, or no longer runs it): relaunch it
+    /// while retries are left, end it KILLED if a kill was asked for, else FAILED. Returns the
+    /// state entered.
+    pub fn lose(&mut self, reason: &str, at: DateTime<Utc>) -> Result<AppState, TransitionError> {
+        let (next, message) = if self.kill_requested {
+            (AppState::Killed, format!("killed: {reason}"))
+        } else if self.can_relaunch() {
+            (
+                AppState::Relaunching,
+                format!(
+                    "{reason}; relaunching (retry {} of {})",
+                    self.retries + 1,
+                    self.max_retries
+                ),
+            )
+        } else if self.max_retries == 0 {
+            (AppState::Failed, format!("{reason}; max_retries is 0"))
+        } else {
+            (
+                AppState::Failed,
+                format!("{reason}; all {} retries used", self.max_retries),
+            )
+        };
+        self.transition(next, at, Some(message))?;
+        if next == AppState::Relaunching {
+            self.retries += 1;
+        }
+        Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod lose_tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn running(max_retries: i64) -> App {
+        let at = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        let req: SubmitRequest = serde_json::from_value(serde_json::json!({
+            "name": "x", "kind": "process", "max_retries": max_retries
+        }))
+        .unwrap();
+        let mut app = App::submitted(AppId::new(1, at), 1, req, at);
+        app.transition(AppState::Launching, at, None).unwrap();
+        app.transition(AppState::Running, at, None).unwrap();
+        app
+    }
+
+    #[test]
+    fn lost_apps_relaunch_until_retries_run_out() {
+        let at = Utc.timestamp_opt(1_700_000_100, 0).unwrap();
+        let mut app = running(1);
+        assert_eq!(app.lose("worker w1 lost", at), Ok(AppState::Relaunching));
+        assert_eq!(app.retries, 1);
+        assert_eq!(
+            app.message.as_deref(),
+            Some("worker w1 lost; relaunching (retry 1 of 1)")
+        );
+        app.transition(AppState::Launching, at, None).unwrap();
+        assert_eq!(app.attempt, 2);
+        assert_eq!(app.lose("worker w2 lost", at), Ok(AppState::Failed));
+        assert_eq!(
+            app.message.as_deref(),
+            Some("worker w2 lost; all 1 retries used")
+        );
+    }
+
+    #[test]
+    fn a_lost_app_with_a_pending_kill_ends_killed() {
+        let at = Utc.timestamp_opt(1_700_000_100, 0).unwrap();
+        let mut app = running(3);
+        app.kill_requested = true;
+        assert_eq!(app.lose("worker w1 lost", at), Ok(AppState::Killed));
+    }
+}

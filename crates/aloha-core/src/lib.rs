@@ -1,0 +1,26 @@
+//! # aloha-core
+//!
+//! The domain of Aloha-rs, with no I/O: everything here is a function of its inputs (time is a
+//! parameter), so every decision is unit-tested without sockets, files or sleeps.
+//!
+//! ## Layout
+//! - [`state`]: [`AppState`] and its legal transitions.
+//! - [`app`]: what clients submit ([`SubmitRequest`]), what the master keeps ([`App`]), and the one
+//!   function that changes an app's state ([`App::transition`]) or handles its loss ([`App::lose`]).
+//! - [`worker`]: worker records and [`Liveness`], the heartbeat timeout detector.
+//! - [`schedule`]: the FIFO, resource-based placement policy ([`schedule::place`]).
+//! - [`report`]: applying a worker's statement about an app ([`report::apply`]).
+//! - [`api`]: the JSON shapes the REST API serves.
+
+pub mod api;
+pub mod app;
+pub mod report;
+pub mod schedule;
+pub mod state;
+pub mod worker;
+
+pub use app::{
+    App, AppDescription, AppId, HistoryEntry, SubmitError, SubmitRequest, TransitionError,
+};
+pub use state::AppState;
+pub use worker::{Liveness, WorkerId, WorkerRecord, WorkerState};

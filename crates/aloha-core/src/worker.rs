@@ -1,0 +1,143 @@
+//! Workers as the master knows them, and their liveness.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A worker id, chosen by the worker (`--id`) and stable for the life of its process.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WorkerId(pub String);
+
+impl WorkerId {
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The master's view of a worker's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum WorkerState {
+    /// Registered and heartbeating.
+    Alive,
+    /// Missed heartbeats for the worker timeout; its apps were relaunched or failed.
+    Dead,
+    /// Known from persisted state after a master restart; not heard from yet.
+    Unknown,
+}
+
+impl fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WorkerState::Alive => "ALIVE",
+            WorkerState::Dead => "DEAD",
+            WorkerState::Unknown => "UNKNOWN",
+        })
+    }
+}
+
+/// A worker as the master persists it. Resource usage is not stored: it is derived from the apps
+/// bound to the worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    /// Id.
+    pub id: WorkerId,
+    /// `host:port` of its WorkerService.
+    pub address: String,
+    /// Total cores it offers.
+    pub cores: u32,
+    /// Total memory it offers, MiB.
+    pub memory_mb: u64,
+    /// App kinds its plugins provide.
+    pub kinds: Vec<String>,
+    /// Health.
+    pub state: WorkerState,
+    /// Last (re-)registration.
+    pub registered_at: DateTime<Utc>,
+    /// Last heartbeat, wall clock (liveness itself runs on a monotonic clock).
+    pub last_heartbeat: DateTime<Utc>,
+    /// Plugins that failed to load on the worker.
+    #[serde(default)]
+    pub plugin_errors: Vec<String>,
+}
+
+/// Tracks when each worker was last heard from, on a monotonic millisecond clock supplied by the
+/// caller, and says which ones have been silent for longer than the timeout.
+#[derive(Debug, Clone, Default)]
+pub struct Liveness {
+    last_seen_ms: HashMap<WorkerId, u64>,
+}
+
+impl Liveness {
+    /// Records a sign of life (registration or heartbeat).
+    pub fn seen(&mut self, worker: &WorkerId, now_ms: u64) {
+        self.last_seen_ms.insert(worker.clone(), now_ms);
+    }
+
+    /// Stops tracking a worker (declared dead).
+    pub fn forget(&mut self, worker: &WorkerId) {
+        self.last_seen_ms.remove(worker);
+    }
+
+    /// Workers silent for more than `timeout_ms` at `now_ms`, sorted by id.
+    pub fn expired(&self, now_ms: u64, timeout_ms: u64) -> Vec<WorkerId> {
+        let mut out: Vec<WorkerId> = self
+            .last_seen_ms
+            .iter()
+            .filter(|(_, &seen)| now_ms.saturating_sub(seen) > timeout_ms)
+            .map(|(id, _)| id.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Milliseconds since the worker was last heard from, if tracked.
+    pub fn silence_ms(&self, worker: &WorkerId, now_ms: u64) -> Option<u64> {
+        self.last_seen_ms
+            .get(worker)
+            .map(|&seen| now_ms.saturating_sub(seen))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(s: &str) -> WorkerId {
+        WorkerId(s.into())
+    }
+
+    #[test]
+    fn silent_workers_expire_after_the_timeout_and_not_before() {
+        let mut l = Liveness::default();
+        l.seen(&w("a"), 1_000);
+        l.seen(&w("b"), 5_000);
+        assert!(
+            l.expired(11_000, 10_000).is_empty(),
+            "exactly at the timeout is alive"
+        );
+        assert_eq!(l.expired(11_001, 10_000), vec![w("a")]);
+        l.seen(&w("a"), 11_001);
+        assert_eq!(l.expired(15_001, 10_000), vec![w("b")]);
+        l.forget(&w("b"));
+        assert!(l.expired(15_001, 10_000).is_empty());
+        assert_eq!(l.silence_ms(&w("a"), 12_001), Some(1_000));
+    }
+
+    #[test]
+    fn a_clock_that_goes_backwards_never_expires_anyone() {
+        let mut l = Liveness::default();
+        l.seen(&w("a"), 50_000);
+        assert!(l.expired(10, 1).is_empty());
+    }
+}

@@ -1,0 +1,225 @@
+//! The master's configuration: defaults, overridden by a TOML file (`--config`), overridden by
+//! `ALOHA_*` environment variables and flags. Every key is documented in `config/master.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Everything `run` needs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// REST API and metrics listen address.
+    pub http_addr: SocketAddr,
+    /// gRPC listen address for workers.
+    pub rpc_addr: SocketAddr,
+    /// HTTP address advertised to clients and other masters (defaults to `http_addr`).
+    pub advertise_http: Option<String>,
+    /// gRPC address advertised to workers (defaults to `rpc_addr`).
+    pub advertise_rpc: Option<String>,
+    /// Where the embedded database lives (single-node mode).
+    pub state_dir: PathBuf,
+    /// A worker silent this long is declared DEAD.
+    #[serde(with = "humantime_serde")]
+    pub worker_timeout: Duration,
+    /// App kinds accepted even before a worker providing them has registered.
+    pub allowed_kinds: Vec<String>,
+    /// Log filter (tracing-subscriber `EnvFilter` syntax).
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http_addr: "127.0.0.1:8080".parse().expect("literal address"),
+            rpc_addr: "127.0.0.1:7077".parse().expect("literal address"),
+            advertise_http: None,
+            advertise_rpc: None,
+            state_dir: PathBuf::from("./aloha-data/master"),
+            worker_timeout: Duration::from_secs(10),
+            allowed_kinds: vec!["process".into(), "spark".into(), "flink".into()],
+            log: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// The heartbeat interval workers are told to use: a quarter of the timeout, so three
+    /// heartbeats can be lost before a worker is declared dead.
+    pub fn heartbeat_interval(&self) -> Duration {
+        (self.worker_timeout / 4).max(Duration::from_millis(50))
+    }
+
+    /// The HTTP URL clients should use for this master.
+    pub fn http_url(&self) -> String {
+        match &self.advertise_http {
+            Some(a) if a.starts_with("http") => a.clone(),
+            Some(a) => format!("http://{a}"),
+            None => format!("http://{}", self.http_addr),
+        }
+    }
+
+    /// The gRPC address workers should use for this master.
+    pub fn rpc_url(&self) -> String {
+        match &self.advertise_rpc {
+            Some(a) if a.starts_with("http") => a.clone(),
+            Some(a) => format!("http://{a}"),
+            None => format!("http://{}", self.rpc_addr),
+        }
+    }
+}
+
+/// `aloha-master` flags. Each also reads an `ALOHA_*` environment variable.
+#[derive(Debug, Parser)]
+#[command(
+    name = "aloha-master",
+    version,
+    about = "The Aloha-rs master: schedules apps onto workers"
+)]
+pub struct Args {
+    /// TOML config file (see config/master.toml); flags and env vars override it.
+    #[arg(long, env = "ALOHA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// REST API listen address [default: 127.0.0.1:8080].
+    #[arg(long, env = "ALOHA_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// gRPC listen address for workers [default: 127.0.0.1:7077].
+    #[arg(long, env = "ALOHA_RPC_ADDR")]
+    pub rpc_addr: Option<SocketAddr>,
+    /// HTTP address advertised to clients [default: the http address].
+    #[arg(long, env = "ALOHA_ADVERTISE_HTTP")]
+    pub advertise_http: Option<String>,
+    /// gRPC address advertised to workers [default: the rpc address].
+    #[arg(long, env = "ALOHA_ADVERTISE_RPC")]
+    pub advertise_rpc: Option<String>,
+    /// Directory of the embedded state database [default: ./aloha-data/master].
+    #[arg(long, env = "ALOHA_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// A worker silent this long is declared DEAD, e.g. "10s" [default: 10s].
+    #[arg(long, env = "ALOHA_WORKER_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub worker_timeout: Option<Duration>,
+    /// Log filter, e.g. "info" or "aloha_master=debug" [default: info].
+    #[arg(long, env = "ALOHA_LOG")]
+    pub log: Option<String>,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this config.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// File.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Args {
+    /// Merges defaults, the config file and the flags/env.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let mut cfg = match &self.config {
+            Some(path) => load_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = self.http_addr {
+            cfg.http_addr = v;
+        }
+        if let Some(v) = self.rpc_addr {
+            cfg.rpc_addr = v;
+        }
+        if let Some(v) = self.advertise_http {
+            cfg.advertise_http = Some(v);
+        }
+        if let Some(v) = self.advertise_rpc {
+            cfg.advertise_rpc = Some(v);
+        }
+        if let Some(v) = self.state_dir {
+            cfg.state_dir = v;
+        }
+        if let Some(v) = self.worker_timeout {
+            cfg.worker_timeout = v;
+        }
+        if let Some(v) = self.log {
+            cfg.log = v;
+        }
+        if cfg.worker_timeout < Duration::from_millis(200) {
+            return Err(ConfigError::Invalid(format!(
+                "worker_timeout must be at least 200ms (got {})",
+                humantime::format_duration(cfg.worker_timeout)
+            )));
+        }
+        Ok(cfg)
+    }
+}
+
+fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.display().to_string(),
+        message: e.message().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.toml");
+        std::fs::write(
+            &file,
+            "worker_timeout = \"30s\"\nstate_dir = \"/var/lib/aloha\"\n",
+        )
+        .unwrap();
+        let args = Args::try_parse_from([
+            "aloha-master",
+            "--config",
+            file.to_str().unwrap(),
+            "--worker-timeout",
+            "5s",
+        ])
+        .unwrap();
+        let cfg = args.into_config().unwrap();
+        assert_eq!(cfg.worker_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.state_dir, PathBuf::from("/var/lib/aloha"));
+        assert_eq!(cfg.http_addr, Config::default().http_addr);
+    }
+
+    #[test]
+    fn the_shipped_example_config_parses_to_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/master.toml");
+        assert_eq!(load_file(&path).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_and_tiny_timeouts_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.toml");
+        std::fs::write(&file, "worker_timout = \"30s\"\n").unwrap();
+        let err = load_file(&file).unwrap_err().to_string();
+        assert!(err.contains("unknown field"), "{err}");
+        let args = Args::try_parse_from(["aloha-master", "--worker-timeout", "1ms"]).unwrap();
+        assert!(args.into_config().is_err());
+    }
+}

@@ -1,0 +1,1118 @@
+//! The master's state and every operation on it.
+//!
+//! One `tokio::sync::Mutex` guards the in-memory view (apps, workers, liveness). Each operation
+//! takes the lock, decides with the pure functions of `aloha-core`, makes the change on copies,
+//! persists the copies in one store transaction, and only then installs them in memory. So the
+//! memory view never holds anything the store does not, and a failed write changes nothing.
+//! Commands to workers (launch, kill) are collected while the lock is held and sent after it is
+//! released, so a slow worker never stalls the master.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Weak};
+
+use aloha_core::api::{ClusterInfo, Role, WorkerInfo};
+use aloha_core::report::{self, Outcome, Report};
+use aloha_core::schedule::{self, Capacity, Decision};
+use aloha_core::{
+    App, AppId, AppState, Liveness, SubmitError, SubmitRequest, WorkerId, WorkerRecord, WorkerState,
+};
+use aloha_proto as pb;
+use tokio::sync::{Mutex, Notify};
+use tracing::{debug, error, info, warn};
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::{keys, StateStore, StoreError, Txn};
+use crate::worker_client::WorkerConnector;
+
+/// How often a pending kill is sent again to a worker that has not confirmed it.
+const KILL_RESEND_MS: u64 = 5_000;
+
+/// Why an operation was refused. Mapped once to HTTP statuses in `http.rs`.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    /// Bad submission.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    /// Malformed input other than a submission.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such app.
+    #[error("app {0} not found")]
+    AppNotFound(String),
+    /// The request conflicts with the app's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// This master is not the leader.
+    #[error("not leader")]
+    NotLeader {
+        /// The leader's HTTP URL, when known.
+        leader: Option<String>,
+    },
+    /// The state store failed; nothing was changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A command for a worker, sent after the state lock is released.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Command {
+    Launch {
+        worker: WorkerId,
+        address: String,
+        app: AppId,
+        attempt: u32,
+        description: String,
+    },
+    Kill {
+        worker: WorkerId,
+        address: String,
+        app: AppId,
+        attempt: u32,
+        reason: String,
+    },
+}
+
+struct Inner {
+    apps: BTreeMap<AppId, App>,
+    workers: BTreeMap<WorkerId, WorkerRecord>,
+    liveness: Liveness,
+    /// Workers a launch to failed at the transport level: not placed on until they heartbeat.
+    suspect: HashSet<WorkerId>,
+    /// The last sequence number handed out (persisted as `meta/app_seq`).
+    last_seq: u64,
+    /// Until when apps left UNKNOWN by a recovery may still be reported by their worker.
+    recovery_deadline_ms: Option<u64>,
+    /// When a kill was last sent per app, for resending.
+    kill_sent_ms: HashMap<AppId, u64>,
+    role: Role,
+}
+
+/// Changes made on copies, persisted together, then installed.
+#[derive(Default)]
+struct Changes {
+    apps: Vec<App>,
+    workers: Vec<WorkerRecord>,
+    txn: Txn,
+}
+
+impl Changes {
+    fn app(&mut self, app: App) {
+        self.apps.retain(|a| a.id != app.id);
+        self.apps.push(app);
+    }
+
+    fn worker(&mut self, w: WorkerRecord) {
+        self.workers.retain(|x| x.id != w.id);
+        self.workers.push(w);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.apps.is_empty() && self.workers.is_empty() && self.txn.is_empty()
+    }
+
+    /// The app as it will be after these changes.
+    fn current<'a>(&'a self, inner: &'a Inner, id: &AppId) -> Option<&'a App> {
+        self.apps
+            .iter()
+            .find(|a| &a.id == id)
+            .or_else(|| inner.apps.get(id))
+    }
+}
+
+fn json(v: &impl serde::Serialize) -> Vec<u8> {
+    // Serializing our own plain data types cannot fail (no maps with non-string keys).
+    serde_json::to_vec(v).expect("domain types serialize to JSON")
+}
+
+/// The master. Cheap to share behind an `Arc`.
+pub struct Master {
+    /// A weak handle to itself, for spawning command senders.
+    me: Weak<Master>,
+    inner: Mutex<Inner>,
+    store: Arc<dyn StateStore>,
+    connector: Arc<dyn WorkerConnector>,
+    clock: Arc<dyn Clock>,
+    cfg: Config,
+    epoch: u64,
+    wake_scheduler: Notify,
+    /// Metrics registry and families.
+    pub metrics: Metrics,
+}
+
+impl Master {
+    /// Loads the persisted state and recovers: waiting apps are queued again in their order,
+    /// apps that were on workers become UNKNOWN until their worker reports them, workers are
+    /// UNKNOWN until they re-register. Starts a new epoch.
+    pub async fn recover(
+        cfg: Config,
+        store: Arc<dyn StateStore>,
+        connector: Arc<dyn WorkerConnector>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Master>, StoreError> {
+        let last_seq = match store.get(keys::APP_SEQ).await? {
+            Some(v) => parse_u64(&v, keys::APP_SEQ)?,
+            None => 0,
+        };
+        let prev_epoch = match store.get(keys::EPOCH).await? {
+            Some(v) => parse_u64(&v, keys::EPOCH)?,
+            None => 0,
+        };
+        let epoch = prev_epoch + 1;
+        let mut txn = Txn::default();
+        txn.put(keys::EPOCH, epoch.to_string().into_bytes());
+
+        let now = clock.now();
+        let mono = clock.mono_ms();
+        let mut workers = BTreeMap::new();
+        let mut liveness = Liveness::default();
+        for (key, value) in store.scan_prefix(keys::WORKERS).await? {
+            let mut w: WorkerRecord = decode(&key, &value)?;
+            if w.state != WorkerState::Dead {
+                // Not heard from since the restart: give it one worker timeout to come back.
+                w.state = WorkerState::Unknown;
+                liveness.seen(&w.id, mono);
+                txn.put(key, json(&w));
+            }
+            workers.insert(w.id.clone(), w);
+        }
+        let mut apps = BTreeMap::new();
+        let (mut queued, mut unknown) = (0, 0);
+        for (key, value) in store.scan_prefix(keys::APPS).await? {
+            let mut app: App = decode(&key, &value)?;
+            if matches!(app.state, AppState::Launching | AppState::Running) {
+                let msg = format!(
+                    "master recovered; waiting for worker {} to report the app",
+                    app.worker_id.as_ref().map(|w| w.as_str()).unwrap_or("?")
+                );
+                // LAUNCHING/RUNNING -> UNKNOWN is always legal.
+                if app.transition(AppState::Unknown, now, Some(msg)).is_ok() {
+                    txn.put(key, json(&app));
+                }
+            }
+            if app.state.is_waiting() {
+                queued += 1;
+            }
+            if app.state == AppState::Unknown {
+                unknown += 1;
+            }
+            apps.insert(app.id.clone(), app);
+        }
+        store.txn(txn).await?;
+        info!(
+            epoch,
+            apps = apps.len(),
+            queued,
+            unknown,
+            workers = workers.len(),
+            store = store.kind(),
+            "recovered state"
+        );
+        let master = Arc::new_cyclic(|me| Master {
+            me: me.clone(),
+            inner: Mutex::new(Inner {
+                apps,
+                workers,
+                liveness,
+                suspect: HashSet::new(),
+                last_seq,
+                recovery_deadline_ms: Some(mono + cfg.worker_timeout.as_millis() as u64),
+                kill_sent_ms: HashMap::new(),
+                role: Role::Alive,
+            }),
+            store,
+            connector,
+            clock,
+            cfg,
+            epoch,
+            wake_scheduler: Notify::new(),
+            metrics: Metrics::new(),
+        });
+        master.wake_scheduler.notify_one();
+        Ok(master)
+    }
+
+    /// This master's epoch (fencing token) as sent to workers.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    async fn persist(&self, inner: &mut Inner, mut changes: Changes) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        for app in &changes.apps {
+            changes.txn.put(keys::app(&app.id), json(app));
+        }
+        for w in &changes.workers {
+            changes.txn.put(keys::worker(&w.id), json(w));
+        }
+        let timer = self.metrics.store_txn_timer();
+        let ok = self.store.txn(changes.txn).await;
+        drop(timer);
+        if !ok? {
+            // We hold the only writer lock in single-node mode; a failed compare means the
+            // store changed under us (a second writer): stop trusting our view.
+            return Err(StoreError::Fenced);
+        }
+        for app in changes.apps {
+            if app.state
+                != inner
+                    .apps
+                    .get(&app.id)
+                    .map(|a| a.state)
+                    .unwrap_or(AppState::Submitted)
+                || !inner.apps.contains_key(&app.id)
+            {
+                self.metrics.transition(app.state);
+            }
+            inner.apps.insert(app.id.clone(), app);
+        }
+        for w in changes.workers {
+            inner.workers.insert(w.id.clone(), w);
+        }
+        Ok(())
+    }
+
+    fn ensure_leader(&self, inner: &Inner) -> Result<(), MasterError> {
+        match inner.role {
+            Role::Alive | Role::Recovering => Ok(()),
+            Role::Standby => Err(MasterError::NotLeader { leader: None }),
+        }
+    }
+
+    fn known_kinds(&self, inner: &Inner) -> Vec<String> {
+        let mut kinds: Vec<String> = self.cfg.allowed_kinds.clone();
+        for w in inner.workers.values() {
+            kinds.extend(w.kinds.iter().cloned());
+        }
+        kinds.sort();
+        kinds.dedup();
+        kinds
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // REST operations
+
+    /// Accepts a submission: durable before this returns.
+    pub async fn submit(&self, req: SubmitRequest) -> Result<App, MasterError> {
+        let mut inner = self.inner.lock().await;
+        self.ensure_leader(&inner)?;
+        let kinds = self.known_kinds(&inner);
+        req.validate(kinds.iter().map(String::as_str))?;
+        let seq = inner.last_seq + 1;
+        let now = self.clock.now();
+        let app = App::submitted(AppId::new(seq, now), seq, req, now);
+        let mut changes = Changes::default();
+        changes.txn.put(keys::APP_SEQ, seq.to_string().into_bytes());
+        changes.app(app.clone());
+        self.persist(&mut inner, changes).await?;
+        inner.last_seq = seq;
+        self.metrics.submitted.inc();
+        info!(app_id = %app.id, name = %app.name, kind = %app.kind, "app submitted");
+        drop(inner);
+        self.wake_scheduler.notify_one();
+        Ok(app)
+    }
+
+    /// One app.
+    pub async fn app(&self, id: &str) -> Result<App, MasterError> {
+        let inner = self.inner.lock().await;
+        inner
+            .apps
+            .get(&AppId(id.to_string()))
+            .cloned()
+            .ok_or_else(|| MasterError::AppNotFound(id.to_string()))
+    }
+
+    /// Apps, newest first, optionally only those in `state`, at most `limit`.
+    pub async fn apps(&self, state: Option<AppState>, limit: usize) -> Vec<App> {
+        let inner = self.inner.lock().await;
+        let mut apps: Vec<&App> = inner
+            .apps
+            .values()
+            .filter(|a| state.is_none_or(|s| a.state == s))
+            .collect();
+        apps.sort_by(|a, b| b.seq.cmp(&a.seq));
+        apps.into_iter().take(limit).cloned().collect()
+    }
+
+    /// Asks for an app to be killed. Waiting apps end KILLED at once; apps on a worker get a
+    /// kill command and end KILLED when the worker reports it.
+    pub async fn kill(&self, id: &str, reason: Option<String>) -> Result<App, MasterError> {
+        let reason = reason
+            .filter(|r| !r.trim().is_empty())
+            .unwrap_or_else(|| "killed on request".to_string());
+        let mut inner = self.inner.lock().await;
+        self.ensure_leader(&inner)?;
+        let id = AppId(id.to_string());
+        let mut app = inner
+            .apps
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| MasterError::AppNotFound(id.0.clone()))?;
+        if app.state.is_terminal() {
+            return Err(MasterError::Conflict(format!(
+                "app {id} already ended {}",
+                app.state
+            )));
+        }
+        let now = self.clock.now();
+        app.kill_requested = true;
+        let mut commands = Vec::new();
+        if app.state.is_waiting() {
+            app.transition(AppState::Killed, now, Some(format!("killed: {reason}")))
+                .map_err(|e| MasterError::Conflict(e.to_string()))?;
+        } else {
+            app.message = Some(format!("kill requested: {reason}"));
+            if let Some(cmd) = self.kill_command(&inner, &app, &reason) {
+                commands.push(cmd);
+                inner
+                    .kill_sent_ms
+                    .insert(app.id.clone(), self.clock.mono_ms());
+            }
+        }
+        let mut changes = Changes::default();
+        changes.app(app.clone());
+        self.persist(&mut inner, changes).await?;
+        info!(app_id = %id, %reason, "kill requested");
+        drop(inner);
+        self.dispatch(commands);
+        self.wake_scheduler.notify_one();
+        Ok(app)
+    }
+
+    fn kill_command(&self, inner: &Inner, app: &App, reason: &str) -> Option<Command> {
+        let worker = app.worker_id.as_ref()?;
+        let w = inner.workers.get(worker)?;
+        (w.state == WorkerState::Alive).then(|| Command::Kill {
+            worker: worker.clone(),
+            address: w.address.clone(),
+            app: app.id.clone(),
+            attempt: app.attempt,
+            reason: reason.to_string(),
+        })
+    }
+
+    /// Workers with their resource usage, by id.
+    pub async fn workers(&self) -> Vec<WorkerInfo> {
+        let inner = self.inner.lock().await;
+        let mut usage: HashMap<&WorkerId, (u32, u64, Vec<AppId>)> = HashMap::new();
+        for app in inner.apps.values().filter(|a| a.state.is_on_worker()) {
+            if let Some(w) = &app.worker_id {
+                let u = usage.entry(w).or_default();
+                u.0 += app.cores;
+                u.1 += app.memory_mb;
+                u.2.push(app.id.clone());
+            }
+        }
+        inner
+            .workers
+            .values()
+            .map(|w| {
+                let (cores_used, memory_used_mb, apps) = usage.remove(&w.id).unwrap_or_default();
+                WorkerInfo {
+                    id: w.id.clone(),
+                    address: w.address.clone(),
+                    state: w.state,
+                    cores: w.cores,
+                    cores_used,
+                    memory_mb: w.memory_mb,
+                    memory_used_mb,
+                    last_heartbeat: w.last_heartbeat,
+                    apps,
+                    kinds: w.kinds.clone(),
+                    plugin_errors: w.plugin_errors.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// This master's role and the leader.
+    pub async fn cluster(&self) -> ClusterInfo {
+        let inner = self.inner.lock().await;
+        ClusterInfo {
+            role: inner.role,
+            leader: Some(self.cfg.http_url()),
+            epoch: self.epoch,
+            address: self.cfg.http_url(),
+            members: vec![self.cfg.http_url()],
+            store: self.store.kind().to_string(),
+        }
+    }
+
+    /// Refreshes the state gauges and renders every metric in the Prometheus text format.
+    pub async fn render_metrics(&self) -> String {
+        {
+            let inner = self.inner.lock().await;
+            let mut by_state: HashMap<AppState, i64> = HashMap::new();
+            for a in inner.apps.values() {
+                *by_state.entry(a.state).or_default() += 1;
+            }
+            for s in AppState::ALL {
+                self.metrics
+                    .set_apps(s, by_state.get(&s).copied().unwrap_or(0));
+            }
+            for s in [WorkerState::Alive, WorkerState::Dead, WorkerState::Unknown] {
+                let n = inner.workers.values().filter(|w| w.state == s).count();
+                self.metrics.set_workers(s, n as i64);
+            }
+            let queued = inner.apps.values().filter(|a| a.state.is_waiting()).count();
+            self.metrics.queue_length.set(queued as i64);
+        }
+        self.metrics.render()
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Worker RPCs
+
+    fn not_leader_register(&self) -> pb::RegisterWorkerResponse {
+        pb::RegisterWorkerResponse {
+            accepted: false,
+            message: "not leader".into(),
+            ..Default::default()
+        }
+    }
+
+    /// A worker (re-)registers and lists the apps it holds; the master reconciles: apps it owns
+    /// there are confirmed, apps it does not own are killed, apps it expected there but the
+    /// worker does not list are lost.
+    pub async fn register_worker(
+        &self,
+        req: pb::RegisterWorkerRequest,
+    ) -> Result<pb::RegisterWorkerResponse, MasterError> {
+        if req.worker_id.trim().is_empty() || req.address.trim().is_empty() {
+            return Err(MasterError::BadRequest(
+                "worker_id and address are required".into(),
+            ));
+        }
+        let mut inner = self.inner.lock().await;
+        if inner.role == Role::Standby {
+            return Ok(self.not_leader_register());
+        }
+        let now = self.clock.now();
+        let wid = WorkerId(req.worker_id.clone());
+        let record = WorkerRecord {
+            id: wid.clone(),
+            address: req.address.clone(),
+            cores: req.cores,
+            memory_mb: req.memory_mb,
+            kinds: req.kinds.clone(),
+            state: WorkerState::Alive,
+            registered_at: now,
+            last_heartbeat: now,
+            plugin_errors: req.plugin_errors.clone(),
+        };
+        let mut changes = Changes::default();
+        changes.worker(record);
+        let mut kill = Vec::new();
+        let mut reported: HashSet<AppId> = HashSet::new();
+        for r in &req.apps {
+            let id = AppId(r.app_id.clone());
+            reported.insert(id.clone());
+            match self.apply_report(&inner, &mut changes, &wid, r) {
+                ReportResult::Kill => kill.push(pb::AppRef {
+                    app_id: r.app_id.clone(),
+                    attempt: r.attempt,
+                }),
+                ReportResult::Done | ReportResult::Refused(_) => {}
+            }
+        }
+        // Apps the master placed on this worker that the worker no longer has.
+        let lost: Vec<AppId> = inner
+            .apps
+            .values()
+            .filter(|a| {
+                a.state.is_on_worker()
+                    && a.worker_id.as_ref() == Some(&wid)
+                    && !reported.contains(&a.id)
+            })
+            .map(|a| a.id.clone())
+            .collect();
+        for id in lost {
+            if let Some(mut app) = changes.current(&inner, &id).cloned() {
+                let reason = format!("worker {wid} re-registered without attempt {}", app.attempt);
+                if app.lose(&reason, now).is_ok() {
+                    warn!(app_id = %id, worker_id = %wid, state = %app.state, "app lost on re-registration");
+                    changes.app(app);
+                }
+            }
+        }
+        self.persist(&mut inner, changes).await?;
+        inner.liveness.seen(&wid, self.clock.mono_ms());
+        inner.suspect.remove(&wid);
+        info!(worker_id = %wid, address = %req.address, cores = req.cores, memory_mb = req.memory_mb,
+              kinds = ?req.kinds, apps = req.apps.len(), killed = kill.len(), "worker registered");
+        for e in &req.plugin_errors {
+            warn!(worker_id = %wid, "plugin failed to load on worker: {e}");
+        }
+        let resend = self.pending_kills(&mut inner, Some(&wid), true);
+        drop(inner);
+        self.dispatch(resend);
+        self.wake_scheduler.notify_one();
+        Ok(pb::RegisterWorkerResponse {
+            accepted: true,
+            leader_rpc_address: self.cfg.rpc_url(),
+            epoch: self.epoch,
+            heartbeat_interval_ms: self.cfg.heartbeat_interval().as_millis() as u64,
+            kill,
+            message: String::new(),
+        })
+    }
+
+    /// A heartbeat. Unknown or dead workers are told to register again.
+    pub async fn heartbeat(&self, worker_id: &str) -> pb::HeartbeatResponse {
+        let mut inner = self.inner.lock().await;
+        if inner.role == Role::Standby {
+            return pb::HeartbeatResponse {
+                accepted: false,
+                ..Default::default()
+            };
+        }
+        let wid = WorkerId(worker_id.to_string());
+        let alive = inner
+            .workers
+            .get(&wid)
+            .is_some_and(|w| w.state == WorkerState::Alive);
+        if !alive {
+            debug!(
+                worker_id,
+                "heartbeat from an unregistered or dead worker; asking it to register"
+            );
+            return pb::HeartbeatResponse {
+                reregister: true,
+                accepted: true,
+                leader_rpc_address: self.cfg.rpc_url(),
+                epoch: self.epoch,
+            };
+        }
+        inner.liveness.seen(&wid, self.clock.mono_ms());
+        inner.suspect.remove(&wid);
+        let now = self.clock.now();
+        if let Some(w) = inner.workers.get_mut(&wid) {
+            // Not persisted: liveness is in-memory and restarts begin with a fresh timeout.
+            w.last_heartbeat = now;
+        }
+        pb::HeartbeatResponse {
+            reregister: false,
+            accepted: true,
+            leader_rpc_address: self.cfg.rpc_url(),
+            epoch: self.epoch,
+        }
+    }
+
+    /// A worker's report of an app's state.
+    pub async fn report(
+        &self,
+        r: pb::AppStateReport,
+    ) -> Result<pb::ReportAppStateResponse, MasterError> {
+        let mut inner = self.inner.lock().await;
+        if inner.role == Role::Standby {
+            return Ok(pb::ReportAppStateResponse {
+                accepted: false,
+                kill: false,
+                message: "not leader".into(),
+            });
+        }
+        let wid = WorkerId(r.worker_id.clone());
+        let registered = inner
+            .workers
+            .get(&wid)
+            .is_some_and(|w| w.state == WorkerState::Alive);
+        if !registered {
+            // Keep the report on the worker: it re-registers and lists the app.
+            return Ok(pb::ReportAppStateResponse {
+                accepted: false,
+                kill: false,
+                message: format!("worker {wid} is not registered; register first"),
+            });
+        }
+        let mut changes = Changes::default();
+        let result = self.apply_report(&inner, &mut changes, &wid, &r);
+        let terminal = changes.apps.iter().any(|a| !a.state.is_on_worker());
+        self.persist(&mut inner, changes).await?;
+        if terminal {
+            inner.kill_sent_ms.remove(&AppId(r.app_id.clone()));
+        }
+        drop(inner);
+        if terminal {
+            self.wake_scheduler.notify_one();
+        }
+        Ok(match result {
+            ReportResult::Done => pb::ReportAppStateResponse {
+                accepted: true,
+                kill: false,
+                message: String::new(),
+            },
+            ReportResult::Kill => pb::ReportAppStateResponse {
+                accepted: true,
+                kill: true,
+                message: format!(
+                    "the master does not own attempt {} of {} on {wid}",
+                    r.attempt, r.app_id
+                ),
+            },
+            // Refused for good: the worker must not resend it.
+            ReportResult::Refused(msg) => pb::ReportAppStateResponse {
+                accepted: true,
+                kill: false,
+                message: msg,
+            },
+        })
+    }
+
+    fn apply_report(
+        &self,
+        inner: &Inner,
+        changes: &mut Changes,
+        wid: &WorkerId,
+        r: &pb::AppStateReport,
+    ) -> ReportResult {
+        let id = AppId(r.app_id.clone());
+        let state: AppState = match r.state.parse() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(app_id = %id, worker_id = %wid, "refused report: {e}");
+                return ReportResult::Refused(e.to_string());
+            }
+        };
+        let Some(mut app) = changes.current(inner, &id).cloned() else {
+            warn!(app_id = %id, worker_id = %wid, "report for an app this master does not know");
+            return if state.is_terminal() {
+                ReportResult::Done
+            } else {
+                ReportResult::Kill
+            };
+        };
+        let rep = Report {
+            worker: wid.clone(),
+            attempt: r.attempt,
+            state,
+            exit_code: r.exit_code,
+            message: Some(r.message.clone()).filter(|m| !m.is_empty()),
+            worker_shutdown: r.worker_shutdown,
+        };
+        let old = app.state;
+        let details_changed =
+            !r.details.is_empty() && r.details.iter().any(|(k, v)| app.details.get(k) != Some(v));
+        match report::apply(&mut app, &rep, self.clock.now()) {
+            Outcome::Applied(new) => {
+                app.details.extend(r.details.clone());
+                info!(app_id = %id, worker_id = %wid, attempt = r.attempt, from = %old, to = %new,
+                      message = app.message.as_deref().unwrap_or(""), "app state changed");
+                changes.app(app);
+                ReportResult::Done
+            }
+            Outcome::AlreadyKnown => {
+                if details_changed {
+                    app.details.extend(r.details.clone());
+                    changes.app(app);
+                }
+                ReportResult::Done
+            }
+            Outcome::Stale { kill } => {
+                debug!(app_id = %id, worker_id = %wid, attempt = r.attempt, reported = %state,
+                       current = %app.state, "stale report");
+                if kill {
+                    ReportResult::Kill
+                } else {
+                    ReportResult::Done
+                }
+            }
+            Outcome::Illegal(e) => {
+                error!(app_id = %id, worker_id = %wid, "refused illegal report: {e}");
+                ReportResult::Refused(e.to_string())
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Scheduling and timers
+
+    /// Runs one placement round: decides with `aloha_core::schedule::place`, persists the
+    /// LAUNCHING apps in one transaction, then sends the launch commands.
+    pub async fn schedule_round(&self) -> Result<usize, StoreError> {
+        let mut inner = self.inner.lock().await;
+        if inner.role != Role::Alive {
+            return Ok(0);
+        }
+        let waiting: Vec<&App> = inner
+            .apps
+            .values()
+            .filter(|a| a.state.is_waiting())
+            .collect();
+        if waiting.is_empty() {
+            return Ok(0);
+        }
+        let mut used: HashMap<&WorkerId, (u32, u64)> = HashMap::new();
+        for a in inner.apps.values().filter(|a| a.state.is_on_worker()) {
+            if let Some(w) = &a.worker_id {
+                let u = used.entry(w).or_default();
+                u.0 += a.cores;
+                u.1 += a.memory_mb;
+            }
+        }
+        let capacities: Vec<Capacity> = inner
+            .workers
+            .values()
+            .filter(|w| w.state == WorkerState::Alive && !inner.suspect.contains(&w.id))
+            .map(|w| {
+                let (c, m) = used.get(&w.id).copied().unwrap_or_default();
+                Capacity {
+                    id: w.id.clone(),
+                    cores: w.cores,
+                    memory_mb: w.memory_mb,
+                    free_cores: w.cores.saturating_sub(c),
+                    free_memory_mb: w.memory_mb.saturating_sub(m),
+                    kinds: w.kinds.clone(),
+                }
+            })
+            .collect();
+        let decisions = schedule::place(&waiting, &capacities);
+        let now = self.clock.now();
+        let mut changes = Changes::default();
+        let mut commands = Vec::new();
+        for d in decisions {
+            match d {
+                Decision::Place { app, worker } => {
+                    let (Some(mut a), Some(w)) =
+                        (inner.apps.get(&app).cloned(), inner.workers.get(&worker))
+                    else {
+                        continue;
+                    };
+                    a.worker_id = Some(worker.clone());
+                    if let Err(e) = a.transition(
+                        AppState::Launching,
+                        now,
+                        Some(format!("launching on worker {worker}")),
+                    ) {
+                        error!("scheduler produced an illegal launch: {e}");
+                        continue;
+                    }
+                    commands.push(Command::Launch {
+                        worker: worker.clone(),
+                        address: w.address.clone(),
+                        app: a.id.clone(),
+                        attempt: a.attempt,
+                        description: serde_json::to_string(&a.description())
+                            .expect("descriptions serialize to JSON"),
+                    });
+                    info!(app_id = %a.id, worker_id = %worker, attempt = a.attempt, "placing app");
+                    changes.app(a);
+                }
+                Decision::Wait { app, reason } => {
+                    if let Some(a) = inner.apps.get(&app) {
+                        if a.message.as_deref() != Some(reason.as_str()) {
+                            let mut a = a.clone();
+                            a.message = Some(reason);
+                            changes.app(a);
+                        }
+                    }
+                }
+            }
+        }
+        let placed = commands.len();
+        self.persist(&mut inner, changes).await?;
+        drop(inner);
+        self.dispatch(commands);
+        Ok(placed)
+    }
+
+    /// Liveness and recovery timers: declares silent workers DEAD and loses their apps,
+    /// loses apps no worker reported within the timeout after a recovery, resends pending
+    /// kills.
+    pub async fn tick(&self) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock().await;
+        if inner.role != Role::Alive {
+            return Ok(());
+        }
+        let mono = self.clock.mono_ms();
+        let now = self.clock.now();
+        let timeout = self.cfg.worker_timeout.as_millis() as u64;
+        let mut changes = Changes::default();
+        let expired = inner.liveness.expired(mono, timeout);
+        for wid in &expired {
+            let Some(mut w) = inner.workers.get(wid).cloned() else {
+                continue;
+            };
+            let silence = inner.liveness.silence_ms(wid, mono).unwrap_or(timeout);
+            let reason = format!(
+                "worker {wid} lost: no heartbeat for {}",
+                humantime::format_duration(std::time::Duration::from_millis(silence / 100 * 100))
+            );
+            warn!(worker_id = %wid, "{reason}");
+            w.state = WorkerState::Dead;
+            changes.worker(w);
+            let on_it: Vec<AppId> = inner
+                .apps
+                .values()
+                .filter(|a| a.state.is_on_worker() && a.worker_id.as_ref() == Some(wid))
+                .map(|a| a.id.clone())
+                .collect();
+            for id in on_it {
+                if let Some(mut app) = changes.current(&inner, &id).cloned() {
+                    if let Ok(state) = app.lose(&reason, now) {
+                        info!(app_id = %id, to = %state, "app lost with its worker");
+                        changes.app(app);
+                    }
+                }
+            }
+        }
+        if inner.recovery_deadline_ms.is_some_and(|d| mono > d) {
+            inner.recovery_deadline_ms = None;
+            let stuck: Vec<AppId> = inner
+                .apps
+                .values()
+                .filter(|a| {
+                    a.state == AppState::Unknown
+                        && !a
+                            .worker_id
+                            .as_ref()
+                            .and_then(|w| inner.workers.get(w))
+                            .is_some_and(|w| w.state == WorkerState::Alive)
+                })
+                .map(|a| a.id.clone())
+                .collect();
+            for id in stuck {
+                if let Some(mut app) = changes.current(&inner, &id).cloned() {
+                    let reason = format!(
+                        "no worker reported the app within {} of master recovery",
+                        humantime::format_duration(self.cfg.worker_timeout)
+                    );
+                    if app.lose(&reason, now).is_ok() {
+                        changes.app(app);
+                    }
+                }
+            }
+        }
+        let lost_any = !changes.apps.is_empty();
+        self.persist(&mut inner, changes).await?;
+        for wid in &expired {
+            inner.liveness.forget(wid);
+        }
+        let resend = self.pending_kills(&mut inner, None, false);
+        drop(inner);
+        self.dispatch(resend);
+        if lost_any {
+            self.wake_scheduler.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Kill commands for apps with a pending kill that were not sent recently (or at all, when
+    /// `force`), optionally only on one worker.
+    fn pending_kills(
+        &self,
+        inner: &mut Inner,
+        only: Option<&WorkerId>,
+        force: bool,
+    ) -> Vec<Command> {
+        let mono = self.clock.mono_ms();
+        let due: Vec<App> = inner
+            .apps
+            .values()
+            .filter(|a| a.kill_requested && a.state.is_on_worker())
+            .filter(|a| only.is_none() || a.worker_id.as_ref() == only)
+            .filter(|a| {
+                force
+                    || inner
+                        .kill_sent_ms
+                        .get(&a.id)
+                        .is_none_or(|&t| mono.saturating_sub(t) >= KILL_RESEND_MS)
+            })
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for app in due {
+            if let Some(cmd) = self.kill_command(inner, &app, "killed on request") {
+                inner.kill_sent_ms.insert(app.id.clone(), mono);
+                out.push(cmd);
+            }
+        }
+        out
+    }
+
+    /// A launch command did not reach the worker or was refused by it: the attempt never
+    /// started, so the app goes back to the queue without spending a retry, and the worker is
+    /// not used again until it heartbeats.
+    async fn launch_failed(&self, worker: &WorkerId, app: &AppId, attempt: u32, why: String) {
+        let mut inner = self.inner.lock().await;
+        inner.suspect.insert(worker.clone());
+        let Some(mut a) = inner.apps.get(app).cloned() else {
+            return;
+        };
+        if a.state != AppState::Launching
+            || a.attempt != attempt
+            || a.worker_id.as_ref() != Some(worker)
+        {
+            return;
+        }
+        let now = self.clock.now();
+        let next = if a.kill_requested {
+            AppState::Killed
+        } else {
+            AppState::Relaunching
+        };
+        let msg = format!("launch on worker {worker} failed: {why}");
+        warn!(app_id = %app, worker_id = %worker, "{msg}");
+        if a.transition(next, now, Some(msg)).is_err() {
+            return;
+        }
+        let mut changes = Changes::default();
+        changes.app(a);
+        if let Err(e) = self.persist(&mut inner, changes).await {
+            error!(app_id = %app, "could not persist a failed launch: {e}");
+        }
+        drop(inner);
+        self.wake_scheduler.notify_one();
+    }
+
+    /// The worker answered a kill by saying it does not run the attempt: the app is lost there.
+    async fn kill_missed(&self, worker: &WorkerId, app: &AppId, attempt: u32, why: String) {
+        let mut inner = self.inner.lock().await;
+        let Some(mut a) = inner.apps.get(app).cloned() else {
+            return;
+        };
+        if !a.state.is_on_worker() || a.attempt != attempt || a.worker_id.as_ref() != Some(worker) {
+            return;
+        }
+        if a.lose(
+            &format!("worker {worker} does not run attempt {attempt}: {why}"),
+            self.clock.now(),
+        )
+        .is_ok()
+        {
+            let mut changes = Changes::default();
+            changes.app(a);
+            if let Err(e) = self.persist(&mut inner, changes).await {
+                error!(app_id = %app, "could not persist a missed kill: {e}");
+            }
+        }
+    }
+
+    fn dispatch(&self, commands: Vec<Command>) {
+        if commands.is_empty() {
+            return;
+        }
+        let Some(this) = self.self_ref() else {
+            return;
+        };
+        for cmd in commands {
+            let this = this.clone();
+            tokio::spawn(async move { this.send(cmd).await });
+        }
+    }
+
+    async fn send(self: Arc<Self>, cmd: Command) {
+        match cmd {
+            Command::Launch {
+                worker,
+                address,
+                app,
+                attempt,
+                description,
+            } => {
+                let req = pb::LaunchAppRequest {
+                    epoch: self.epoch,
+                    app_id: app.0.clone(),
+                    attempt,
+                    description_json: description,
+                };
+                let timer = self.metrics.rpc_timer("launch_app");
+                let res = self.connector.launch(&address, req).await;
+                drop(timer);
+                match res {
+                    Ok(r) if r.accepted => {
+                        debug!(app_id = %app, worker_id = %worker, "launch accepted")
+                    }
+                    Ok(r) => {
+                        self.launch_failed(
+                            &worker,
+                            &app,
+                            attempt,
+                            format!("refused: {}", r.message),
+                        )
+                        .await
+                    }
+                    Err(e) => self.launch_failed(&worker, &app, attempt, e).await,
+                }
+            }
+            Command::Kill {
+                worker,
+                address,
+                app,
+                attempt,
+                reason,
+            } => {
+                let req = pb::KillAppRequest {
+                    epoch: self.epoch,
+                    app_id: app.0.clone(),
+                    attempt,
+                    reason,
+                };
+                let timer = self.metrics.rpc_timer("kill_app");
+                let res = self.connector.kill(&address, req).await;
+                drop(timer);
+                match res {
+                    Ok(r) if r.accepted => {
+                        debug!(app_id = %app, worker_id = %worker, "kill accepted")
+                    }
+                    Ok(r) => self.kill_missed(&worker, &app, attempt, r.message).await,
+                    // Transport errors: resent by the tick until the worker answers or is lost.
+                    Err(e) => warn!(app_id = %app, worker_id = %worker, "kill not delivered: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Runs the scheduler and the timers until `shutdown` resolves.
+    pub async fn run_loops(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let tick_every = (self.cfg.worker_timeout / 10).clamp(
+            std::time::Duration::from_millis(50),
+            std::time::Duration::from_secs(1),
+        );
+        let mut ticker = tokio::time::interval(tick_every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = self.wake_scheduler.notified() => {}
+                _ = ticker.tick() => {
+                    if let Err(e) = self.tick().await {
+                        error!("liveness check failed: {e}");
+                    }
+                }
+            }
+            if let Err(e) = self.schedule_round().await {
+                error!("scheduling round failed: {e}");
+            }
+        }
+    }
+
+    fn self_ref(&self) -> Option<Arc<Master>> {
+        self.me.upgrade()
+    }
+}
+
+enum ReportResult {
+    Done,
+    Kill,
+    Refused(String),
+}
+
+fn parse_u64(v: &[u8], key: &str) -> Result<u64, StoreError> {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| StoreError::Backend(format!("corrupt value under {key}")))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, v: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Backend(format!("corrupt record {key}: {e}")))
+}

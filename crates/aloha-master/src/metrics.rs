@@ -1,0 +1,182 @@
+//! Prometheus metrics (`GET /metrics`).
+
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use aloha_core::{AppState, WorkerState};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabel {
+    method: String,
+}
+
+/// Every metric the master exports.
+pub struct Metrics {
+    registry: Registry,
+    apps: Family<StateLabel, Gauge>,
+    workers: Family<StateLabel, Gauge>,
+    transitions: Family<StateLabel, Counter>,
+    rpc: Family<MethodLabel, Histogram>,
+    store_txn: Histogram,
+    /// Apps waiting in the queue.
+    pub queue_length: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Accepted submissions.
+    pub submitted: Counter<u64, AtomicU64>,
+    /// HTTP requests by route.
+    http: Family<MethodLabel, Histogram>,
+}
+
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Metrics {
+    /// Registers every family.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("aloha");
+        let apps = Family::<StateLabel, Gauge>::default();
+        registry.register("apps", "Apps by state", apps.clone());
+        let workers = Family::<StateLabel, Gauge>::default();
+        registry.register("workers", "Workers by state", workers.clone());
+        let transitions = Family::<StateLabel, Counter>::default();
+        registry.register(
+            "app_transitions",
+            "App state changes, by the state entered",
+            transitions.clone(),
+        );
+        let rpc =
+            Family::<MethodLabel, Histogram>::new_with_constructor(latency as fn() -> Histogram);
+        registry.register(
+            "worker_rpc_duration_seconds",
+            "Latency of master-to-worker commands",
+            rpc.clone(),
+        );
+        let http =
+            Family::<MethodLabel, Histogram>::new_with_constructor(latency as fn() -> Histogram);
+        registry.register(
+            "http_request_duration_seconds",
+            "Latency of REST requests by route",
+            http.clone(),
+        );
+        let store_txn = latency();
+        registry.register(
+            "store_txn_duration_seconds",
+            "Latency of durable state-store transactions",
+            store_txn.clone(),
+        );
+        let queue_length = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register(
+            "queue_length",
+            "Apps waiting to be placed",
+            queue_length.clone(),
+        );
+        let submitted = Counter::<u64, AtomicU64>::default();
+        registry.register("apps_submitted", "Accepted submissions", submitted.clone());
+        Metrics {
+            registry,
+            apps,
+            workers,
+            transitions,
+            rpc,
+            store_txn,
+            queue_length,
+            submitted,
+            http,
+        }
+    }
+
+    pub(crate) fn set_apps(&self, state: AppState, n: i64) {
+        self.apps
+            .get_or_create(&StateLabel {
+                state: state.to_string(),
+            })
+            .set(n);
+    }
+
+    pub(crate) fn set_workers(&self, state: WorkerState, n: i64) {
+        self.workers
+            .get_or_create(&StateLabel {
+                state: state.to_string(),
+            })
+            .set(n);
+    }
+
+    pub(crate) fn transition(&self, state: AppState) {
+        self.transitions
+            .get_or_create(&StateLabel {
+                state: state.to_string(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn rpc_timer(&self, method: &str) -> Timer {
+        Timer::new(
+            self.rpc
+                .get_or_create(&MethodLabel {
+                    method: method.into(),
+                })
+                .clone(),
+        )
+    }
+
+    pub(crate) fn http_timer(&self, route: &str) -> Timer {
+        Timer::new(
+            self.http
+                .get_or_create(&MethodLabel {
+                    method: route.into(),
+                })
+                .clone(),
+        )
+    }
+
+    pub(crate) fn store_txn_timer(&self) -> Timer {
+        Timer::new(self.store_txn.clone())
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Observes the elapsed time into a histogram when dropped.
+pub(crate) struct Timer {
+    hist: Histogram,
+    start: Instant,
+}
+
+impl Timer {
+    fn new(hist: Histogram) -> Self {
+        Timer {
+            hist,
+            start: Instant::now(),
+        }
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        self.hist.observe(self.start.elapsed().as_secs_f64());
+    }
+}

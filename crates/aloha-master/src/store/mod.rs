@@ -1,0 +1,207 @@
+//! Durable state behind one small trait, so the master's logic is the same over redb (single
+//! node), etcd (HA) and memory (unit tests).
+//!
+//! The contract is etcd's: point reads, prefix scans, and an atomic transaction that applies its
+//! writes only if all its compares hold. Writers that need fencing put the fence in the store
+//! itself (the etcd store adds the leader-key compare to every transaction), so callers cannot
+//! forget it.
+
+mod memory;
+mod redb;
+
+pub use self::memory::MemoryStore;
+pub use self::redb::RedbStore;
+
+use async_trait::async_trait;
+
+/// One write in a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Set `key` to `value`.
+    Put {
+        /// Key.
+        key: String,
+        /// Value.
+        value: Vec<u8>,
+    },
+    /// Remove `key` (absent keys are fine).
+    Delete {
+        /// Key.
+        key: String,
+    },
+}
+
+/// A precondition of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compare {
+    /// `key` holds exactly `value`; `None` means the key is absent.
+    Value {
+        /// Key.
+        key: String,
+        /// Expected value.
+        value: Option<Vec<u8>>,
+    },
+}
+
+/// Compares and writes applied atomically: all writes or none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Txn {
+    /// Preconditions.
+    pub compares: Vec<Compare>,
+    /// Writes, applied in order.
+    pub ops: Vec<Op>,
+}
+
+impl Txn {
+    /// Adds a put.
+    pub fn put(&mut self, key: impl Into<String>, value: Vec<u8>) -> &mut Self {
+        self.ops.push(Op::Put {
+            key: key.into(),
+            value,
+        });
+        self
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, key: impl Into<String>) -> &mut Self {
+        self.ops.push(Op::Delete { key: key.into() });
+        self
+    }
+
+    /// Whether the transaction writes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend is unreachable or overloaded; the operation may be retried and may or may
+    /// not have been applied (callers re-read before retrying a non-idempotent write).
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+    /// This master lost leadership: its write was refused by the fence.
+    #[error("not the leader any more: write refused by the leadership fence")]
+    Fenced,
+    /// The backend failed for good (disk error, corrupt data).
+    #[error("state store failed: {0}")]
+    Backend(String),
+}
+
+/// Durable key/value state with atomic compare-and-write transactions.
+#[async_trait]
+pub trait StateStore: Send + Sync + 'static {
+    /// Reads one key.
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Reads every key starting with `prefix`, in key order.
+    async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Applies `txn` atomically. `Ok(false)`: a compare failed and nothing was written. Returns
+    /// only once the writes are durable.
+    async fn txn(&self, txn: Txn) -> Result<bool, StoreError>;
+    /// A short name for logs and the cluster API (`embedded`, `etcd`, `memory`).
+    fn kind(&self) -> &'static str;
+}
+
+/// Key layout, in one place.
+pub mod keys {
+    use aloha_core::{AppId, WorkerId};
+
+    /// Prefix of app records.
+    pub const APPS: &str = "apps/";
+    /// Prefix of worker records.
+    pub const WORKERS: &str = "workers/";
+    /// The last app sequence number handed out.
+    pub const APP_SEQ: &str = "meta/app_seq";
+    /// The last epoch a master started with (single-node mode).
+    pub const EPOCH: &str = "meta/epoch";
+
+    /// Key of an app record.
+    pub fn app(id: &AppId) -> String {
+        format!("{APPS}{id}")
+    }
+
+    /// Key of a worker record.
+    pub fn worker(id: &WorkerId) -> String {
+        format!("{WORKERS}{id}")
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod contract {
+    //! The behaviour every store must have, run against each implementation.
+    use super::*;
+
+    pub async fn check(store: &dyn StateStore) {
+        assert_eq!(store.get("a/1").await.unwrap(), None);
+        let mut t = Txn::default();
+        t.put("a/1", b"one".to_vec())
+            .put("a/2", b"two".to_vec())
+            .put("b/1", b"x".to_vec());
+        assert!(store.txn(t).await.unwrap());
+        assert_eq!(
+            store.get("a/1").await.unwrap().as_deref(),
+            Some(&b"one"[..])
+        );
+        let scan = store.scan_prefix("a/").await.unwrap();
+        assert_eq!(
+            scan,
+            vec![
+                ("a/1".to_string(), b"one".to_vec()),
+                ("a/2".to_string(), b"two".to_vec())
+            ]
+        );
+
+        // A failed compare writes nothing, not even the ops before a passing compare.
+        let t = Txn {
+            compares: vec![
+                Compare::Value {
+                    key: "a/1".into(),
+                    value: Some(b"one".to_vec()),
+                },
+                Compare::Value {
+                    key: "a/2".into(),
+                    value: None,
+                },
+            ],
+            ops: vec![Op::Put {
+                key: "a/3".into(),
+                value: b"3".to_vec(),
+            }],
+        };
+        assert!(!store.txn(t).await.unwrap());
+        assert_eq!(store.get("a/3").await.unwrap(), None);
+
+        // Passing compares (including "absent") apply every op, deletes included.
+        let t = Txn {
+            compares: vec![
+                Compare::Value {
+                    key: "a/1".into(),
+                    value: Some(b"one".to_vec()),
+                },
+                Compare::Value {
+                    key: "zz".into(),
+                    value: None,
+                },
+            ],
+            ops: vec![
+                Op::Delete { key: "a/1".into() },
+                Op::Put {
+                    key: "a/3".into(),
+                    value: b"3".to_vec(),
+                },
+            ],
+        };
+        assert!(store.txn(t).await.unwrap());
+        assert_eq!(store.get("a/1").await.unwrap(), None);
+        let keys: Vec<String> = store
+            .scan_prefix("a/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, ["a/2", "a/3"]);
+        assert_eq!(store.scan_prefix("nothing/").await.unwrap(), vec![]);
+    }
+}
