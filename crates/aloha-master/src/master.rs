@@ -339,7 +339,7 @@ impl Master {
             .values()
             .filter(|a| state.is_none_or(|s| a.state == s))
             .collect();
-        apps.sort_by(|a, b| b.seq.cmp(&a.seq));
+        apps.sort_by_key(|a| std::cmp::Reverse(a.seq));
         apps.into_iter().take(limit).cloned().collect()
     }
 

@@ -1,5 +1,8 @@
 //! The single-node store: an embedded redb database under `--state-dir`.
 
+// redb::Error is large (160 bytes) but only travels on the rare failure path of a blocking task.
+#![allow(clippy::result_large_err)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
