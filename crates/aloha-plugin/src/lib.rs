@@ -1,1 +1,111 @@
-//! wip
+//! # aloha-plugin
+//!
+//! The boundary between an Aloha worker and the plugins that run apps. A plugin is a `cdylib`
+//! that the worker opens at run time (with `libloading`) and talks to through a small, versioned
+//! C ABI, modelled on apache/datafusion's `datafusion-ffi`: `#[repr(C)]` tables of
+//! `unsafe extern "C"` function pointers, an opaque instance pointer (the plugin's private data),
+//! an explicit `release`, and a version function. Rich payloads cross as JSON bytes, never as
+//! Rust types, so host and plugin may be built by different compilers; no Rust trait object, no
+//! allocator and no async runtime is shared across the boundary.
+//!
+//! ## Layout
+//! - [`Application`], [`ExitNotifier`] and [`declare_application!`]: what a plugin author
+//!   writes and calls. The macro exports the C symbols and wraps every call in `catch_unwind`,
+//!   so a panicking plugin reports an error (`"plugin panicked: <msg>"`) instead of aborting the
+//!   worker.
+//! - [`ExitState`], [`ExitKind`], [`AppContext`], [`PluginEvent`]: the JSON payloads.
+//! - [`abi`]: the raw `#[repr(C)]` types and symbol names.
+//! - `host` (cargo feature `host`): loading libraries, scanning a plugin directory, and the safe
+//!   `AppInstance` handle the worker drives.
+//!
+//! ## The ABI
+//! A plugin library exports, as `#[no_mangle] extern "C"`:
+//!
+//! - `aloha_plugin_abi_version() -> u32`: the [`ABI_VERSION`] it was built with. Every Aloha
+//!   plugin has it; a library without it is not an Aloha plugin.
+//! - `aloha_application_plugin() -> *const ApplicationPluginV1`: for Application plugins, a
+//!   static table ([`abi::ApplicationPluginV1`]) holding the ABI version, the plugin's kind
+//!   (`"process"`) and the functions `create`, `start`, `shutdown`, `clean`, `release` and
+//!   `free_buffer`.
+//! - `aloha_listener_plugin`: reserved for event-listener plugins, a later use of this ABI. A
+//!   library may export it instead of (or beside) `aloha_application_plugin`; a host that finds
+//!   the version symbol but no application table treats the library as "not an Application
+//!   plugin" and skips it without error.
+//!
+//! An instance's life: the host calls `create` with the [`AppContext`] as JSON and a
+//! [`abi::HostCallback`] (`ctx` + `on_event`), gets back an opaque instance pointer, then calls
+//! `start` (at most once), any number of `shutdown` and `clean`, and finally `release`.
+//! Fallible calls return a [`abi::CallStatus`]: a code and, on error, a UTF-8 message.
+//!
+//! ## Versioning
+//! [`ABI_VERSION`] is bumped on **any** change to the layout or meaning of the exported symbols,
+//! the tables, the callback or the JSON payloads' required fields (adding an optional JSON field
+//! is not a change). There is no compatibility range: the host refuses a plugin whose version
+//! differs from its own, with an error naming both (`plugin ABI version 2 does not match this
+//! host's ABI version 1; rebuild the plugin ...`). `abi_version` stays the first field of every
+//! table of every version so that a host can always read it. New tables get new names
+//! (`ApplicationPluginV2`).
+//!
+//! ## Ownership and threading
+//! - **JSON in calls** (the context for `create`, the shutdown reason) is borrowed by the plugin
+//!   for the duration of the call; it copies what it keeps.
+//! - **Error messages** in a [`abi::CallStatus`] are allocated by the plugin; the host copies them
+//!   and gives each buffer back exactly once through the plugin's own `free_buffer` (the two
+//!   sides may use different allocators).
+//! - **The instance** belongs to the plugin and is destroyed by `release`, called exactly once,
+//!   after the host's last call on it. Calls on one instance may come from any host thread, even
+//!   concurrently; the plugin serializes them (the glue behind [`declare_application!`] holds a
+//!   mutex around the [`Application`]).
+//! - **The host callback** belongs to the host. The plugin may call `on_event` from any thread,
+//!   one call at a time, from the moment `start` is called until `release` returns, never after:
+//!   `release` must not return while a call is in flight and must stop every later one (the
+//!   [`ExitNotifier`] does this with a lock that `release` clears). If `create` fails, the
+//!   plugin keeps nothing of the callback. Event payloads are borrowed for the call. The host's
+//!   `on_event` must return promptly and must not call back into the instance.
+//! - **Events**: `kind` 0 is an exit (an [`ExitState`] as JSON), reported at most once and last;
+//!   `kind` 1 is a detail (`{"key": .., "value": ..}`), any number before the exit. The host
+//!   ignores kinds it does not know and everything after the first exit.
+//! - **Libraries** stay loaded for the life of the host process (the host opens them with
+//!   `RTLD_NODELETE`), because a plugin's threads may outlive its last instance.
+//!
+//! ## Writing a plugin
+//! ```no_run
+//! use aloha_plugin::{AppContext, Application, ExitNotifier, ExitState};
+//!
+//! struct Sleeper { ms: u64 }
+//!
+//! impl Application for Sleeper {
+//!     fn create(ctx: AppContext) -> Result<Self, String> {
+//!         let ms = ctx.spec()["ms"].as_u64().ok_or("spec.ms must be a number")?;
+//!         Ok(Sleeper { ms })
+//!     }
+//!     fn start(&mut self, events: ExitNotifier) -> Result<(), String> {
+//!         let ms = self.ms;
+//!         std::thread::spawn(move || {
+//!             std::thread::sleep(std::time::Duration::from_millis(ms));
+//!             events.exit(ExitState::finished(0, "slept"));
+//!         });
+//!         Ok(())
+//!     }
+//!     fn shutdown(&mut self, _reason: Option<&str>) -> Result<(), String> {
+//!         Ok(())
+//!     }
+//! }
+//!
+//! aloha_plugin::declare_application!(kind = "sleeper", app = Sleeper);
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod abi;
+mod export;
+#[cfg(feature = "host")]
+pub mod host;
+mod types;
+
+pub use export::{Application, ExitNotifier};
+pub use types::{AppContext, ExitKind, ExitState, PluginEvent};
+
+/// The version of the plugin ABI this crate speaks. Bump it on any change to the layout or
+/// meaning of the C ABI (see the crate docs); hosts refuse plugins built with another value.
+pub const ABI_VERSION: u32 = 1;

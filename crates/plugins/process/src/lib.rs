@@ -1,1 +1,130 @@
-//! wip
+//! # aloha-plugin-process
+//!
+//! The `process` Application plugin: runs a command on the worker, in its own process group.
+//! Built as `libaloha_plugin_process.so` and loaded by the worker through `aloha-plugin`'s ABI.
+//!
+//! ## Spec
+//! ```json
+//! {
+//!   "command": ["prog", "arg", "..."],
+//!   "env": {"K": "V"},
+//!   "cwd": "sub/dir",
+//!   "kill_grace_ms": 5000
+//! }
+//! ```
+//! - `command` (required): program and arguments, no shell involved. A program without a `/`
+//!   is looked up in `PATH`; one with a `/` but relative is resolved against `cwd`.
+//! - `env`: variables added to the worker's environment (replacing those of the same name).
+//! - `cwd`: the working directory, relative to the app directory (absolute allowed); it must
+//!   exist when the app starts. Default: the app directory.
+//! - `kill_grace_ms`: time between SIGTERM and SIGKILL on shutdown. Default: the worker's
+//!   `kill_grace_ms` for this plugin (`[plugins.process]`), else 5000.
+//!
+//! Any other field is refused when the app is created, naming every unknown field.
+//!
+//! ## Behaviour
+//! - Output is appended to `<app_dir>/stdout` and `<app_dir>/stderr`; stdin is `/dev/null`. The
+//!   child's pid, which is also its process group id, goes to `<app_dir>/pid` and is reported as
+//!   the detail `pid`.
+//! - The child leads its own process group and has `PR_SET_PDEATHSIG = SIGKILL`, so it dies with
+//!   the worker. That signal fires when the *thread* that forked the child exits, so the child is
+//!   forked by a monitor thread of the plugin that lives until the child has been reaped, never
+//!   by the host's (possibly short-lived) calling thread.
+//! - When the leader exits, whatever is left of its group gets SIGKILL, so no orphan of the app
+//!   survives it (processes that moved to another group or session escape this). The exit is
+//!   reported as FINISHED (code 0), FAILED (`exited with code N`, or `killed by signal N (SIGX)`
+//!   with code 128+N), or KILLED (`killed: <reason>`) if a shutdown was asked for before it.
+//! - `shutdown` sends SIGTERM to the group and returns; a background thread sends SIGKILL after
+//!   the grace period if the leader is still there. Idempotent; a no-op before start or after exit.
+//! - `clean` sends SIGKILL to the group if its leader still runs. It never deletes the app
+//!   directory: the logs stay for the operator. Releasing an instance whose process still runs
+//!   does the same, since nobody could learn of its exit any more.
+
+#![warn(missing_docs)]
+
+mod group;
+pub mod spec;
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
+
+use aloha_plugin::{AppContext, Application, ExitNotifier};
+
+use crate::group::{Group, Launch};
+use crate::spec::Spec;
+
+/// The kind this plugin runs.
+pub const KIND: &str = "process";
+
+aloha_plugin::declare_application!(kind = KIND, app = ProcessApp);
+
+/// One attempt of a `process` app.
+pub struct ProcessApp {
+    app_dir: PathBuf,
+    spec: Spec,
+    group: Arc<Group>,
+    started: bool,
+}
+
+impl Application for ProcessApp {
+    fn create(ctx: AppContext) -> Result<Self, String> {
+        let spec = spec::parse(ctx.spec(), &ctx.conf, &ctx.app_dir)?;
+        Ok(ProcessApp {
+            app_dir: ctx.app_dir,
+            spec,
+            group: Arc::new(Group::default()),
+            started: false,
+        })
+    }
+
+    fn start(&mut self, events: ExitNotifier) -> Result<(), String> {
+        if self.started {
+            return Err("the app was started already".into());
+        }
+        self.started = true;
+        if !self.spec.cwd.is_dir() {
+            return Err(format!(
+                "working directory {} does not exist or is not a directory",
+                self.spec.cwd.display()
+            ));
+        }
+        let stdout = open_log(&self.app_dir, "stdout")?;
+        let stderr = open_log(&self.app_dir, "stderr")?;
+        let launch = Launch::new(&self.spec, stdout, stderr, self.app_dir.join("pid"));
+        let (started_tx, started_rx) = mpsc::sync_channel(1);
+        let group = Arc::clone(&self.group);
+        std::thread::Builder::new()
+            .name("process-monitor".into())
+            .spawn(move || group::monitor(launch, group, events, started_tx))
+            .map_err(|e| format!("cannot start the monitor thread: {e}"))?;
+        match started_rx.recv() {
+            Ok(Ok(_pid)) => Ok(()),
+            Ok(Err(message)) => Err(message),
+            Err(_) => Err("the monitor thread ended before the process started".into()),
+        }
+    }
+
+    fn shutdown(&mut self, reason: Option<&str>) -> Result<(), String> {
+        self.group.shutdown(reason, self.spec.kill_grace)
+    }
+
+    fn clean(&mut self) -> Result<(), String> {
+        self.group.kill("cleaned up while running")
+    }
+}
+
+impl Drop for ProcessApp {
+    fn drop(&mut self) {
+        let _ = self.group.kill("released while running");
+    }
+}
+
+fn open_log(app_dir: &Path, name: &str) -> Result<File, String> {
+    let path = app_dir.join(name);
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))
+}
