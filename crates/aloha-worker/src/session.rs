@@ -1,0 +1,222 @@
+//! The worker's link to the leader: find it among the configured masters, register, heartbeat,
+//! deliver reports in order, and start over when the master restarts or leadership moves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aloha_proto as pb;
+use aloha_proto::master_service_client::MasterServiceClient;
+use tokio::sync::{watch, RwLock};
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, info, warn};
+
+use crate::worker::Worker;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The master the worker currently follows.
+#[derive(Clone)]
+struct Leader {
+    url: String,
+    client: MasterServiceClient<Channel>,
+}
+
+/// Registration, heartbeats and report delivery.
+pub struct Session {
+    worker: Arc<Worker>,
+    masters: Vec<String>,
+    leader: RwLock<Option<Leader>>,
+}
+
+fn client_for(url: &str) -> Result<MasterServiceClient<Channel>, String> {
+    let ep = Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("bad master URL {url:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5));
+    Ok(MasterServiceClient::new(ep.connect_lazy()))
+}
+
+fn normalise(url: &str) -> String {
+    if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    }
+}
+
+impl Session {
+    /// A session for `worker` over `masters`.
+    pub fn new(worker: Arc<Worker>, masters: Vec<String>) -> Arc<Session> {
+        Arc::new(Session {
+            worker,
+            masters,
+            leader: RwLock::new(None),
+        })
+    }
+
+    /// Registers with a master that accepts (the leader), trying each configured master and
+    /// any leader a standby points at. Returns the leader and its heartbeat interval.
+    async fn register(&self) -> Option<(Leader, Duration)> {
+        let mut candidates: Vec<String> = self.masters.clone();
+        let mut i = 0;
+        while i < candidates.len() {
+            let url = candidates[i].clone();
+            i += 1;
+            let mut client = match client_for(&url) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!("{e}");
+                    continue;
+                }
+            };
+            let apps = self.worker.app_reports();
+            let req = pb::RegisterWorkerRequest {
+                worker_id: self.worker.id.clone(),
+                address: self.worker.address.clone(),
+                cores: self.worker.cores,
+                memory_mb: self.worker.memory_mb,
+                kinds: self.worker.kinds(),
+                apps: apps.clone(),
+                plugin_errors: self.worker.plugin_errors.clone(),
+            };
+            match client.register_worker(req).await {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    if !resp.accepted {
+                        if !resp.leader_rpc_address.is_empty() {
+                            let leader = normalise(&resp.leader_rpc_address);
+                            debug!(master = %url, %leader, "not the leader; trying the leader");
+                            if !candidates[i..].contains(&leader) {
+                                candidates.insert(i, leader);
+                            }
+                        }
+                        continue;
+                    }
+                    self.worker.observe_epoch(resp.epoch);
+                    self.worker.registered(&apps);
+                    for k in &resp.kill {
+                        self.worker.kill_unowned(&k.app_id, k.attempt);
+                    }
+                    let interval = Duration::from_millis(resp.heartbeat_interval_ms.max(50));
+                    info!(master = %url, epoch = resp.epoch, apps = apps.len(),
+                          heartbeat_ms = interval.as_millis() as u64, "registered with the leader");
+                    return Some((Leader { url, client }, interval));
+                }
+                Err(status) => {
+                    debug!(master = %url, "registration failed: {}", status.message());
+                }
+            }
+        }
+        None
+    }
+
+    /// Keeps the worker registered with the leader until `stop` turns true.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let reporter = tokio::spawn(self.clone().deliver_reports(stop.clone()));
+        let mut backoff = MIN_BACKOFF;
+        let mut warned = false;
+        'outer: loop {
+            if *stop.borrow() {
+                break;
+            }
+            let Some((leader, interval)) = self.register().await else {
+                if !warned {
+                    warn!(masters = ?self.masters, "no master accepted the registration; retrying");
+                    warned = true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => break,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            };
+            warned = false;
+            backoff = MIN_BACKOFF;
+            *self.leader.write().await = Some(leader.clone());
+            self.worker.report_ready.notify_one();
+            let mut client = leader.client.clone();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = self.worker.reregister.notified() => {
+                        debug!("re-registering on request");
+                        break;
+                    }
+                    _ = stop.changed() => break 'outer,
+                }
+                let hb = pb::HeartbeatRequest {
+                    worker_id: self.worker.id.clone(),
+                };
+                match client.heartbeat(hb).await {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        if !r.accepted {
+                            info!(master = %leader.url, "master is no longer the leader");
+                            break;
+                        }
+                        if r.reregister {
+                            info!(master = %leader.url, "master asked for a new registration");
+                            break;
+                        }
+                        self.worker.observe_epoch(r.epoch);
+                    }
+                    Err(status) => {
+                        warn!(master = %leader.url, "heartbeat failed: {}", status.message());
+                        break;
+                    }
+                }
+            }
+            *self.leader.write().await = None;
+        }
+        *self.leader.write().await = None;
+        let _ = reporter.await;
+    }
+
+    /// Sends queued reports to the leader, oldest first, until each is acknowledged.
+    async fn deliver_reports(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            let Some(report) = self.worker.next_report() else {
+                tokio::select! {
+                    _ = self.worker.report_ready.notified() => continue,
+                    _ = stop.changed() => {
+                        if *stop.borrow() { return; }
+                        continue;
+                    }
+                }
+            };
+            let leader = self.leader.read().await.clone();
+            let Some(mut leader) = leader else {
+                // Not registered: reports wait (the registration lists the apps anyway).
+                tokio::select! {
+                    _ = self.worker.report_ready.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+                continue;
+            };
+            match leader.client.report_app_state(report.clone()).await {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    if resp.accepted {
+                        if resp.kill {
+                            self.worker.kill_unowned(&report.app_id, report.attempt);
+                        }
+                        if !resp.message.is_empty() {
+                            debug!(app_id = %report.app_id, "master: {}", resp.message);
+                        }
+                        self.worker.report_delivered(&report);
+                    } else {
+                        info!(master = %leader.url, "report not accepted ({}); re-registering", resp.message);
+                        self.worker.reregister.notify_one();
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+                Err(status) => {
+                    debug!(master = %leader.url, "report delivery failed: {}", status.message());
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}
