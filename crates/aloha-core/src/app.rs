@@ -290,9 +290,7 @@ impl App {
             self.finished_at = Some(at);
         }
         self.state = next;
-        if message.is_some() || next != AppState::Running {
-            self.message = message.clone();
-        }
+        self.message = message.clone();
         self.history.push(HistoryEntry {
             state: next,
             at,

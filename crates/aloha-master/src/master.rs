@@ -880,7 +880,10 @@ impl Master {
                 .map(|a| a.id.clone())
                 .collect();
             for id in stuck {
-                if let Some(mut app) = changes.current(&inner, &id).cloned() {
+                // Judge by the state after this tick's other changes: an app whose worker was
+                // just declared dead has already been handled above.
+                let current = changes.current(&inner, &id).cloned();
+                if let Some(mut app) = current.filter(|a| a.state == AppState::Unknown) {
                     let reason = format!(
                         "no worker reported the app within {} of master recovery",
                         humantime::format_duration(self.cfg.worker_timeout)
