@@ -1,1 +1,611 @@
-//! placeholder
+//! The end-to-end harness: starts the real `aloha-master`, `aloha-worker` and `alohactl`
+//! binaries on free 127.0.0.1 ports with temp dirs, talks to them over HTTP, and never leaks a
+//! process: every child gets `PR_SET_PDEATHSIG` (it dies with the test thread that started it)
+//! and is killed and reaped on drop.
+//!
+//! Binaries come from the workspace target dir; build them first with
+//! `cargo build --workspace` (the test command in the README does).
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// Where the workspace's binaries and plugins are.
+pub fn target_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("CARGO_TARGET_DIR") {
+        let d = PathBuf::from(d);
+        return if d.is_absolute() {
+            d.join("debug")
+        } else {
+            workspace_root().join(d).join("debug")
+        };
+    }
+    workspace_root().join("target").join("debug")
+}
+
+/// The repository root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
+}
+
+/// A built binary; panics with the fix when it is missing.
+pub fn bin(name: &str) -> PathBuf {
+    let p = target_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace` before the end-to-end tests",
+        p.display()
+    );
+    p
+}
+
+static PORTS: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
+/// A free 127.0.0.1 port, never handed out twice by this process.
+pub fn free_port() -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().expect("local addr").port();
+        let mut used = PORTS.lock().unwrap_or_else(|p| p.into_inner());
+        if !used.contains(&port) {
+            used.push(port);
+            return port;
+        }
+    }
+}
+
+/// Waits until `f` returns `Some`, polling every 50 ms; panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process that is killed and reaped on drop.
+pub struct Proc {
+    /// What it is, for messages.
+    pub name: String,
+    child: Option<Child>,
+    /// Its stderr log.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `cmd` with output to `<log_dir>/<name>.log`.
+    pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Proc {
+        let log = log_dir.join(format!("{name}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open log");
+        cmd.stdout(out.try_clone().expect("dup log"))
+            .stderr(out)
+            .stdin(Stdio::null());
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(-1)
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit (SIGKILL after that).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut c = self.child.take()?;
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let c = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Whether a process (or, with a negative id, a process group) exists.
+pub fn process_exists(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// An HTTP response: status and JSON body (`Value::Null` when the body is not JSON).
+#[derive(Debug, Clone)]
+pub struct Resp {
+    /// HTTP status.
+    pub status: u16,
+    /// Body as JSON.
+    pub body: Value,
+}
+
+/// A small blocking client for the REST API.
+#[derive(Clone)]
+pub struct Api {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    client: reqwest::blocking::Client,
+}
+
+impl Api {
+    /// A client for the master at `base`.
+    pub fn new(base: &str) -> Api {
+        Api {
+            base: base.trim_end_matches('/').to_string(),
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("http client"),
+        }
+    }
+
+    fn finish(r: reqwest::Result<reqwest::blocking::Response>) -> Result<Resp, String> {
+        let r = r.map_err(|e| e.to_string())?;
+        let status = r.status().as_u16();
+        let text = r.text().map_err(|e| e.to_string())?;
+        Ok(Resp {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        })
+    }
+
+    /// GET, or an error when the master is unreachable.
+    pub fn try_get(&self, path: &str) -> Result<Resp, String> {
+        Self::finish(self.client.get(format!("{}{path}", self.base)).send())
+    }
+
+    /// GET.
+    pub fn get(&self, path: &str) -> Resp {
+        self.try_get(path)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// POST with a JSON body.
+    pub fn post(&self, path: &str, body: &Value) -> Resp {
+        self.try_post(path, body)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    /// POST with a JSON body, or an error when the master is unreachable.
+    pub fn try_post(&self, path: &str, body: &Value) -> Result<Resp, String> {
+        Self::finish(
+            self.client
+                .post(format!("{}{path}", self.base))
+                .json(body)
+                .send(),
+        )
+    }
+
+    /// POST raw bytes with a content type.
+    pub fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> Resp {
+        Self::finish(
+            self.client
+                .post(format!("{}{path}", self.base))
+                .header("content-type", content_type)
+                .body(body)
+                .send(),
+        )
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    /// Submits an app; panics unless 201. Returns the app.
+    pub fn submit(&self, body: Value) -> Value {
+        let r = self.post("/api/v1/apps", &body);
+        assert_eq!(r.status, 201, "submit {body}: {:?}", r.body);
+        r.body
+    }
+
+    /// Submits a `process` app running `command`.
+    pub fn submit_cmd(&self, name: &str, command: &[&str], extra: Value) -> String {
+        let mut body = json!({"name": name, "kind": "process", "spec": {"command": command}});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        self.submit(body)["id"]
+            .as_str()
+            .expect("app id")
+            .to_string()
+    }
+
+    /// One app.
+    pub fn app(&self, id: &str) -> Value {
+        let r = self.get(&format!("/api/v1/apps/{id}"));
+        assert_eq!(r.status, 200, "GET app {id}: {:?}", r.body);
+        r.body
+    }
+
+    /// Waits until the app is in `state`; panics (showing the app) on timeout or if it ends in
+    /// another terminal state.
+    pub fn wait_state(&self, id: &str, state: &str, timeout: Duration) -> Value {
+        let mut last = Value::Null;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(r) = self.try_get(&format!("/api/v1/apps/{id}")) {
+                if r.status == 200 {
+                    last = r.body;
+                    let s = last["state"].as_str().unwrap_or("");
+                    if s == state {
+                        return last;
+                    }
+                    let terminal = ["FINISHED", "FAILED", "KILLED", "ERROR"].contains(&s);
+                    if terminal {
+                        panic!("app {id} ended {s} while waiting for {state}: {last:#}");
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("timed out after {timeout:?} waiting for app {id} to be {state}: {last:#}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Workers as served.
+    pub fn workers(&self) -> Vec<Value> {
+        self.get("/api/v1/workers").body["workers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits until `n` workers are ALIVE.
+    pub fn wait_alive_workers(&self, n: usize, timeout: Duration) {
+        wait_for(&format!("{n} ALIVE workers"), timeout, || {
+            let alive = self.try_get("/api/v1/workers").ok()?.body["workers"]
+                .as_array()?
+                .iter()
+                .filter(|w| w["state"] == "ALIVE")
+                .count();
+            (alive >= n).then_some(())
+        })
+    }
+
+    /// The states an app went through.
+    pub fn history(app: &Value) -> Vec<String> {
+        app["history"]
+            .as_array()
+            .map(|h| {
+                h.iter()
+                    .map(|e| e["state"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Options for a master.
+#[derive(Clone, Debug)]
+pub struct MasterOpts {
+    /// HTTP port.
+    pub http_port: u16,
+    /// gRPC port.
+    pub rpc_port: u16,
+    /// State dir.
+    pub state_dir: PathBuf,
+    /// Worker timeout, humantime.
+    pub worker_timeout: String,
+}
+
+/// A running master.
+pub struct MasterProc {
+    /// The process.
+    pub proc: Proc,
+    /// Its options (to restart it the same way).
+    pub opts: MasterOpts,
+    /// Its API.
+    pub api: Api,
+}
+
+impl MasterProc {
+    /// Starts a master and waits for /healthz.
+    pub fn start(name: &str, opts: MasterOpts, log_dir: &Path) -> MasterProc {
+        let proc = Self::spawn(name, &opts, log_dir);
+        let api = Api::new(&format!("http://127.0.0.1:{}", opts.http_port));
+        let mut m = MasterProc { proc, opts, api };
+        m.wait_healthy();
+        m
+    }
+
+    /// Spawns without waiting.
+    pub fn spawn(name: &str, opts: &MasterOpts, log_dir: &Path) -> Proc {
+        let mut cmd = Command::new(bin("aloha-master"));
+        cmd.arg("--http-addr")
+            .arg(format!("127.0.0.1:{}", opts.http_port))
+            .arg("--rpc-addr")
+            .arg(format!("127.0.0.1:{}", opts.rpc_port))
+            .arg("--state-dir")
+            .arg(&opts.state_dir)
+            .arg("--worker-timeout")
+            .arg(&opts.worker_timeout)
+            .env("ALOHA_LOG", "info,aloha_master=debug");
+        Proc::spawn(name, cmd, log_dir)
+    }
+
+    fn wait_healthy(&mut self) {
+        let api = self.api.clone();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = api.try_get("/healthz") {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            if let Some(st) = self.proc.wait_exit(Duration::from_millis(0)) {
+                panic!("master exited with {st}: {}", self.proc.log_text());
+            }
+            if Instant::now() > deadline {
+                panic!("master not healthy in 30s: {}", self.proc.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The gRPC URL workers use.
+    pub fn rpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.opts.rpc_port)
+    }
+
+    /// SIGKILLs it and starts it again with the same options.
+    pub fn restart_hard(&mut self, log_dir: &Path) {
+        self.proc.kill9();
+        let name = format!("{}-restarted", self.proc.name);
+        self.proc = Self::spawn(&name, &self.opts, log_dir);
+        self.wait_healthy();
+    }
+}
+
+/// Options for a worker.
+#[derive(Clone, Debug)]
+pub struct WorkerOpts {
+    /// Worker id.
+    pub id: String,
+    /// Cores offered.
+    pub cores: u32,
+    /// Memory offered, MiB.
+    pub memory_mb: u64,
+    /// Work dir.
+    pub work_dir: PathBuf,
+    /// Kill grace for the process plugin, ms.
+    pub kill_grace_ms: u64,
+}
+
+/// Starts a worker against the given master gRPC URLs.
+pub fn start_worker(masters: &[String], opts: &WorkerOpts, log_dir: &Path) -> Proc {
+    let mut cmd = Command::new(bin("aloha-worker"));
+    for m in masters {
+        cmd.arg("--master").arg(m);
+    }
+    let config = log_dir.join(format!("{}.toml", opts.id));
+    std::fs::write(
+        &config,
+        format!(
+            "[plugins.process]\nkill_grace_ms = {}\n",
+            opts.kill_grace_ms
+        ),
+    )
+    .expect("write worker config");
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("--id")
+        .arg(&opts.id)
+        .arg("--cores")
+        .arg(opts.cores.to_string())
+        .arg("--memory-mb")
+        .arg(opts.memory_mb.to_string())
+        .arg("--work-dir")
+        .arg(&opts.work_dir)
+        .arg("--plugin-dir")
+        .arg(target_dir())
+        .arg("--shutdown-timeout")
+        .arg("10s")
+        .env("ALOHA_LOG", "info,aloha_worker=debug");
+    Proc::spawn(&opts.id, cmd, log_dir)
+}
+
+/// A master and its workers in one temp dir.
+pub struct Cluster {
+    /// The master.
+    pub master: MasterProc,
+    /// Workers by position.
+    pub workers: Vec<Proc>,
+    /// Temp dir holding state, work dirs and logs. Declared last: fields drop in order, and
+    /// the processes must stop before their directories go.
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Show what the daemons said: the test failed and the temp dir is about to go.
+            for p in std::iter::once(&self.master.proc).chain(self.workers.iter()) {
+                let text = p.log_text();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(60)..];
+                eprintln!("----- last lines of {} -----\n{}", p.name, tail.join("\n"));
+            }
+        }
+    }
+}
+
+impl Cluster {
+    /// A master with `worker_timeout` and the given workers `(id, cores)`, all ALIVE.
+    pub fn start(worker_timeout: &str, workers: &[(&str, u32)]) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("aloha-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let opts = MasterOpts {
+            http_port: free_port(),
+            rpc_port: free_port(),
+            state_dir: dir.path().join("master"),
+            worker_timeout: worker_timeout.to_string(),
+        };
+        let master = MasterProc::start("master", opts, dir.path());
+        let mut c = Cluster {
+            master,
+            workers: Vec::new(),
+            dir,
+        };
+        for (id, cores) in workers {
+            c.add_worker(id, *cores);
+        }
+        c.api()
+            .wait_alive_workers(workers.len(), Duration::from_secs(30));
+        c
+    }
+
+    /// The master's API.
+    pub fn api(&self) -> &Api {
+        &self.master.api
+    }
+
+    /// The options a worker with this id gets.
+    pub fn worker_opts(&self, id: &str, cores: u32) -> WorkerOpts {
+        WorkerOpts {
+            id: id.to_string(),
+            cores,
+            memory_mb: 4096,
+            work_dir: self.dir.path().join(id),
+            kill_grace_ms: 2000,
+        }
+    }
+
+    /// Starts another worker.
+    pub fn add_worker(&mut self, id: &str, cores: u32) -> usize {
+        let opts = self.worker_opts(id, cores);
+        let p = start_worker(&[self.master.rpc_url()], &opts, self.dir.path());
+        self.workers.push(p);
+        self.workers.len() - 1
+    }
+
+    /// The directory of an app attempt on a worker.
+    pub fn app_dir(&self, worker: &str, app: &str, attempt: u32) -> PathBuf {
+        self.dir
+            .path()
+            .join(worker)
+            .join(app)
+            .join(attempt.to_string())
+    }
+
+    /// Runs `alohactl` against the master; returns (exit code, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(bin("alohactl"))
+            .arg("--master")
+            .arg(&self.master.api.base)
+            .args(args)
+            .output()
+            .expect("run alohactl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// Reads the pid an app's process plugin wrote, waiting for it to appear.
+pub fn app_pid(dir: &Path) -> i32 {
+    let f = dir.join("pid");
+    wait_for(&format!("{}", f.display()), Duration::from_secs(10), || {
+        std::fs::read_to_string(&f).ok()?.trim().parse().ok()
+    })
+}

@@ -1,0 +1,206 @@
+//! An app's life on a real master and worker: finish, fail, kill, wait for resources.
+
+use std::time::Duration;
+
+use aloha_e2e::{app_pid, process_exists, Api, Cluster};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(30);
+
+#[test]
+fn an_app_runs_to_finished_through_every_state_and_leaves_its_output() {
+    let c = Cluster::start("3s", &[("w1", 2)]);
+    let api = c.api();
+    let id = api.submit_cmd(
+        "hello",
+        &["sh", "-c", "echo hello from $GREETING; echo oops >&2"],
+        json!({"spec": {"command": ["sh", "-c", "echo hello from $GREETING; echo oops >&2"],
+                        "env": {"GREETING": "aloha"}}}),
+    );
+    let app = api.wait_state(&id, "FINISHED", T);
+    assert_eq!(
+        Api::history(&app),
+        ["SUBMITTED", "LAUNCHING", "RUNNING", "FINISHED"]
+    );
+    assert_eq!(app["exit_code"], 0);
+    assert_eq!(app["attempt"], 1);
+    assert_eq!(app["worker_id"], "w1");
+    assert!(app["started_at"].is_string() && app["finished_at"].is_string());
+    let dir = c.app_dir("w1", &id, 1);
+    let out = std::fs::read_to_string(dir.join("stdout")).unwrap();
+    assert_eq!(out, "hello from aloha\n");
+    let err = std::fs::read_to_string(dir.join("stderr")).unwrap();
+    assert_eq!(err, "oops\n");
+    // Resources are released once it ended.
+    let w = &api.workers()[0];
+    assert_eq!(w["cores_used"], 0);
+    assert_eq!(w["apps"], json!([]));
+}
+
+#[test]
+fn a_non_zero_exit_fails_with_its_code() {
+    let c = Cluster::start("3s", &[("w1", 1)]);
+    let api = c.api();
+    let id = api.submit_cmd("fails", &["sh", "-c", "exit 3"], json!({}));
+    let app = api.wait_state(&id, "FAILED", T);
+    assert_eq!(app["exit_code"], 3);
+    assert!(
+        app["message"]
+            .as_str()
+            .unwrap()
+            .contains("exited with code 3"),
+        "{app}"
+    );
+    assert_eq!(app["attempt"], 1, "an app failure is not relaunched");
+    // A command that cannot start at all is an ERROR, with the reason.
+    let id = api.submit_cmd("missing", &["/nonexistent/program"], json!({}));
+    let app = api.wait_state(&id, "ERROR", T);
+    assert!(
+        app["message"].as_str().unwrap().contains("start failed"),
+        "{app}"
+    );
+}
+
+#[test]
+fn killing_a_running_app_stops_its_whole_process_group() {
+    let c = Cluster::start("3s", &[("w1", 1)]);
+    let api = c.api();
+    // A shell with a background child: both must go.
+    let id = api.submit_cmd(
+        "sleeper",
+        &["sh", "-c", "sleep 600 & sleep 600; wait"],
+        json!({}),
+    );
+    api.wait_state(&id, "RUNNING", T);
+    let pgid = app_pid(&c.app_dir("w1", &id, 1));
+    assert!(process_exists(-pgid));
+    let r = api.post(
+        &format!("/api/v1/apps/{id}/kill"),
+        &json!({"reason": "test says stop"}),
+    );
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let app = api.wait_state(&id, "KILLED", T);
+    assert!(
+        app["message"].as_str().unwrap().contains("test says stop"),
+        "{app}"
+    );
+    aloha_e2e::wait_for("the app's process group to vanish", T, || {
+        (!process_exists(-pgid)).then_some(())
+    });
+    // Killing it again is a conflict; the worker has its core back.
+    let r = api.post(&format!("/api/v1/apps/{id}/kill"), &json!({}));
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert!(r.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("already ended KILLED"));
+    assert_eq!(api.workers()[0]["cores_used"], 0);
+}
+
+#[test]
+fn a_waiting_app_is_killed_at_once() {
+    let c = Cluster::start("3s", &[("w1", 1)]);
+    let api = c.api();
+    let id = api.submit_cmd("too big", &["true"], json!({"cores": 64}));
+    let r = api.post(&format!("/api/v1/apps/{id}/kill"), &json!({}));
+    assert_eq!(r.status, 202);
+    let app = api.app(&id);
+    assert_eq!(app["state"], "KILLED");
+    assert_eq!(Api::history(&app), ["SUBMITTED", "KILLED"]);
+}
+
+#[test]
+fn fifo_by_resources_without_head_of_line_blocking() {
+    let c = Cluster::start("3s", &[("w1", 2)]);
+    let api = c.api();
+    let long =
+        |name: &str, cores: u32| api.submit_cmd(name, &["sleep", "600"], json!({"cores": cores}));
+    let a = long("a", 1);
+    api.wait_state(&a, "RUNNING", T);
+    // b needs 2 cores: cannot run while a holds one. c needs 1 and must not wait behind b.
+    let b = long("b", 2);
+    let c1 = long("c", 1);
+    api.wait_state(&c1, "RUNNING", T);
+    let bapp = api.app(&b);
+    assert_eq!(bapp["state"], "SUBMITTED");
+    assert!(
+        bapp["message"]
+            .as_str()
+            .unwrap()
+            .contains("waiting for resources"),
+        "{bapp}"
+    );
+    // Larger than any worker: says so.
+    let huge = long("huge", 3);
+    aloha_e2e::wait_for("the huge app's message", T, || {
+        let m = api.app(&huge)["message"].as_str()?.to_string();
+        m.contains("largest ALIVE worker has 2 cores").then_some(())
+    });
+    // Free both cores: b gets them; the huge app still cannot run.
+    for id in [&a, &c1] {
+        api.post(&format!("/api/v1/apps/{id}/kill"), &json!({}));
+        api.wait_state(id, "KILLED", T);
+    }
+    api.wait_state(&b, "RUNNING", T);
+    assert_eq!(api.app(&huge)["state"], "SUBMITTED");
+    // Now full again: a newer 1-core app waits behind nothing but resources.
+    let d = long("d", 1);
+    aloha_e2e::wait_for("d's waiting message", T, || {
+        let m = api.app(&d)["message"].as_str()?.to_string();
+        m.contains("waiting for resources").then_some(())
+    });
+}
+
+#[test]
+fn listing_filters_by_state_and_limits_newest_first() {
+    let c = Cluster::start("3s", &[("w1", 4)]);
+    let api = c.api();
+    let ids: Vec<String> = (0..3)
+        .map(|i| api.submit_cmd(&format!("t{i}"), &["true"], json!({})))
+        .collect();
+    for id in &ids {
+        api.wait_state(id, "FINISHED", T);
+    }
+    let waiting = api.submit_cmd("big", &["true"], json!({"cores": 99}));
+    let all = api.get("/api/v1/apps").body["apps"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[0]["id"], waiting.as_str(), "newest first");
+    let fin = api.get("/api/v1/apps?state=FINISHED&limit=2").body["apps"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(fin.len(), 2);
+    assert_eq!(fin[0]["id"], ids[2].as_str());
+    assert!(fin.iter().all(|a| a["state"] == "FINISHED"));
+    let cluster = api.get("/api/v1/cluster").body;
+    assert_eq!(cluster["role"], "ALIVE");
+    assert!(cluster["epoch"].as_u64().unwrap() >= 1);
+    assert_eq!(cluster["leader"], api.base.as_str());
+    let metrics = c.master.api.get("/metrics");
+    assert_eq!(metrics.status, 200);
+}
+
+#[test]
+fn worker_sigterm_stops_and_reports_its_apps() {
+    let mut c = Cluster::start("3s", &[("w1", 1)]);
+    let api = c.api().clone();
+    let id = api.submit_cmd("victim", &["sleep", "600"], json!({}));
+    api.wait_state(&id, "RUNNING", T);
+    let pgid = app_pid(&c.app_dir("w1", &id, 1));
+    let status = c.workers[0].terminate(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "worker exits cleanly on SIGTERM"
+    );
+    // No retries: the worker's shutdown ends the app, reported before the worker exited.
+    let app = api.app(&id);
+    assert_eq!(app["state"], "FAILED", "{app}");
+    assert!(
+        app["message"].as_str().unwrap().contains("shut down"),
+        "{app}"
+    );
+    assert!(!process_exists(-pgid));
+}

@@ -1,0 +1,94 @@
+//! Workers that die: their apps are relaunched elsewhere while retries last, else FAILED.
+
+use std::time::Duration;
+
+use aloha_e2e::{app_pid, process_exists, Api, Cluster};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(30);
+
+#[test]
+fn an_app_on_a_killed_worker_is_relaunched_on_another() {
+    let mut c = Cluster::start("2s", &[("w1", 2)]);
+    let api = c.api().clone();
+    let id = api.submit_cmd("survivor", &["sleep", "600"], json!({"max_retries": 1}));
+    let doomed = api.submit_cmd("doomed", &["sleep", "600"], json!({"max_retries": 0}));
+    api.wait_state(&id, "RUNNING", T);
+    api.wait_state(&doomed, "RUNNING", T);
+    let pgid = app_pid(&c.app_dir("w1", &id, 1));
+    // A second worker joins; then the first dies without a word.
+    c.add_worker("w2", 2);
+    api.wait_alive_workers(2, T);
+    c.workers[0].kill9();
+    // The app's processes die with their worker (no orphans).
+    aloha_e2e::wait_for("the dead worker's app to die", T, || {
+        (!process_exists(-pgid)).then_some(())
+    });
+    let app = api.wait_state(&id, "RUNNING", T);
+    let app = if app["attempt"] == 2 {
+        app
+    } else {
+        aloha_e2e::wait_for("attempt 2 running", T, || {
+            let a = api.app(&id);
+            (a["attempt"] == 2 && a["state"] == "RUNNING").then_some(a)
+        })
+    };
+    assert_eq!(app["worker_id"], "w2");
+    assert_eq!(app["retries"], 1);
+    let h = Api::history(&app);
+    assert_eq!(
+        h,
+        [
+            "SUBMITTED",
+            "LAUNCHING",
+            "RUNNING",
+            "RELAUNCHING",
+            "LAUNCHING",
+            "RUNNING"
+        ]
+    );
+    let relaunch = &app["history"][3];
+    assert!(
+        relaunch["message"]
+            .as_str()
+            .unwrap()
+            .contains("worker w1 lost"),
+        "{relaunch}"
+    );
+    let d = api.wait_state(&doomed, "FAILED", T);
+    assert!(
+        d["message"].as_str().unwrap().contains("worker w1 lost"),
+        "{d}"
+    );
+    let workers = api.workers();
+    let w1 = workers.iter().find(|w| w["id"] == "w1").unwrap();
+    assert_eq!(w1["state"], "DEAD");
+    assert!(c.app_dir("w2", &id, 2).join("stdout").exists());
+}
+
+#[test]
+fn a_worker_that_comes_back_is_reconciled() {
+    let mut c = Cluster::start("2s", &[("w1", 2)]);
+    let api = c.api().clone();
+    let id = api.submit_cmd("paused", &["sleep", "600"], json!({"max_retries": 1}));
+    api.wait_state(&id, "RUNNING", T);
+    let pgid = app_pid(&c.app_dir("w1", &id, 1));
+    c.add_worker("w2", 2);
+    api.wait_alive_workers(2, T);
+    // Freeze w1 past the timeout: the master gives its app to w2.
+    c.workers[0].signal(libc::SIGSTOP);
+    aloha_e2e::wait_for("attempt 2 running on w2", T, || {
+        let a = api.app(&id);
+        (a["attempt"] == 2 && a["state"] == "RUNNING").then_some(())
+    });
+    // w1 wakes up, re-registers with attempt 1 still running: the master has it killed.
+    c.workers[0].signal(libc::SIGCONT);
+    aloha_e2e::wait_for("the stale attempt on w1 to be killed", T, || {
+        (!process_exists(-pgid)).then_some(())
+    });
+    api.wait_alive_workers(2, T);
+    let app = api.app(&id);
+    assert_eq!(app["state"], "RUNNING");
+    assert_eq!(app["worker_id"], "w2");
+    assert_eq!(app["attempt"], 2);
+}
