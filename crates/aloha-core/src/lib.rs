@@ -10,10 +10,12 @@
 //! - [`worker`]: worker records and [`Liveness`], the heartbeat timeout detector.
 //! - [`schedule`]: the FIFO, resource-based placement policy ([`schedule::place`]).
 //! - [`report`]: applying a worker's statement about an app ([`report::apply`]).
+//! - [`event`]: the numbered events listeners and the event stream receive.
 //! - [`api`]: the JSON shapes the REST API serves.
 
 pub mod api;
 pub mod app;
+pub mod event;
 pub mod report;
 pub mod schedule;
 pub mod state;
@@ -22,5 +24,6 @@ pub mod worker;
 pub use app::{
     App, AppDescription, AppId, HistoryEntry, SubmitError, SubmitRequest, TransitionError,
 };
+pub use event::{Event, EventBody};
 pub use state::AppState;
 pub use worker::{Liveness, WorkerId, WorkerRecord, WorkerState};
