@@ -1119,3 +1119,358 @@ fn parse_u64(v: &[u8], key: &str) -> Result<u64, StoreError> {
 fn decode<T: serde::de::DeserializeOwned>(key: &str, v: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(v).map_err(|e| StoreError::Backend(format!("corrupt record {key}: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The master's operations over the in-memory store with a hand-driven clock. Commands to
+    //! workers are recorded by a connector at the gRPC edge; the end-to-end tests in `tests/`
+    //! run the same paths over real gRPC.
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::MemoryStore;
+    use async_trait::async_trait;
+    use std::sync::Mutex as StdMutex;
+    use std::time::Duration;
+
+    #[derive(Default)]
+    struct Recorder {
+        sent: StdMutex<Vec<(String, String, u32)>>, // (verb, app, attempt)
+    }
+
+    #[async_trait]
+    impl WorkerConnector for Recorder {
+        async fn launch(
+            &self,
+            _: &str,
+            r: pb::LaunchAppRequest,
+        ) -> Result<pb::LaunchAppResponse, String> {
+            self.sent
+                .lock()
+                .unwrap()
+                .push(("launch".into(), r.app_id, r.attempt));
+            Ok(pb::LaunchAppResponse {
+                accepted: true,
+                message: String::new(),
+            })
+        }
+        async fn kill(
+            &self,
+            _: &str,
+            r: pb::KillAppRequest,
+        ) -> Result<pb::KillAppResponse, String> {
+            self.sent
+                .lock()
+                .unwrap()
+                .push(("kill".into(), r.app_id, r.attempt));
+            Ok(pb::KillAppResponse {
+                accepted: true,
+                message: String::new(),
+            })
+        }
+    }
+
+    struct Rig {
+        master: Arc<Master>,
+        store: Arc<MemoryStore>,
+        clock: Arc<ManualClock>,
+        rec: Arc<Recorder>,
+    }
+
+    fn cfg() -> Config {
+        Config {
+            worker_timeout: Duration::from_secs(10),
+            ..Config::default()
+        }
+    }
+
+    async fn rig_on(store: Arc<MemoryStore>, clock: Arc<ManualClock>) -> Rig {
+        let rec = Arc::new(Recorder::default());
+        let master = Master::recover(cfg(), store.clone(), rec.clone(), clock.clone())
+            .await
+            .unwrap();
+        Rig {
+            master,
+            store,
+            clock,
+            rec,
+        }
+    }
+
+    async fn rig() -> Rig {
+        rig_on(
+            Arc::new(MemoryStore::new()),
+            Arc::new(ManualClock::default()),
+        )
+        .await
+    }
+
+    fn reg(id: &str, cores: u32, apps: Vec<pb::AppStateReport>) -> pb::RegisterWorkerRequest {
+        pb::RegisterWorkerRequest {
+            worker_id: id.into(),
+            address: format!("{id}:1"),
+            cores,
+            memory_mb: 4096,
+            kinds: vec!["process".into()],
+            apps,
+            plugin_errors: vec![],
+        }
+    }
+
+    fn report(worker: &str, app: &str, attempt: u32, state: &str) -> pb::AppStateReport {
+        pb::AppStateReport {
+            worker_id: worker.into(),
+            app_id: app.into(),
+            attempt,
+            state: state.into(),
+            ..Default::default()
+        }
+    }
+
+    fn submit_req(max_retries: i64) -> SubmitRequest {
+        serde_json::from_value(serde_json::json!({
+            "name": "t", "kind": "process", "spec": {"command": ["true"]}, "max_retries": max_retries
+        }))
+        .unwrap()
+    }
+
+    async fn sent(rec: &Recorder, n: usize) -> Vec<(String, String, u32)> {
+        for _ in 0..200 {
+            if rec.sent.lock().unwrap().len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        rec.sent.lock().unwrap().clone()
+    }
+
+    async fn running_app(r: &Rig, worker: &str, max_retries: i64) -> String {
+        let app = r.master.submit(submit_req(max_retries)).await.unwrap();
+        assert_eq!(r.master.schedule_round().await.unwrap(), 1);
+        let id = app.id.0.clone();
+        let a = r.master.app(&id).await.unwrap();
+        assert_eq!(a.state, AppState::Launching);
+        assert_eq!(a.worker_id.as_ref().map(|w| w.as_str()), Some(worker));
+        r.master
+            .report(report(worker, &id, 1, "RUNNING"))
+            .await
+            .unwrap();
+        id
+    }
+
+    #[tokio::test]
+    async fn submit_place_launch_run_finish() {
+        let r = rig().await;
+        r.master
+            .register_worker(reg("w1", 2, vec![]))
+            .await
+            .unwrap();
+        let id = running_app(&r, "w1", 0).await;
+        assert_eq!(sent(&r.rec, 1).await, [("launch".into(), id.clone(), 1)]);
+        let mut fin = report("w1", &id, 1, "FINISHED");
+        fin.exit_code = Some(0);
+        r.master.report(fin).await.unwrap();
+        let app = r.master.app(&id).await.unwrap();
+        assert_eq!(app.state, AppState::Finished);
+        assert_eq!(app.exit_code, Some(0));
+        // Persisted, not just in memory.
+        let stored: App =
+            serde_json::from_slice(&r.store.get(&keys::app(&app.id)).await.unwrap().unwrap())
+                .unwrap();
+        assert_eq!(stored, app);
+    }
+
+    #[tokio::test]
+    async fn a_silent_worker_dies_and_its_app_moves() {
+        let r = rig().await;
+        r.master
+            .register_worker(reg("w1", 2, vec![]))
+            .await
+            .unwrap();
+        let id = running_app(&r, "w1", 1).await;
+        r.master
+            .register_worker(reg("w2", 2, vec![]))
+            .await
+            .unwrap();
+        r.clock.advance(6_000);
+        r.master.heartbeat("w2").await;
+        r.master.tick().await.unwrap();
+        assert_eq!(
+            r.master.app(&id).await.unwrap().state,
+            AppState::Running,
+            "not yet"
+        );
+        r.clock.advance(5_000);
+        r.master.tick().await.unwrap();
+        let app = r.master.app(&id).await.unwrap();
+        assert_eq!(app.state, AppState::Relaunching);
+        assert!(app
+            .message
+            .unwrap()
+            .starts_with("worker w1 lost: no heartbeat for"));
+        let workers = r.master.workers().await;
+        assert_eq!(workers[0].state, WorkerState::Dead);
+        assert_eq!(r.master.schedule_round().await.unwrap(), 1);
+        let app = r.master.app(&id).await.unwrap();
+        assert_eq!(
+            (app.attempt, app.worker_id.unwrap().0),
+            (2, "w2".to_string())
+        );
+    }
+
+    #[tokio::test]
+    async fn recovery_marks_running_apps_unknown_until_their_worker_reports() {
+        let store = Arc::new(MemoryStore::new());
+        let clock = Arc::new(ManualClock::default());
+        let r = rig_on(store.clone(), clock.clone()).await;
+        r.master
+            .register_worker(reg("w1", 2, vec![]))
+            .await
+            .unwrap();
+        let id = running_app(&r, "w1", 0).await;
+        let waiting = r
+            .master
+            .submit(
+                serde_json::from_value(
+                    serde_json::json!({"name": "big", "kind": "process", "cores": 8}),
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        drop(r);
+        let r = rig_on(store, clock).await;
+        assert_eq!(r.master.epoch(), 2);
+        assert_eq!(r.master.app(&id).await.unwrap().state, AppState::Unknown);
+        assert_eq!(
+            r.master.app(&waiting.id.0).await.unwrap().state,
+            AppState::Submitted
+        );
+        let resp = r
+            .master
+            .register_worker(reg("w1", 2, vec![report("w1", &id, 1, "RUNNING")]))
+            .await
+            .unwrap();
+        assert!(resp.kill.is_empty());
+        let app = r.master.app(&id).await.unwrap();
+        assert_eq!((app.state, app.attempt), (AppState::Running, 1));
+        let next = r.master.submit(submit_req(0)).await.unwrap();
+        assert_eq!(next.seq, 3, "sequence continues across restarts");
+    }
+
+    #[tokio::test]
+    async fn an_app_lost_with_its_worker_at_the_recovery_deadline_is_lost_once() {
+        let store = Arc::new(MemoryStore::new());
+        let clock = Arc::new(ManualClock::default());
+        let r = rig_on(store.clone(), clock.clone()).await;
+        r.master
+            .register_worker(reg("w1", 2, vec![]))
+            .await
+            .unwrap();
+        let id = running_app(&r, "w1", 1).await;
+        drop(r);
+        let r = rig_on(store, clock.clone()).await;
+        // The worker's timeout and the recovery deadline end in the same tick.
+        clock.advance(10_001);
+        r.master.tick().await.unwrap();
+        let app = r.master.app(&id).await.unwrap();
+        assert_eq!(app.state, AppState::Relaunching, "{:?}", app.message);
+        assert_eq!(app.retries, 1);
+    }
+
+    #[tokio::test]
+    async fn reconciliation_kills_what_the_master_does_not_own_and_loses_what_is_missing() {
+        let r = rig().await;
+        r.master
+            .register_worker(reg("w1", 2, vec![]))
+            .await
+            .unwrap();
+        let id = running_app(&r, "w1", 0).await;
+        // w1 comes back with a stranger and without our app.
+        let resp = r
+            .master
+            .register_worker(reg(
+                "w1",
+                2,
+                vec![report("w1", "app-stranger", 1, "RUNNING")],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(resp.kill.len(), 1);
+        assert_eq!(resp.kill[0].app_id, "app-stranger");
+        let app = r.master.app(&id).await.unwrap();
+        assert_eq!(app.state, AppState::Failed);
+        assert!(app
+            .message
+            .unwrap()
+            .contains("re-registered without attempt 1"));
+    }
+
+    #[tokio::test]
+    async fn illegal_and_stale_reports_change_nothing() {
+        let r = rig().await;
+        r.master
+            .register_worker(reg("w1", 2, vec![]))
+            .await
+            .unwrap();
+        let id = running_app(&r, "w1", 0).await;
+        let before = r.master.app(&id).await.unwrap();
+        let resp = r
+            .master
+            .report(report("w1", &id, 1, "SUBMITTED"))
+            .await
+            .unwrap();
+        assert!(resp.accepted && !resp.kill, "refused for good, not retried");
+        assert!(resp.message.contains("illegal transition"));
+        let resp = r
+            .master
+            .report(report("w1", &id, 1, "SLEEPING"))
+            .await
+            .unwrap();
+        assert!(resp.message.contains("unknown app state"));
+        let resp = r
+            .master
+            .report(report("w1", &id, 9, "RUNNING"))
+            .await
+            .unwrap();
+        assert!(resp.kill, "an attempt the master does not own must die");
+        assert_eq!(r.master.app(&id).await.unwrap(), before);
+        // An unregistered worker's report is kept on the worker (not accepted).
+        let resp = r
+            .master
+            .report(report("w9", &id, 1, "FINISHED"))
+            .await
+            .unwrap();
+        assert!(!resp.accepted);
+    }
+
+    #[tokio::test]
+    async fn kills_end_waiting_apps_at_once_and_running_ones_through_the_worker() {
+        let r = rig().await;
+        let waiting = r.master.submit(submit_req(0)).await.unwrap();
+        let killed = r.master.kill(&waiting.id.0, None).await.unwrap();
+        assert_eq!(killed.state, AppState::Killed);
+        assert!(matches!(
+            r.master.kill(&waiting.id.0, None).await,
+            Err(MasterError::Conflict(_))
+        ));
+        assert!(matches!(
+            r.master.kill("app-x", None).await,
+            Err(MasterError::AppNotFound(_))
+        ));
+
+        r.master
+            .register_worker(reg("w1", 2, vec![]))
+            .await
+            .unwrap();
+        let id = running_app(&r, "w1", 3).await;
+        let app = r.master.kill(&id, Some("enough".into())).await.unwrap();
+        assert_eq!(app.state, AppState::Running);
+        assert!(app.kill_requested);
+        let sent = sent(&r.rec, 2).await;
+        assert!(sent.contains(&("kill".into(), id.clone(), 1)), "{sent:?}");
+        // If the worker dies before confirming, the app ends KILLED, not relaunched.
+        r.clock.advance(10_001);
+        r.master.tick().await.unwrap();
+        assert_eq!(r.master.app(&id).await.unwrap().state, AppState::Killed);
+    }
+}
