@@ -1,0 +1,459 @@
+//! The command line: flags, subcommands and the parsers for their values. Parsing only; nothing
+//! here talks to a master.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aloha_core::app::MAX_RETRIES_LIMIT;
+use aloha_core::AppState;
+use clap::builder::NonEmptyStringValueParser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use reqwest::Url;
+
+/// Where a master listens when nothing else is said.
+pub const DEFAULT_MASTER: &str = "http://127.0.0.1:8080";
+
+/// Help heading of the flags every subcommand takes.
+const GLOBAL: &str = "Global options";
+
+/// Control an Aloha-rs cluster through its masters' REST API.
+#[derive(Debug, Parser)]
+#[command(name = "alohactl", version, propagate_version = true)]
+pub struct Cli {
+    /// A master's HTTP address. Repeat it (or give a comma-separated list) to name every master of
+    /// an HA cluster: they are tried in order and the leader is followed automatically.
+    #[arg(
+        long = "master",
+        short = 'm',
+        value_name = "URL",
+        env = "ALOHA_MASTER",
+        value_delimiter = ',',
+        default_value = DEFAULT_MASTER,
+        value_parser = parse_master,
+        global = true,
+        help_heading = GLOBAL
+    )]
+    pub masters: Vec<String>,
+
+    /// How to print results.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true, help_heading = GLOBAL)]
+    pub output: Output,
+
+    /// Give up on a master that has not answered a request within this time (e.g. 10s, 500ms).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, global = true, help_heading = GLOBAL)]
+    pub timeout: Duration,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Human-readable tables.
+    Table,
+    /// The API's JSON, pretty-printed.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Submit an app (a command after `--` becomes a process spec).
+    Submit(SubmitArgs),
+    /// Show one app in detail, with its history.
+    Status {
+        /// The app id.
+        #[arg(value_parser = parse_app_id)]
+        id: String,
+    },
+    /// List apps, newest first.
+    List(ListArgs),
+    /// Ask the cluster to stop an app.
+    Kill {
+        /// The app id.
+        #[arg(value_parser = parse_app_id)]
+        id: String,
+    },
+    /// List workers with their resources.
+    Workers,
+    /// Show the answering master's view of the cluster: role, leader, epoch, members.
+    Cluster,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// A human-readable name for the app.
+    #[arg(long, value_parser = NonEmptyStringValueParser::new())]
+    pub name: String,
+
+    /// The plugin kind that runs the app.
+    #[arg(long, default_value = "process", value_parser = NonEmptyStringValueParser::new())]
+    pub kind: String,
+
+    /// The plugin spec, a JSON object.
+    #[arg(long, value_name = "JSON", conflicts_with_all = ["spec_file", "command"])]
+    pub spec: Option<String>,
+
+    /// Read the plugin spec (a JSON object) from a file; `-` reads stdin.
+    #[arg(long, value_name = "PATH", conflicts_with = "command")]
+    pub spec_file: Option<PathBuf>,
+
+    /// Cores the app needs on one worker [master's default: 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cores: Option<u32>,
+
+    /// Memory the app needs on one worker, in MiB [master's default: 256].
+    #[arg(long = "memory-mb", value_name = "MIB")]
+    pub memory_mb: Option<u64>,
+
+    /// Relaunches allowed when the app's worker is lost [master's default: 0].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_RETRIES_LIMIT)))]
+    pub max_retries: Option<u32>,
+
+    /// A label; repeat for more.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+
+    /// Follow the app until it ends; exit 0 only if it FINISHED. In JSON mode only the final app
+    /// is printed.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// How often `--wait` asks for the app's state.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+
+    /// The command to run (kind `process` only): becomes the spec `{"command": [...]}`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only apps in this state (SUBMITTED, LAUNCHING, RUNNING, FINISHED, FAILED, KILLED,
+    /// RELAUNCHING, UNKNOWN, ERROR; any case).
+    #[arg(long, value_parser = parse_state)]
+    pub state: Option<AppState>,
+
+    /// At most this many apps.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
+}
+
+/// Normalizes a master address: `host:port` gets `http://`, a trailing `/` goes. Only plain HTTP
+/// is accepted because the client is built without TLS; a path prefix (a reverse proxy) is kept.
+pub fn parse_master(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("a master address must not be empty".into());
+    }
+    let with_scheme = if s.contains("://") {
+        s.to_string()
+    } else {
+        format!("http://{s}")
+    };
+    let url = Url::parse(&with_scheme).map_err(|e| format!("invalid master address {s:?}: {e}"))?;
+    if url.scheme() != "http" {
+        return Err(format!(
+            "unsupported scheme in {s:?}: only http:// is supported (alohactl is built without TLS)"
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("master address {s:?} has no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(format!(
+            "master address {s:?} must not carry credentials, a query or a fragment"
+        ));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+/// An app id: non-empty, and not a relative path segment that URL resolution would eat.
+pub fn parse_app_id(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    match s {
+        "" => Err("an app id must not be empty".into()),
+        "." | ".." => Err(format!("{s:?} is not an app id")),
+        _ => Ok(s.to_string()),
+    }
+}
+
+/// Parses `KEY=VALUE`; the value may be empty and may contain `=`.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        Some(_) => Err(format!("label {s:?} has an empty key")),
+        None => Err(format!("label {s:?} is not KEY=VALUE")),
+    }
+}
+
+/// Parses an app state name in any case.
+pub fn parse_state(s: &str) -> Result<AppState, String> {
+    s.parse::<AppState>().map_err(|e| e.to_string())
+}
+
+/// Parses a positive duration written as a number and a unit: `500ms`, `2s`, `1.5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| c.is_ascii_alphabetic())
+        .ok_or_else(|| format!("duration {s:?} needs a unit (ms, s, m or h), e.g. 500ms"))?;
+    let (number, unit) = s.split_at(split);
+    let number: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 2s, 1m"))?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!("duration {s:?} must be positive")),
+    }
+}
+
+/// A clap error as one line: its first paragraph (which names the offending argument), without
+/// the `error:` prefix, plus a pointer to the help of the (sub)command concerned.
+pub fn usage_line(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let first: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let text = first.join(" ");
+    let text = text.strip_prefix("error:").unwrap_or(&text).trim();
+    // "Usage: alohactl submit [OPTIONS] --name <NAME>" names the command whose help to see.
+    let command = rendered
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Usage:"))
+        .map(|usage| {
+            usage
+                .split_whitespace()
+                .take_while(|w| !w.starts_with(['[', '<', '-']))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "alohactl".to_string());
+    format!("{text} (see '{command} --help')")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("alohactl").chain(args.iter().copied()))
+    }
+
+    fn submit(args: &[&str]) -> SubmitArgs {
+        let mut all = vec!["submit"];
+        all.extend_from_slice(args);
+        match parse(&all).unwrap().command {
+            Command::Submit(s) => s,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn globals_have_defaults() {
+        // The environment may name a master; this test is about the built-in default.
+        if std::env::var_os("ALOHA_MASTER").is_some() {
+            return;
+        }
+        let cli = parse(&["workers"]).unwrap();
+        assert_eq!(cli.masters, vec![DEFAULT_MASTER.to_string()]);
+        assert_eq!(cli.output, Output::Table);
+        assert_eq!(cli.timeout, Duration::from_secs(10));
+        assert!(matches!(cli.command, Command::Workers));
+    }
+
+    #[test]
+    fn masters_repeat_split_on_commas_and_normalize() {
+        let cli = parse(&[
+            "--master",
+            "10.0.0.1:8080",
+            "-m",
+            "http://b:9/,c:7",
+            "--master=http://d:1/prefix/",
+            "cluster",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.masters,
+            [
+                "http://10.0.0.1:8080",
+                "http://b:9",
+                "http://c:7",
+                "http://d:1/prefix"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_masters_are_usage_errors() {
+        for bad in ["https://a:1", "", "http://", "http://a:1/?x=1", "a b:1"] {
+            let err = parse(&["--master", bad, "workers"]).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::ValueValidation, "{bad:?}");
+            assert_eq!(err.exit_code(), 2);
+        }
+    }
+
+    #[test]
+    fn output_can_follow_the_subcommand() {
+        let cli = parse(&["list", "-o", "json", "--state", "running", "--limit", "5"]).unwrap();
+        assert_eq!(cli.output, Output::Json);
+        match cli.command {
+            Command::List(l) => {
+                assert_eq!(l.state, Some(AppState::Running));
+                assert_eq!(l.limit, Some(5));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["list", "--state", "RUN"]).is_err());
+        assert!(parse(&["list", "--limit", "0"]).is_err());
+        assert!(parse(&["--output", "yaml", "list"]).is_err());
+    }
+
+    #[test]
+    fn submit_takes_a_trailing_command() {
+        let s = submit(&[
+            "--name",
+            "hi",
+            "--cores",
+            "2",
+            "--label",
+            "team=infra",
+            "--label",
+            "x=a=b",
+            "--wait",
+            "--poll-interval",
+            "100ms",
+            "--",
+            "echo",
+            "--flag",
+            "-n",
+        ]);
+        assert_eq!(s.name, "hi");
+        assert_eq!(s.kind, "process");
+        assert_eq!(s.cores, Some(2));
+        assert_eq!(s.memory_mb, None);
+        assert_eq!(
+            s.labels,
+            [("team".into(), "infra".into()), ("x".into(), "a=b".into())]
+        );
+        assert!(s.wait);
+        assert_eq!(s.poll_interval, Duration::from_millis(100));
+        assert_eq!(s.command, ["echo", "--flag", "-n"]);
+    }
+
+    #[test]
+    fn submit_refuses_conflicting_or_invalid_values() {
+        let conflict = |args: &[&str]| {
+            let mut all = vec!["submit", "--name", "x"];
+            all.extend_from_slice(args);
+            parse(&all).unwrap_err().kind()
+        };
+        assert_eq!(
+            conflict(&["--spec", "{}", "--", "true"]),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(
+            conflict(&["--spec-file", "f.json", "--", "true"]),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(
+            conflict(&["--spec", "{}", "--spec-file", "f.json"]),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(conflict(&["--cores", "0"]), ErrorKind::ValueValidation);
+        assert_eq!(
+            conflict(&["--max-retries", "101"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            conflict(&["--label", "novalue"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            conflict(&["--poll-interval", "0s"]),
+            ErrorKind::ValueValidation
+        );
+        let missing = parse(&["submit", "--", "true"]).unwrap_err();
+        assert_eq!(missing.kind(), ErrorKind::MissingRequiredArgument);
+        assert_eq!(missing.exit_code(), 2);
+    }
+
+    #[test]
+    fn ids_are_required_and_non_empty() {
+        assert!(parse(&["status"]).is_err());
+        assert!(parse(&["kill", ""]).is_err());
+        assert!(parse(&["status", ".."]).is_err());
+        match parse(&["kill", "app-1"]).unwrap().command {
+            Command::Kill { id } => assert_eq!(id, "app-1"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn usage_errors_fit_on_one_line() {
+        let line = usage_line(&parse(&["submit", "--", "true"]).unwrap_err());
+        assert_eq!(
+            line,
+            "the following required arguments were not provided: --name <NAME> (see 'alohactl submit --help')"
+        );
+        let line = usage_line(&parse(&["list", "--bogus"]).unwrap_err());
+        assert_eq!(
+            line,
+            "unexpected argument '--bogus' found (see 'alohactl list --help')"
+        );
+        let line = usage_line(&parse(&["frobnicate"]).unwrap_err());
+        assert_eq!(
+            line,
+            "unrecognized subcommand 'frobnicate' (see 'alohactl --help')"
+        );
+        let line = usage_line(&parse(&["submit", "--name", "x", "--cores", "0"]).unwrap_err());
+        assert!(!line.contains('\n'));
+        assert!(
+            line.starts_with("invalid value '0' for '--cores <CORES>'"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "5", "5x", "-1s", "0ms", "s", "nans", "1e400s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(parse_label("a=b"), Ok(("a".into(), "b".into())));
+        assert_eq!(parse_label("a="), Ok(("a".into(), String::new())));
+        assert!(parse_label("=b").is_err());
+        assert!(parse_label("ab").is_err());
+    }
+}

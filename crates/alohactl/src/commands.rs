@@ -1,0 +1,376 @@
+//! One function per subcommand: build the request, call the API, print the result.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+
+use aloha_core::api::{AppList, ClusterInfo, WorkerList};
+use aloha_core::{App, SubmitRequest};
+use chrono::Utc;
+use serde_json::Value;
+
+use crate::cli::{Cli, Command, ListArgs, Output, SubmitArgs};
+use crate::client::{segment, Client, Served};
+use crate::error::CtlError;
+use crate::output;
+use crate::wait::{self, SystemClock};
+
+/// Where commands write: results to `out`, warnings to `err`.
+pub struct Io<'a> {
+    /// Results.
+    pub out: &'a mut dyn Write,
+    /// Warnings.
+    pub err: &'a mut dyn Write,
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli, io: &mut Io<'_>) -> Result<(), CtlError> {
+    let client = Client::new(cli.masters, cli.timeout)?;
+    let format = cli.output;
+    match cli.command {
+        Command::Submit(args) => submit(&client, format, &args, io),
+        Command::Status { id } => status(&client, format, &id, io),
+        Command::List(args) => list(&client, format, &args, io),
+        Command::Kill { id } => kill(&client, format, &id, io),
+        Command::Workers => workers(&client, format, io),
+        Command::Cluster => cluster(&client, format, io),
+    }
+}
+
+fn submit(
+    client: &Client,
+    format: Output,
+    args: &SubmitArgs,
+    io: &mut Io<'_>,
+) -> Result<(), CtlError> {
+    let spec_text = match &args.spec_file {
+        Some(path) => Some((
+            "--spec-file".to_string(),
+            read_spec_file(path, &mut std::io::stdin())?,
+        )),
+        None => args.spec.clone().map(|s| ("--spec".to_string(), s)),
+    };
+    let request = submit_request(args, spec_text)?;
+    let created: Served<App> = client.post("/api/v1/apps", Some(&request))?;
+
+    match (format, args.wait) {
+        (Output::Json, false) => return print(io, &output::json(&created.raw)),
+        (Output::Json, true) => {}
+        (Output::Table, _) => print(io, &output::app_summary(&created.data))?,
+    }
+    if !args.wait {
+        return Ok(());
+    }
+    if format == Output::Table {
+        print(io, "\n")?;
+    }
+    let path = app_path(created.data.id.as_str());
+    let lines: Option<&mut dyn Write> = match format {
+        Output::Table => Some(&mut *io.out),
+        Output::Json => None,
+    };
+    let end = wait::follow(
+        created,
+        || client.get(&path, &[]),
+        &mut SystemClock,
+        args.poll_interval,
+        lines,
+        &mut *io.err,
+    )?;
+    if format == Output::Json {
+        print(io, &output::json(&end.raw))?;
+    }
+    wait::outcome(&end.data)
+}
+
+fn status(client: &Client, format: Output, id: &str, io: &mut Io<'_>) -> Result<(), CtlError> {
+    let app: Served<App> = client.get(&app_path(id), &[])?;
+    print(
+        io,
+        &match format {
+            Output::Table => output::app_detail(&app.data),
+            Output::Json => output::json(&app.raw),
+        },
+    )
+}
+
+fn list(client: &Client, format: Output, args: &ListArgs, io: &mut Io<'_>) -> Result<(), CtlError> {
+    let mut query = Vec::new();
+    if let Some(state) = args.state {
+        query.push(("state", state.as_str().to_string()));
+    }
+    if let Some(limit) = args.limit {
+        query.push(("limit", limit.to_string()));
+    }
+    let apps: Served<AppList> = client.get("/api/v1/apps", &query)?;
+    print(
+        io,
+        &match format {
+            Output::Table => output::app_list(&apps.data.apps),
+            Output::Json => output::json(&apps.raw),
+        },
+    )
+}
+
+fn kill(client: &Client, format: Output, id: &str, io: &mut Io<'_>) -> Result<(), CtlError> {
+    let app: Served<App> = client.post(&format!("{}/kill", app_path(id)), None::<&()>)?;
+    print(
+        io,
+        &match format {
+            Output::Table => format!(
+                "kill requested for {}\n",
+                output::clean(app.data.id.as_str())
+            ),
+            Output::Json => output::json(&app.raw),
+        },
+    )
+}
+
+fn workers(client: &Client, format: Output, io: &mut Io<'_>) -> Result<(), CtlError> {
+    let workers: Served<WorkerList> = client.get("/api/v1/workers", &[])?;
+    print(
+        io,
+        &match format {
+            Output::Table => output::worker_list(&workers.data.workers, Utc::now()),
+            Output::Json => output::json(&workers.raw),
+        },
+    )
+}
+
+fn cluster(client: &Client, format: Output, io: &mut Io<'_>) -> Result<(), CtlError> {
+    let info: Served<ClusterInfo> = client.get("/api/v1/cluster", &[])?;
+    print(
+        io,
+        &match format {
+            Output::Table => output::cluster(&info.data),
+            Output::Json => output::json(&info.raw),
+        },
+    )
+}
+
+fn app_path(id: &str) -> String {
+    format!("/api/v1/apps/{}", segment(id))
+}
+
+fn print(io: &mut Io<'_>, text: &str) -> Result<(), CtlError> {
+    io.out.write_all(text.as_bytes())?;
+    io.out.flush()?;
+    Ok(())
+}
+
+/// Reads `--spec-file`; `-` is `stdin`.
+fn read_spec_file(path: &Path, stdin: &mut dyn Read) -> Result<String, CtlError> {
+    let mut text = String::new();
+    let read = if path == Path::new("-") {
+        stdin.read_to_string(&mut text).map(|_| ())
+    } else {
+        std::fs::read_to_string(path).map(|t| text = t)
+    };
+    read.map_err(|e| CtlError::Usage(format!("cannot read --spec-file {}: {e}", path.display())))?;
+    Ok(text)
+}
+
+/// The submission for `args`. `spec_text` is the spec's source (flag name) and text, when one
+/// was given. Fields left out on the command line are left to the master's defaults.
+pub fn submit_request(
+    args: &SubmitArgs,
+    spec_text: Option<(String, String)>,
+) -> Result<SubmitRequest, CtlError> {
+    let spec = build_spec(&args.kind, spec_text, &args.command)?;
+    let labels = build_labels(&args.labels)?;
+    // Start from the master's own defaults (applied by deserialization) for omitted fields.
+    let mut request: SubmitRequest = serde_json::from_value(serde_json::json!({
+        "name": args.name,
+        "kind": args.kind,
+    }))
+    .map_err(|e| CtlError::Internal(format!("cannot build the submission: {e}")))?;
+    request.spec = spec;
+    request.labels = labels;
+    if let Some(cores) = args.cores {
+        request.cores = i64::from(cores);
+    }
+    if let Some(memory_mb) = args.memory_mb {
+        request.memory_mb = i64::try_from(memory_mb)
+            .map_err(|_| CtlError::Usage(format!("--memory-mb {memory_mb} is too large")))?;
+    }
+    if let Some(max_retries) = args.max_retries {
+        request.max_retries = i64::from(max_retries);
+    }
+    Ok(request)
+}
+
+/// The plugin spec: from the command after `--` (process kind only), from `--spec` /
+/// `--spec-file` text (must be a JSON object), or empty.
+pub fn build_spec(
+    kind: &str,
+    spec_text: Option<(String, String)>,
+    command: &[String],
+) -> Result<Value, CtlError> {
+    if !command.is_empty() {
+        if kind != "process" {
+            return Err(CtlError::Usage(format!(
+                "a command after `--` makes a process spec and cannot be used with --kind {kind}; \
+                 give the spec with --spec or --spec-file"
+            )));
+        }
+        if spec_text.is_some() {
+            return Err(CtlError::Usage(
+                "give either a command after `--` or a spec, not both".into(),
+            ));
+        }
+        return Ok(serde_json::json!({ "command": command }));
+    }
+    let Some((source, text)) = spec_text else {
+        return Ok(Value::Object(Default::default()));
+    };
+    let spec: Value = serde_json::from_str(&text)
+        .map_err(|e| CtlError::Usage(format!("{source} is not valid JSON: {e}")))?;
+    if !spec.is_object() {
+        return Err(CtlError::Usage(format!(
+            "{source} must be a JSON object, like {{\"command\": [\"echo\", \"hi\"]}}"
+        )));
+    }
+    Ok(spec)
+}
+
+/// Labels as a map; a key given twice is a mistake worth reporting.
+pub fn build_labels(pairs: &[(String, String)]) -> Result<BTreeMap<String, String>, CtlError> {
+    let mut labels = BTreeMap::new();
+    for (k, v) in pairs {
+        if labels.insert(k.clone(), v.clone()).is_some() {
+            return Err(CtlError::Usage(format!(
+                "label {k:?} is given more than once"
+            )));
+        }
+    }
+    Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn submit_args(args: &[&str]) -> SubmitArgs {
+        let cli = Cli::try_parse_from(
+            ["alohactl", "submit", "--name", "job"]
+                .into_iter()
+                .chain(args.iter().copied()),
+        )
+        .unwrap();
+        match cli.command {
+            Command::Submit(s) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn request(args: &[&str]) -> Result<SubmitRequest, CtlError> {
+        let a = submit_args(args);
+        let text = a.spec.clone().map(|s| ("--spec".to_string(), s));
+        submit_request(&a, text)
+    }
+
+    #[test]
+    fn trailing_args_become_a_process_spec() {
+        let r = request(&["--", "sh", "-c", "exit 3"]).unwrap();
+        assert_eq!(r.kind, "process");
+        assert_eq!(
+            r.spec,
+            serde_json::json!({"command": ["sh", "-c", "exit 3"]})
+        );
+    }
+
+    #[test]
+    fn omitted_numbers_take_the_masters_defaults() {
+        let r = request(&[]).unwrap();
+        assert_eq!((r.cores, r.memory_mb, r.max_retries), (1, 256, 0));
+        assert_eq!(r.spec, serde_json::json!({}));
+        assert!(r.labels.is_empty());
+        let r = request(&["--cores", "4", "--memory-mb", "1024", "--max-retries", "3"]).unwrap();
+        assert_eq!((r.cores, r.memory_mb, r.max_retries), (4, 1024, 3));
+    }
+
+    #[test]
+    fn the_body_matches_the_api() {
+        let r = request(&["--label", "team=data", "--", "true"]).unwrap();
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            serde_json::json!({
+                "name": "job", "kind": "process", "spec": {"command": ["true"]},
+                "cores": 1, "memory_mb": 256, "max_retries": 0, "labels": {"team": "data"}
+            })
+        );
+    }
+
+    #[test]
+    fn spec_json_is_checked() {
+        let r = request(&["--kind", "spark", "--spec", r#"{"class": "Main"}"#]).unwrap();
+        assert_eq!(r.spec, serde_json::json!({"class": "Main"}));
+        let err = request(&["--spec", "[1]"]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("--spec must be a JSON object"),
+            "{err}"
+        );
+        let err = request(&["--spec", "{nope"]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("--spec is not valid JSON"),
+            "{err}"
+        );
+        assert_eq!(err.exit_code(), std::process::ExitCode::from(2));
+    }
+
+    #[test]
+    fn a_command_needs_the_process_kind() {
+        let err = request(&["--kind", "spark", "--", "run"]).unwrap_err();
+        assert!(matches!(err, CtlError::Usage(_)));
+        assert!(err.to_string().contains("--kind spark"), "{err}");
+        let err = build_spec(
+            "process",
+            Some(("--spec".into(), "{}".into())),
+            &["x".into()],
+        );
+        assert!(matches!(err, Err(CtlError::Usage(_))));
+    }
+
+    #[test]
+    fn labels_must_be_unique() {
+        let r = request(&["--label", "a=1", "--label", "b="]).unwrap();
+        assert_eq!(r.labels.get("a").map(String::as_str), Some("1"));
+        assert_eq!(r.labels.get("b").map(String::as_str), Some(""));
+        let err = request(&["--label", "a=1", "--label", "a=2"]).unwrap_err();
+        assert_eq!(err.to_string(), "label \"a\" is given more than once");
+    }
+
+    #[test]
+    fn spec_files_and_stdin() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spec.json");
+        std::fs::write(&path, r#"{"command": ["date"]}"#).unwrap();
+        let text = read_spec_file(&path, &mut std::io::empty()).unwrap();
+        let a = submit_args(&["--spec-file", path.to_str().unwrap()]);
+        let r = submit_request(&a, Some(("--spec-file".into(), text))).unwrap();
+        assert_eq!(r.spec, serde_json::json!({"command": ["date"]}));
+
+        let mut stdin: &[u8] = br#"{"x": 1}"#;
+        assert_eq!(
+            read_spec_file(Path::new("-"), &mut stdin).unwrap(),
+            r#"{"x": 1}"#
+        );
+
+        let err =
+            read_spec_file(&dir.path().join("missing.json"), &mut std::io::empty()).unwrap_err();
+        assert!(
+            err.to_string().starts_with("cannot read --spec-file "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn app_ids_are_one_path_segment() {
+        assert_eq!(
+            app_path("app-20240102030405-0007"),
+            "/api/v1/apps/app-20240102030405-0007"
+        );
+        assert_eq!(app_path("../workers"), "/api/v1/apps/..%2Fworkers");
+    }
+}
