@@ -27,6 +27,13 @@ pub struct Config {
     pub worker_timeout: Duration,
     /// App kinds accepted even before a worker providing them has registered.
     pub allowed_kinds: Vec<String>,
+    /// etcd client URLs; when set, the master runs in HA mode with its state in etcd.
+    pub etcd_endpoints: Vec<String>,
+    /// Cluster name: HA state lives under `/aloha/<cluster_name>/` in etcd.
+    pub cluster_name: String,
+    /// The leader's etcd lease TTL: how long a dead leader holds leadership at most.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
     /// Log filter (tracing-subscriber `EnvFilter` syntax).
     pub log: String,
 }
@@ -41,6 +48,9 @@ impl Default for Config {
             state_dir: PathBuf::from("./aloha-data/master"),
             worker_timeout: Duration::from_secs(10),
             allowed_kinds: vec!["process".into(), "spark".into(), "flink".into()],
+            etcd_endpoints: Vec::new(),
+            cluster_name: "aloha".into(),
+            lease_ttl: Duration::from_secs(5),
             log: "info".into(),
         }
     }
@@ -101,6 +111,15 @@ pub struct Args {
     /// A worker silent this long is declared DEAD, e.g. "10s" [default: 10s].
     #[arg(long, env = "ALOHA_WORKER_TIMEOUT", value_parser = humantime::parse_duration)]
     pub worker_timeout: Option<Duration>,
+    /// etcd client URLs, comma-separated (e.g. http://127.0.0.1:2379); switches on HA mode.
+    #[arg(long, env = "ALOHA_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// Cluster name, the etcd key prefix /aloha/<name>/ [default: aloha].
+    #[arg(long, env = "ALOHA_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+    /// Leader lease TTL in HA mode, whole seconds, e.g. "5s" [default: 5s].
+    #[arg(long, env = "ALOHA_LEASE_TTL", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Option<Duration>,
     /// Log filter, e.g. "info" or "aloha_master=debug" [default: info].
     #[arg(long, env = "ALOHA_LOG")]
     pub log: Option<String>,
@@ -157,6 +176,33 @@ impl Args {
         }
         if let Some(v) = self.log {
             cfg.log = v;
+        }
+        if !self.etcd_endpoints.is_empty() {
+            cfg.etcd_endpoints = self.etcd_endpoints;
+        }
+        if let Some(v) = self.cluster_name {
+            cfg.cluster_name = v;
+        }
+        if let Some(v) = self.lease_ttl {
+            cfg.lease_ttl = v;
+        }
+        cfg.etcd_endpoints.retain(|e| !e.trim().is_empty());
+        if cfg.cluster_name.is_empty()
+            || !cfg
+                .cluster_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ConfigError::Invalid(format!(
+                "cluster_name must be non-empty letters, digits, '-' or '_' (got {:?})",
+                cfg.cluster_name
+            )));
+        }
+        if cfg.lease_ttl < Duration::from_secs(1) || cfg.lease_ttl.subsec_nanos() != 0 {
+            return Err(ConfigError::Invalid(format!(
+                "lease_ttl must be a whole number of seconds, at least 1s (got {})",
+                humantime::format_duration(cfg.lease_ttl)
+            )));
         }
         if cfg.worker_timeout < Duration::from_millis(200) {
             return Err(ConfigError::Invalid(format!(

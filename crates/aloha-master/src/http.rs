@@ -13,7 +13,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::master::{Master, MasterError};
+use crate::master::MasterError;
+use crate::node::Node;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -83,7 +84,7 @@ impl From<QueryRejection> for ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 
 /// The router, with the 1 MiB body limit and JSON errors for unknown routes and methods.
-pub fn router(master: Arc<Master>) -> Router {
+pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -100,15 +101,15 @@ pub fn router(master: Arc<Master>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(master)
+        .with_state(node)
 }
 
-async fn healthz(State(m): State<Arc<Master>>) -> impl IntoResponse {
+async fn healthz(State(m): State<Arc<Node>>) -> impl IntoResponse {
     let c = m.cluster().await;
-    Json(serde_json::json!({"status": "ok", "role": c.role, "epoch": c.epoch}))
+    Json(serde_json::json!({"status": "ok", "role": c.role, "epoch": c.epoch, "leader": c.leader}))
 }
 
-async fn metrics(State(m): State<Arc<Master>>) -> impl IntoResponse {
+async fn metrics(State(m): State<Arc<Node>>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
@@ -119,12 +120,12 @@ async fn metrics(State(m): State<Arc<Master>>) -> impl IntoResponse {
 }
 
 async fn submit(
-    State(m): State<Arc<Master>>,
+    State(m): State<Arc<Node>>,
     body: Result<Json<SubmitRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
     let _t = m.metrics.http_timer("POST /api/v1/apps");
     let Json(req) = body?;
-    let app = m.submit(req).await?;
+    let app = m.leader_master().await?.submit(req).await?;
     let location = format!("/api/v1/apps/{}", app.id);
     Ok((
         StatusCode::CREATED,
@@ -142,7 +143,7 @@ struct ListQuery {
 }
 
 async fn list(
-    State(m): State<Arc<Master>>,
+    State(m): State<Arc<Node>>,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Json<AppList>> {
     let _t = m.metrics.http_timer("GET /api/v1/apps");
@@ -162,11 +163,11 @@ async fn list(
         ));
     }
     Ok(Json(AppList {
-        apps: m.apps(state, limit).await,
+        apps: m.apps(state, limit).await?,
     }))
 }
 
-async fn show(State(m): State<Arc<Master>>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn show(State(m): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult<Response> {
     Ok(Json(m.app(&id).await?).into_response())
 }
 
@@ -177,22 +178,22 @@ struct KillBody {
 }
 
 async fn kill(
-    State(m): State<Arc<Master>>,
+    State(m): State<Arc<Node>>,
     Path(id): Path<String>,
     body: Option<Json<KillBody>>,
 ) -> ApiResult<Response> {
     let _t = m.metrics.http_timer("POST /api/v1/apps/{id}/kill");
     let reason = body.and_then(|Json(b)| b.reason);
-    let app = m.kill(&id, reason).await?;
+    let app = m.leader_master().await?.kill(&id, reason).await?;
     Ok((StatusCode::ACCEPTED, Json(app)).into_response())
 }
 
-async fn workers(State(m): State<Arc<Master>>) -> Json<WorkerList> {
-    Json(WorkerList {
-        workers: m.workers().await,
-    })
+async fn workers(State(m): State<Arc<Node>>) -> ApiResult<Json<WorkerList>> {
+    Ok(Json(WorkerList {
+        workers: m.workers().await?,
+    }))
 }
 
-async fn cluster(State(m): State<Arc<Master>>) -> impl IntoResponse {
+async fn cluster(State(m): State<Arc<Node>>) -> impl IntoResponse {
     Json(m.cluster().await)
 }

@@ -7,7 +7,9 @@
 //! - [`config`]: flags, env vars and the TOML file, merged into one [`Config`].
 //! - [`master`]: the state and every operation on it (submit, kill, register, report, schedule,
 //!   liveness), built on the pure decisions of `aloha-core`.
-//! - [`store`]: the [`store::StateStore`] trait with the redb (embedded) and memory stores.
+//! - [`node`]: the process's role (ALIVE, STANDBY, RECOVERING), leader election over etcd and
+//!   routing of requests to the active master; [`lease`]: the leader's lease and its deadline.
+//! - [`store`]: the [`store::StateStore`] trait with the redb (embedded), etcd and memory stores.
 //! - [`rpc`]: the gRPC MasterService workers call; [`worker_client`]: commands to workers.
 //! - [`http`]: the REST API; [`metrics`]: Prometheus metrics.
 //! - [`clock`]: injected time.
@@ -15,8 +17,10 @@
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod lease;
 pub mod master;
 pub mod metrics;
+pub mod node;
 pub mod rpc;
 pub mod store;
 pub mod worker_client;
@@ -30,13 +34,13 @@ use tracing::info;
 
 pub use config::Config;
 
-/// Runs a master until SIGTERM or Ctrl-C.
+/// Runs a master until SIGTERM or Ctrl-C: single-node over the embedded store, or HA over etcd
+/// when `etcd_endpoints` is set.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let store: Arc<dyn store::StateStore> = Arc::new(store::RedbStore::open(&cfg.state_dir)?);
-    let connector = Arc::new(worker_client::GrpcWorkerConnector::default());
-    let clock = Arc::new(clock::SystemClock::default());
+    let connector: Arc<dyn worker_client::WorkerConnector> =
+        Arc::new(worker_client::GrpcWorkerConnector::default());
 
-    // Bind before recovering so a port clash fails fast and nothing else changes.
+    // Bind before anything else so a port clash fails fast and nothing changes.
     let http_listener = TcpListener::bind(cfg.http_addr)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", cfg.http_addr))?;
@@ -44,41 +48,58 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", cfg.rpc_addr))?;
 
-    let master = master::Master::recover(cfg.clone(), store, connector, clock)
-        .await
-        .context("cannot recover state")?;
-
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let loops = tokio::spawn(master.clone().run_loops(stop_rx.clone()));
+    let (node, background) = if cfg.etcd_endpoints.is_empty() {
+        let store: Arc<dyn store::StateStore> = Arc::new(store::RedbStore::open(&cfg.state_dir)?);
+        let epoch = master::next_local_epoch(store.as_ref())
+            .await
+            .context("cannot start a new epoch")?;
+        let metrics = Arc::new(metrics::Metrics::new());
+        let clock = Arc::new(clock::SystemClock::default());
+        let master =
+            master::Master::recover(cfg.clone(), store.clone(), connector, clock, epoch, metrics)
+                .await
+                .context("cannot recover state")?;
+        let loops = tokio::spawn(master.clone().run_loops(stop_rx.clone()));
+        (node::Node::single(cfg.clone(), store, master), loops)
+    } else {
+        node::Node::ha(cfg.clone(), connector, stop_rx.clone()).await?
+    };
 
     let mut http_stop = stop_rx.clone();
-    let http = axum::serve(http_listener, http::router(master.clone())).with_graceful_shutdown(
-        async move {
+    let http =
+        axum::serve(http_listener, http::router(node.clone())).with_graceful_shutdown(async move {
             let _ = http_stop.changed().await;
-        },
-    );
+        });
     let mut rpc_stop = stop_rx.clone();
     let rpc = tonic::transport::Server::builder()
-        .add_service(MasterServiceServer::new(rpc::MasterRpc::new(
-            master.clone(),
-        )))
+        .add_service(MasterServiceServer::new(rpc::MasterRpc::new(node.clone())))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(rpc_listener),
             async move {
                 let _ = rpc_stop.changed().await;
             },
         );
-    info!(http = %cfg.http_url(), rpc = %cfg.rpc_url(), epoch = master.epoch(),
-          state_dir = %cfg.state_dir.display(), "aloha-master ready");
+    let mode = if cfg.etcd_endpoints.is_empty() {
+        format!("single-node, state in {}", cfg.state_dir.display())
+    } else {
+        format!(
+            "HA, etcd {} cluster {}",
+            cfg.etcd_endpoints.join(","),
+            cfg.cluster_name
+        )
+    };
+    info!(http = %cfg.http_url(), rpc = %cfg.rpc_url(), %mode, "aloha-master ready");
 
     let http_task = tokio::spawn(async move { http.await });
     let rpc_task = tokio::spawn(rpc);
     shutdown_signal().await;
     info!("shutting down");
     let _ = stop_tx.send(true);
+    // Resign first (HA) so a standby takes over while we finish.
+    let _ = background.await;
     http_task.await??;
     rpc_task.await??;
-    let _ = loops.await;
     Ok(())
 }
 

@@ -8,9 +8,10 @@
 //! released, so a slow worker never stalls the master.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
-use aloha_core::api::{ClusterInfo, Role, WorkerInfo};
+use aloha_core::api::WorkerInfo;
 use aloha_core::report::{self, Outcome, Report};
 use aloha_core::schedule::{self, Capacity, Decision};
 use aloha_core::{
@@ -86,7 +87,6 @@ struct Inner {
     recovery_deadline_ms: Option<u64>,
     /// When a kill was last sent per app, for resending.
     kill_sent_ms: HashMap<AppId, u64>,
-    role: Role,
 }
 
 /// Changes made on copies, persisted together, then installed.
@@ -137,31 +137,30 @@ pub struct Master {
     cfg: Config,
     epoch: u64,
     wake_scheduler: Notify,
-    /// Metrics registry and families.
-    pub metrics: Metrics,
+    /// Set once a write was refused by the leadership fence: this master must stop acting.
+    fenced: AtomicBool,
+    fenced_notify: Notify,
+    /// Metrics registry and families (shared by every master incarnation of the process).
+    pub metrics: Arc<Metrics>,
 }
 
 impl Master {
     /// Loads the persisted state and recovers: waiting apps are queued again in their order,
     /// apps that were on workers become UNKNOWN until their worker reports them, workers are
-    /// UNKNOWN until they re-register. Starts a new epoch.
+    /// UNKNOWN until they re-register. `epoch` is this leadership's fencing token.
     pub async fn recover(
         cfg: Config,
         store: Arc<dyn StateStore>,
         connector: Arc<dyn WorkerConnector>,
         clock: Arc<dyn Clock>,
+        epoch: u64,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<Master>, StoreError> {
         let last_seq = match store.get(keys::APP_SEQ).await? {
             Some(v) => parse_u64(&v, keys::APP_SEQ)?,
             None => 0,
         };
-        let prev_epoch = match store.get(keys::EPOCH).await? {
-            Some(v) => parse_u64(&v, keys::EPOCH)?,
-            None => 0,
-        };
-        let epoch = prev_epoch + 1;
         let mut txn = Txn::default();
-        txn.put(keys::EPOCH, epoch.to_string().into_bytes());
 
         let now = clock.now();
         let mono = clock.mono_ms();
@@ -199,7 +198,9 @@ impl Master {
             }
             apps.insert(app.id.clone(), app);
         }
-        store.txn(txn).await?;
+        if !txn.is_empty() && !store.txn(txn).await? {
+            return Err(StoreError::Fenced);
+        }
         info!(
             epoch,
             apps = apps.len(),
@@ -219,7 +220,6 @@ impl Master {
                 last_seq,
                 recovery_deadline_ms: Some(mono + cfg.worker_timeout.as_millis() as u64),
                 kill_sent_ms: HashMap::new(),
-                role: Role::Alive,
             }),
             store,
             connector,
@@ -227,7 +227,9 @@ impl Master {
             cfg,
             epoch,
             wake_scheduler: Notify::new(),
-            metrics: Metrics::new(),
+            fenced: AtomicBool::new(false),
+            fenced_notify: Notify::new(),
+            metrics,
         });
         master.wake_scheduler.notify_one();
         Ok(master)
@@ -253,10 +255,21 @@ impl Master {
         for w in &changes.workers {
             changes.txn.put(keys::worker(&w.id), json(w));
         }
+        if self.is_fenced() {
+            return Err(StoreError::Fenced);
+        }
         let timer = self.metrics.store_txn_timer();
         let ok = self.store.txn(changes.txn).await;
         drop(timer);
-        if !ok? {
+        let ok = match ok {
+            Err(StoreError::Fenced) => {
+                self.mark_fenced();
+                return Err(StoreError::Fenced);
+            }
+            other => other?,
+        };
+        if !ok {
+            self.mark_fenced();
             // We hold the only writer lock in single-node mode; a failed compare means the
             // store changed under us (a second writer): stop trusting our view.
             return Err(StoreError::Fenced);
@@ -280,10 +293,37 @@ impl Master {
         Ok(())
     }
 
-    fn ensure_leader(&self, inner: &Inner) -> Result<(), MasterError> {
-        match inner.role {
-            Role::Alive | Role::Recovering => Ok(()),
-            Role::Standby => Err(MasterError::NotLeader { leader: None }),
+    /// Whether a write of this master was refused by the fence (it is no longer the leader).
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::SeqCst)
+    }
+
+    fn mark_fenced(&self) {
+        if !self.fenced.swap(true, Ordering::SeqCst) {
+            error!(
+                epoch = self.epoch,
+                "a write was refused by the leadership fence: stepping down"
+            );
+            self.fenced_notify.notify_waiters();
+        }
+    }
+
+    /// Resolves once this master has been fenced off.
+    pub async fn fenced(&self) {
+        loop {
+            let notified = self.fenced_notify.notified();
+            if self.is_fenced() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn ensure_leader(&self, _inner: &Inner) -> Result<(), MasterError> {
+        if self.is_fenced() {
+            Err(MasterError::NotLeader { leader: None })
+        } else {
+            Ok(())
         }
     }
 
@@ -403,48 +443,12 @@ impl Master {
     /// Workers with their resource usage, by id.
     pub async fn workers(&self) -> Vec<WorkerInfo> {
         let inner = self.inner.lock().await;
-        let mut usage: HashMap<&WorkerId, (u32, u64, Vec<AppId>)> = HashMap::new();
-        for app in inner.apps.values().filter(|a| a.state.is_on_worker()) {
-            if let Some(w) = &app.worker_id {
-                let u = usage.entry(w).or_default();
-                u.0 += app.cores;
-                u.1 += app.memory_mb;
-                u.2.push(app.id.clone());
-            }
-        }
-        inner
-            .workers
-            .values()
-            .map(|w| {
-                let (cores_used, memory_used_mb, apps) = usage.remove(&w.id).unwrap_or_default();
-                WorkerInfo {
-                    id: w.id.clone(),
-                    address: w.address.clone(),
-                    state: w.state,
-                    cores: w.cores,
-                    cores_used,
-                    memory_mb: w.memory_mb,
-                    memory_used_mb,
-                    last_heartbeat: w.last_heartbeat,
-                    apps,
-                    kinds: w.kinds.clone(),
-                    plugin_errors: w.plugin_errors.clone(),
-                }
-            })
-            .collect()
+        worker_infos(inner.workers.values(), inner.apps.values())
     }
 
-    /// This master's role and the leader.
-    pub async fn cluster(&self) -> ClusterInfo {
-        let inner = self.inner.lock().await;
-        ClusterInfo {
-            role: inner.role,
-            leader: Some(self.cfg.http_url()),
-            epoch: self.epoch,
-            address: self.cfg.http_url(),
-            members: vec![self.cfg.http_url()],
-            store: self.store.kind().to_string(),
-        }
+    /// Every app, for reads that need the whole set.
+    pub async fn all_apps(&self) -> Vec<App> {
+        self.inner.lock().await.apps.values().cloned().collect()
     }
 
     /// Refreshes the state gauges and renders every metric in the Prometheus text format.
@@ -493,7 +497,7 @@ impl Master {
             ));
         }
         let mut inner = self.inner.lock().await;
-        if inner.role == Role::Standby {
+        if self.is_fenced() {
             return Ok(self.not_leader_register());
         }
         let now = self.clock.now();
@@ -569,7 +573,7 @@ impl Master {
     /// A heartbeat. Unknown or dead workers are told to register again.
     pub async fn heartbeat(&self, worker_id: &str) -> pb::HeartbeatResponse {
         let mut inner = self.inner.lock().await;
-        if inner.role == Role::Standby {
+        if self.is_fenced() {
             return pb::HeartbeatResponse {
                 accepted: false,
                 ..Default::default()
@@ -613,7 +617,7 @@ impl Master {
         r: pb::AppStateReport,
     ) -> Result<pb::ReportAppStateResponse, MasterError> {
         let mut inner = self.inner.lock().await;
-        if inner.role == Role::Standby {
+        if self.is_fenced() {
             return Ok(pb::ReportAppStateResponse {
                 accepted: false,
                 kill: false,
@@ -739,7 +743,7 @@ impl Master {
     /// LAUNCHING apps in one transaction, then sends the launch commands.
     pub async fn schedule_round(&self) -> Result<usize, StoreError> {
         let mut inner = self.inner.lock().await;
-        if inner.role != Role::Alive {
+        if self.is_fenced() {
             return Ok(0);
         }
         let waiting: Vec<&App> = inner
@@ -829,7 +833,7 @@ impl Master {
     /// kills.
     pub async fn tick(&self) -> Result<(), StoreError> {
         let mut inner = self.inner.lock().await;
-        if inner.role != Role::Alive {
+        if self.is_fenced() {
             return Ok(());
         }
         let mono = self.clock.mono_ms();
@@ -1103,6 +1107,54 @@ impl Master {
     }
 }
 
+/// Workers as the API shows them: resource usage derived from the apps bound to each.
+pub fn worker_infos<'a>(
+    workers: impl Iterator<Item = &'a WorkerRecord>,
+    apps: impl Iterator<Item = &'a App>,
+) -> Vec<WorkerInfo> {
+    let mut usage: HashMap<&WorkerId, (u32, u64, Vec<AppId>)> = HashMap::new();
+    for app in apps.filter(|a| a.state.is_on_worker()) {
+        if let Some(w) = &app.worker_id {
+            let u = usage.entry(w).or_default();
+            u.0 += app.cores;
+            u.1 += app.memory_mb;
+            u.2.push(app.id.clone());
+        }
+    }
+    let mut out: Vec<WorkerInfo> = workers
+        .map(|w| {
+            let (cores_used, memory_used_mb, apps) = usage.remove(&w.id).unwrap_or_default();
+            WorkerInfo {
+                id: w.id.clone(),
+                address: w.address.clone(),
+                state: w.state,
+                cores: w.cores,
+                cores_used,
+                memory_mb: w.memory_mb,
+                memory_used_mb,
+                last_heartbeat: w.last_heartbeat,
+                apps,
+                kinds: w.kinds.clone(),
+                plugin_errors: w.plugin_errors.clone(),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+/// Bumps the single-node epoch counter: every start of an embedded master is a new epoch.
+pub async fn next_local_epoch(store: &dyn StateStore) -> Result<u64, StoreError> {
+    let prev = match store.get(keys::EPOCH).await? {
+        Some(v) => parse_u64(&v, keys::EPOCH)?,
+        None => 0,
+    };
+    let mut txn = Txn::default();
+    txn.put(keys::EPOCH, (prev + 1).to_string().into_bytes());
+    store.txn(txn).await?;
+    Ok(prev + 1)
+}
+
 enum ReportResult {
     Done,
     Kill,
@@ -1185,9 +1237,18 @@ mod tests {
 
     async fn rig_on(store: Arc<MemoryStore>, clock: Arc<ManualClock>) -> Rig {
         let rec = Arc::new(Recorder::default());
-        let master = Master::recover(cfg(), store.clone(), rec.clone(), clock.clone())
-            .await
-            .unwrap();
+        let epoch = next_local_epoch(store.as_ref()).await.unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let master = Master::recover(
+            cfg(),
+            store.clone(),
+            rec.clone(),
+            clock.clone(),
+            epoch,
+            metrics,
+        )
+        .await
+        .unwrap();
         Rig {
             master,
             store,

@@ -6,17 +6,23 @@ use aloha_proto as pb;
 use aloha_proto::master_service_server::MasterService;
 use tonic::{Request, Response, Status};
 
-use crate::master::{Master, MasterError};
+use crate::master::MasterError;
+use crate::node::Node;
 
 /// Adapts [`Master`] to the generated tonic trait.
 pub struct MasterRpc {
-    master: Arc<Master>,
+    node: Arc<Node>,
 }
 
 impl MasterRpc {
-    /// Wraps a master.
-    pub fn new(master: Arc<Master>) -> Self {
-        MasterRpc { master }
+    /// Serves for `node`: its active master when it leads; otherwise it answers "not the
+    /// leader" with the leader's gRPC address so workers move there.
+    pub fn new(node: Arc<Node>) -> Self {
+        MasterRpc { node }
+    }
+
+    fn leader_rpc(&self) -> String {
+        self.node.leader().map(|l| l.rpc).unwrap_or_default()
     }
 }
 
@@ -35,8 +41,16 @@ impl MasterService for MasterRpc {
         &self,
         req: Request<pb::RegisterWorkerRequest>,
     ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
-        let _t = self.master.metrics.http_timer("rpc:register_worker");
-        self.master
+        let _t = self.node.metrics.http_timer("rpc:register_worker");
+        let Some(master) = self.node.active() else {
+            return Ok(Response::new(pb::RegisterWorkerResponse {
+                accepted: false,
+                leader_rpc_address: self.leader_rpc(),
+                message: "not leader".into(),
+                ..Default::default()
+            }));
+        };
+        master
             .register_worker(req.into_inner())
             .await
             .map(Response::new)
@@ -47,9 +61,16 @@ impl MasterService for MasterRpc {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let _t = self.master.metrics.http_timer("rpc:heartbeat");
+        let _t = self.node.metrics.http_timer("rpc:heartbeat");
+        let Some(master) = self.node.active() else {
+            return Ok(Response::new(pb::HeartbeatResponse {
+                accepted: false,
+                leader_rpc_address: self.leader_rpc(),
+                ..Default::default()
+            }));
+        };
         Ok(Response::new(
-            self.master.heartbeat(&req.into_inner().worker_id).await,
+            master.heartbeat(&req.into_inner().worker_id).await,
         ))
     }
 
@@ -57,8 +78,15 @@ impl MasterService for MasterRpc {
         &self,
         req: Request<pb::AppStateReport>,
     ) -> Result<Response<pb::ReportAppStateResponse>, Status> {
-        let _t = self.master.metrics.http_timer("rpc:report_app_state");
-        self.master
+        let _t = self.node.metrics.http_timer("rpc:report_app_state");
+        let Some(master) = self.node.active() else {
+            return Ok(Response::new(pb::ReportAppStateResponse {
+                accepted: false,
+                kill: false,
+                message: "not leader".into(),
+            }));
+        };
+        master
             .report(req.into_inner())
             .await
             .map(Response::new)

@@ -13,7 +13,8 @@ use tracing::{debug, info, warn};
 use crate::worker::Worker;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+// Short: after a failover the new leader should hear from every worker within about a second.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// The master the worker currently follows.
 #[derive(Clone)]

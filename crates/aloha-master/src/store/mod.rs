@@ -6,6 +6,7 @@
 //! itself (the etcd store adds the leader-key compare to every transaction), so callers cannot
 //! forget it.
 
+pub mod etcd;
 mod memory;
 mod redb;
 
