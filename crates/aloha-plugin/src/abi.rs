@@ -2,7 +2,8 @@
 //! give the rules (versioning, ownership, threading); this module only spells out the layout.
 //!
 //! Plugin authors never touch these directly: [`declare_application!`](crate::declare_application)
-//! builds the table, and `host` wraps it in safe types.
+//! and [`declare_listener!`](crate::declare_listener) build the tables, and `host` wraps them in
+//! safe types.
 
 use std::ffi::c_void;
 
@@ -15,10 +16,17 @@ pub const ABI_VERSION_SYMBOL: &str = "aloha_plugin_abi_version";
 /// returning a table that lives as long as the library is loaded.
 pub const APPLICATION_PLUGIN_SYMBOL: &str = "aloha_application_plugin";
 
-/// Reserved for event-listener plugins (a later use of the ABI; nothing exports or reads it yet).
-/// A library may export it instead of, or beside, [`APPLICATION_PLUGIN_SYMBOL`]; hosts that do not
-/// know it ignore it.
+/// The symbol of a listener plugin: `extern "C" fn() -> *const ListenerPluginV1`, returning a
+/// table that lives as long as the library is loaded. A library may export it instead of, or
+/// beside, [`APPLICATION_PLUGIN_SYMBOL`]; a host looking for the one ignores the other.
 pub const LISTENER_PLUGIN_SYMBOL: &str = "aloha_listener_plugin";
+
+/// The `type` of an event that a listener host delivers through
+/// [`ListenerPluginV1::on_app_state_changed`]. Every other type goes to `on_other_event`.
+pub const EVENT_TYPE_APP_STATE_CHANGED: &str = "app_state_changed";
+/// The `type` of an event that a listener host delivers through
+/// [`ListenerPluginV1::on_app_relaunched`].
+pub const EVENT_TYPE_APP_RELAUNCHED: &str = "app_relaunched";
 
 /// [`CallStatus::code`] of a call that succeeded.
 pub const STATUS_OK: u32 = 0;
@@ -153,7 +161,7 @@ pub type ShutdownFn = unsafe extern "C" fn(
 pub type CleanFn = unsafe extern "C" fn(instance: *mut c_void) -> CallStatus;
 
 /// `release(instance)`: destroys the instance. When it returns, the plugin has stopped using the
-/// instance's [`HostCallback`] for good.
+/// instance's [`HostCallback`] for good (an application instance; listener instances have none).
 pub type ReleaseFn = unsafe extern "C" fn(instance: *mut c_void);
 
 /// `free_buffer(buffer)`: gives back a [`PluginBuffer`] the plugin handed out.
@@ -194,3 +202,63 @@ pub struct ApplicationPluginV1 {
 unsafe impl Sync for ApplicationPluginV1 {}
 // SAFETY: as above; the pointers are to static data, valid on any thread.
 unsafe impl Send for ApplicationPluginV1 {}
+
+/// `create(config_json_ptr, config_json_len, out_instance)`: builds a listener instance from its
+/// configuration (any JSON value, `{}` when the operator gave none). On success writes the
+/// instance pointer (never null) to `*out_instance`; on error writes nothing.
+pub type ListenerCreateFn = unsafe extern "C" fn(
+    config_json_ptr: *const u8,
+    config_json_len: usize,
+    out_instance: *mut *mut c_void,
+) -> CallStatus;
+
+/// `on_...(instance, event_json_ptr, event_json_len)`: hands one event, as JSON, to a listener
+/// instance and returns when the listener is done with it. An error means "not delivered": the
+/// host may deliver the same event again later.
+pub type ListenerEventFn = unsafe extern "C" fn(
+    instance: *mut c_void,
+    event_json_ptr: *const u8,
+    event_json_len: usize,
+) -> CallStatus;
+
+/// The table a listener plugin exports through [`LISTENER_PLUGIN_SYMBOL`]: static, unchanged as
+/// long as the library is loaded, and part of ABI version 1 like [`ApplicationPluginV1`].
+///
+/// The host calls `create` with the listener's configuration, then one of the three `on_*`
+/// functions per event, chosen by the event's `type` ([`EVENT_TYPE_APP_STATE_CHANGED`],
+/// [`EVENT_TYPE_APP_RELAUNCHED`], anything else to `on_other_event`), then `release`. The event
+/// JSON is borrowed for the call. Calls on one instance never overlap (the host serializes them),
+/// but may come from different threads.
+///
+/// As in every table, `abi_version` comes first and the function pointers are `Option`s only so
+/// that a host can refuse a table with a null entry; a valid table has all of them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerPluginV1 {
+    /// The [`ABI_VERSION`](crate::ABI_VERSION) the table was built for.
+    pub abi_version: u32,
+    /// The listener's name (`"jsonl"`), UTF-8, not NUL-terminated, static. Hosts use it in logs
+    /// and metrics.
+    pub name_ptr: *const u8,
+    /// Length of the name in bytes.
+    pub name_len: usize,
+    /// See [`ListenerCreateFn`].
+    pub create: Option<ListenerCreateFn>,
+    /// An app changed state. See [`ListenerEventFn`].
+    pub on_app_state_changed: Option<ListenerEventFn>,
+    /// An app's attempt was lost and the app was queued again. See [`ListenerEventFn`].
+    pub on_app_relaunched: Option<ListenerEventFn>,
+    /// Any other event (worker joined or lost, leadership change, and types added later). See
+    /// [`ListenerEventFn`].
+    pub on_other_event: Option<ListenerEventFn>,
+    /// Destroys an instance. See [`ReleaseFn`].
+    pub release: Option<ReleaseFn>,
+    /// See [`FreeBufferFn`].
+    pub free_buffer: Option<FreeBufferFn>,
+}
+
+// SAFETY: the table is immutable and its `name_ptr` points at static, immutable bytes, so sharing
+// it between threads (it sits in a `static`) cannot race.
+unsafe impl Sync for ListenerPluginV1 {}
+// SAFETY: as above; the pointers are to static data, valid on any thread.
+unsafe impl Send for ListenerPluginV1 {}

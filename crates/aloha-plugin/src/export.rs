@@ -203,7 +203,7 @@ impl ApplicationPluginV1 {
 }
 
 /// Runs `f`, turning an `Err` or a panic into an error status.
-fn guarded(f: impl FnOnce() -> Result<(), String>) -> CallStatus {
+pub(crate) fn guarded(f: impl FnOnce() -> Result<(), String>) -> CallStatus {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => CallStatus::ok(),
         Ok(Err(message)) => CallStatus::error(&message),
@@ -318,7 +318,7 @@ unsafe extern "C" fn release<A: Application>(instance: *mut c_void) {
     let _ = catch_unwind(AssertUnwindSafe(move || drop(instance)));
 }
 
-unsafe extern "C" fn free_buffer(buffer: PluginBuffer) {
+pub(crate) unsafe extern "C" fn free_buffer(buffer: PluginBuffer) {
     // SAFETY: the host gives back, once, a buffer this library made with `PluginBuffer::from_vec`.
     let _ = catch_unwind(AssertUnwindSafe(move || drop(unsafe { buffer.into_vec() })));
 }
@@ -338,7 +338,10 @@ unsafe extern "C" fn free_buffer(buffer: PluginBuffer) {
 ///   functions wrap `app`'s methods, each behind `catch_unwind`.
 ///
 /// Invoke it once per library, at module level. The crate must be built with
-/// `crate-type = ["cdylib"]` (add `"rlib"` to also link it into tests or a host).
+/// `crate-type = ["cdylib"]` (add `"rlib"` to also link it into tests or a host). A library
+/// that also exports a listener declares it with
+/// [`declare_listener!(.., beside_application)`](crate::declare_listener), which leaves the
+/// version symbol to this macro.
 #[macro_export]
 macro_rules! declare_application {
     (kind = $kind:expr, app = $app:ty $(,)?) => {

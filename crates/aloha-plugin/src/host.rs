@@ -3,6 +3,10 @@
 //! [`ApplicationPlugin::load`] opens one library and checks its ABI version; [`scan_dir`] does
 //! that for a whole plugin directory. [`ApplicationPlugin::create`] makes an [`AppInstance`],
 //! a safe handle whose methods call the plugin and whose `Drop` releases it.
+//!
+//! Listener plugins are loaded one by one from the paths the master is given:
+//! [`ListenerPlugin::load`], then [`ListenerPlugin::create`] for a [`ListenerInstance`] that
+//! events are delivered to.
 
 use std::ffi::c_void;
 use std::fmt;
@@ -16,14 +20,17 @@ use libloading::Library;
 use crate::abi::{
     ApplicationPluginV1, CallStatus, CleanFn, CreateFn, FreeBufferFn, HostCallback, ReleaseFn,
     ShutdownFn, StartFn, ABI_VERSION_SYMBOL, APPLICATION_PLUGIN_SYMBOL, EVENT_DETAIL, EVENT_EXIT,
-    STATUS_OK,
+    LISTENER_PLUGIN_SYMBOL, STATUS_OK,
 };
 use crate::types::{DetailPayload, ExitState};
 use crate::{AppContext, ABI_VERSION};
 
-pub use crate::types::PluginEvent;
+mod listener;
 
-/// Longest accepted plugin kind, in bytes.
+pub use crate::types::PluginEvent;
+pub use listener::{ListenerInstance, ListenerPlugin};
+
+/// Longest accepted plugin kind (or listener name), in bytes.
 pub const MAX_KIND_LEN: usize = 256;
 
 /// Why a plugin library could not be used. Every message starts with the library's path.
@@ -58,7 +65,17 @@ pub enum LoadError {
         /// The version this host speaks ([`ABI_VERSION`]).
         expected: u32,
     },
-    /// The plugin's table is unusable (null, no kind, a missing function).
+    /// The library is an Aloha plugin but exports no `aloha_listener_plugin`, so it cannot be
+    /// used as the listener it was configured as (it may be an Application plugin).
+    #[error(
+        "{}: not an Aloha listener plugin (no `{LISTENER_PLUGIN_SYMBOL}` symbol)",
+        .path.display()
+    )]
+    NotAListener {
+        /// The library.
+        path: PathBuf,
+    },
+    /// The plugin's table is unusable (null, no kind or name, a missing function).
     #[error("{}: invalid plugin table: {reason}", .path.display())]
     InvalidTable {
         /// The library.
@@ -103,8 +120,8 @@ impl ApplicationPlugin {
     /// Opens the library at `path` and checks it.
     ///
     /// Returns `Ok(None)` for a valid Aloha plugin that is not an Application plugin (it exports
-    /// `aloha_plugin_abi_version` but no `aloha_application_plugin`, e.g. a future listener
-    /// plugin), [`LoadError::NotAPlugin`] for a library that is no Aloha plugin at all, and
+    /// `aloha_plugin_abi_version` but no `aloha_application_plugin`, e.g. a listener plugin),
+    /// [`LoadError::NotAPlugin`] for a library that is no Aloha plugin at all, and
     /// [`LoadError::AbiMismatch`] for a plugin built against another ABI version.
     ///
     /// Libraries are opened with `RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE`: unresolved symbols fail
@@ -115,26 +132,8 @@ impl ApplicationPlugin {
     /// Loading a library runs its initializers: only point this at trusted files.
     pub fn load(path: &Path) -> Result<Option<ApplicationPlugin>, LoadError> {
         let path = path.to_path_buf();
-        let library = open(&path).map_err(|error| LoadError::Open {
-            path: path.clone(),
-            error,
-        })?;
-        // SAFETY: by the ABI, this symbol is an `extern "C" fn() -> u32`; the symbol and the
-        // library stay alive across the call.
-        let found = unsafe {
-            let version = library
-                .get::<unsafe extern "C" fn() -> u32>(ABI_VERSION_SYMBOL.as_bytes())
-                .map_err(|_| LoadError::NotAPlugin { path: path.clone() })?;
-            version()
-        };
-        if found != ABI_VERSION {
-            return Err(LoadError::AbiMismatch {
-                path,
-                found,
-                expected: ABI_VERSION,
-            });
-        }
-        // SAFETY: by the ABI (whose version we just checked), this symbol is an
+        let library = open_plugin(&path)?;
+        // SAFETY: by the ABI (whose version `open_plugin` checked), this symbol is an
         // `extern "C" fn() -> *const ApplicationPluginV1`.
         let table = unsafe {
             match library.get::<unsafe extern "C" fn() -> *const ApplicationPluginV1>(
@@ -190,24 +189,9 @@ impl ApplicationPlugin {
         }
         // SAFETY: a table of our version, valid while the library is loaded (caller's contract).
         let table = unsafe { *table };
-        if table.kind_ptr.is_null() || table.kind_len == 0 {
-            return Err(invalid("the plugin kind is empty"));
-        }
-        if table.kind_len > MAX_KIND_LEN {
-            return Err(invalid(&format!(
-                "the plugin kind is longer than {MAX_KIND_LEN} bytes"
-            )));
-        }
         // SAFETY: the table promises `kind_len` readable static bytes at `kind_ptr`.
-        let kind = unsafe { std::slice::from_raw_parts(table.kind_ptr, table.kind_len) };
-        let kind = std::str::from_utf8(kind)
-            .map_err(|_| invalid("the plugin kind is not UTF-8"))?
-            .to_owned();
-        if kind.trim() != kind || kind.chars().any(char::is_control) {
-            return Err(invalid(&format!(
-                "the plugin kind {kind:?} has surrounding blanks or control characters"
-            )));
-        }
+        let kind = unsafe { table_name(table.kind_ptr, table.kind_len, "plugin kind") }
+            .map_err(|reason| invalid(&reason))?;
         let missing = |name: &str| invalid(&format!("the table has no `{name}` function"));
         let vtable = Vtable {
             create: table.create.ok_or_else(|| missing("create"))?,
@@ -428,6 +412,57 @@ pub fn scan_dir(dir: &Path) -> (Vec<ApplicationPlugin>, Vec<String>) {
         }
     }
     (plugins, errors)
+}
+
+/// Opens the library at `path` and checks that it is an Aloha plugin of this ABI version.
+fn open_plugin(path: &Path) -> Result<Library, LoadError> {
+    let library = open(path).map_err(|error| LoadError::Open {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    // SAFETY: by the ABI, this symbol is an `extern "C" fn() -> u32`; the symbol and the library
+    // stay alive across the call.
+    let found = unsafe {
+        let version = library
+            .get::<unsafe extern "C" fn() -> u32>(ABI_VERSION_SYMBOL.as_bytes())
+            .map_err(|_| LoadError::NotAPlugin {
+                path: path.to_path_buf(),
+            })?;
+        version()
+    };
+    if found != ABI_VERSION {
+        return Err(LoadError::AbiMismatch {
+            path: path.to_path_buf(),
+            found,
+            expected: ABI_VERSION,
+        });
+    }
+    Ok(library)
+}
+
+/// Reads and checks the name a table gives itself (a kind, a listener name); `what` names it in
+/// the error.
+///
+/// # Safety
+/// `ptr` is null or points at `len` bytes that stay readable while the library is loaded.
+unsafe fn table_name(ptr: *const u8, len: usize, what: &str) -> Result<String, String> {
+    if ptr.is_null() || len == 0 {
+        return Err(format!("the {what} is empty"));
+    }
+    if len > MAX_KIND_LEN {
+        return Err(format!("the {what} is longer than {MAX_KIND_LEN} bytes"));
+    }
+    // SAFETY: per the contract.
+    let bytes = unsafe { std::slice::from_raw_parts(ptr, len) };
+    let name = std::str::from_utf8(bytes)
+        .map_err(|_| format!("the {what} is not UTF-8"))?
+        .to_owned();
+    if name.trim() != name || name.chars().any(char::is_control) {
+        return Err(format!(
+            "the {what} {name:?} has surrounding blanks or control characters"
+        ));
+    }
+    Ok(name)
 }
 
 fn open(path: &Path) -> Result<Library, libloading::Error> {
