@@ -13,6 +13,9 @@ use tracing::{debug, info, warn};
 use crate::worker::Worker;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
+/// Deadline of one registration or report call: a master that does not answer by then is
+/// treated as gone.
+const RPC_TIMEOUT: Duration = Duration::from_secs(2);
 // Short: after a failover the new leader should hear from every worker within about a second.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -56,21 +59,14 @@ impl Session {
         })
     }
 
-    /// Registers with a master that accepts (the leader), trying each configured master and
-    /// any leader a standby points at. Returns the leader and its heartbeat interval.
+    /// Registers with the master that accepts (the leader). Every configured master is asked
+    /// at once, each with a short deadline: a paused or dead master must not hold up finding
+    /// the live one. At most one master can accept, because accepting means a successful write
+    /// under the leadership fence. Standbys point at the leader; that address is tried too.
     async fn register(&self) -> Option<(Leader, Duration)> {
-        let mut candidates: Vec<String> = self.masters.clone();
-        let mut i = 0;
-        while i < candidates.len() {
-            let url = candidates[i].clone();
-            i += 1;
-            let mut client = match client_for(&url) {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!("{e}");
-                    continue;
-                }
-            };
+        let mut tried: Vec<String> = Vec::new();
+        let mut round: Vec<String> = self.masters.clone();
+        while !round.is_empty() {
             let apps = self.worker.app_reports();
             let req = pb::RegisterWorkerRequest {
                 worker_id: self.worker.id.clone(),
@@ -81,33 +77,53 @@ impl Session {
                 apps: apps.clone(),
                 plugin_errors: self.worker.plugin_errors.clone(),
             };
-            match client.register_worker(req).await {
-                Ok(resp) => {
-                    let resp = resp.into_inner();
-                    if !resp.accepted {
-                        if !resp.leader_rpc_address.is_empty() {
-                            let leader = normalise(&resp.leader_rpc_address);
-                            debug!(master = %url, %leader, "not the leader; trying the leader");
-                            if !candidates[i..].contains(&leader) {
-                                candidates.insert(i, leader);
-                            }
+            let mut calls = tokio::task::JoinSet::new();
+            for url in round.drain(..) {
+                tried.push(url.clone());
+                let req = req.clone();
+                calls.spawn(async move {
+                    let mut client = match client_for(&url) {
+                        Ok(c) => c,
+                        Err(e) => return (url, None, Err(e)),
+                    };
+                    let res = tokio::time::timeout(RPC_TIMEOUT, client.register_worker(req)).await;
+                    let res = match res {
+                        Ok(Ok(r)) => Ok(r.into_inner()),
+                        Ok(Err(status)) => Err(status.message().to_string()),
+                        Err(_) => Err("timed out".to_string()),
+                    };
+                    (url, Some(client), res)
+                });
+            }
+            let mut hints: Vec<String> = Vec::new();
+            while let Some(joined) = calls.join_next().await {
+                let Ok((url, client, res)) = joined else {
+                    continue;
+                };
+                match (client, res) {
+                    (Some(client), Ok(resp)) if resp.accepted => {
+                        calls.abort_all();
+                        self.worker.observe_epoch(resp.epoch);
+                        self.worker.registered(&apps);
+                        for k in &resp.kill {
+                            self.worker.kill_unowned(&k.app_id, k.attempt);
                         }
-                        continue;
+                        let interval = Duration::from_millis(resp.heartbeat_interval_ms.max(50));
+                        info!(master = %url, epoch = resp.epoch, apps = apps.len(),
+                              heartbeat_ms = interval.as_millis() as u64, "registered with the leader");
+                        return Some((Leader { url, client }, interval));
                     }
-                    self.worker.observe_epoch(resp.epoch);
-                    self.worker.registered(&apps);
-                    for k in &resp.kill {
-                        self.worker.kill_unowned(&k.app_id, k.attempt);
+                    (_, Ok(resp)) => {
+                        if !resp.leader_rpc_address.is_empty() {
+                            hints.push(normalise(&resp.leader_rpc_address));
+                        }
                     }
-                    let interval = Duration::from_millis(resp.heartbeat_interval_ms.max(50));
-                    info!(master = %url, epoch = resp.epoch, apps = apps.len(),
-                          heartbeat_ms = interval.as_millis() as u64, "registered with the leader");
-                    return Some((Leader { url, client }, interval));
-                }
-                Err(status) => {
-                    debug!(master = %url, "registration failed: {}", status.message());
+                    (_, Err(e)) => debug!(master = %url, "registration failed: {e}"),
                 }
             }
+            hints.sort();
+            hints.dedup();
+            round = hints.into_iter().filter(|h| !tried.contains(h)).collect();
         }
         None
     }
@@ -150,7 +166,14 @@ impl Session {
                 let hb = pb::HeartbeatRequest {
                     worker_id: self.worker.id.clone(),
                 };
-                match client.heartbeat(hb).await {
+                // Two intervals without an answer: the master is gone or paused; find the leader.
+                match tokio::time::timeout(interval * 2, client.heartbeat(hb))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(tonic::Status::deadline_exceeded(
+                            "no answer in two heartbeat intervals",
+                        ))
+                    }) {
                     Ok(r) => {
                         let r = r.into_inner();
                         if !r.accepted {
@@ -196,7 +219,11 @@ impl Session {
                 }
                 continue;
             };
-            match leader.client.report_app_state(report.clone()).await {
+            let sent =
+                tokio::time::timeout(RPC_TIMEOUT, leader.client.report_app_state(report.clone()))
+                    .await
+                    .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("report timed out")));
+            match sent {
                 Ok(resp) => {
                     let resp = resp.into_inner();
                     if resp.accepted {
