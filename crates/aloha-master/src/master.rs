@@ -1,11 +1,13 @@
 //! The master's state and every operation on it.
 //!
-//! One `tokio::sync::Mutex` guards the in-memory view (apps, workers, liveness). Each operation
+//! One `tokio::sync::Mutex` guards the in-memory view (apps, workers). Each operation
 //! takes the lock, decides with the pure functions of `aloha-core`, makes the change on copies,
 //! persists the copies in one store transaction, and only then installs them in memory. So the
 //! memory view never holds anything the store does not, and a failed write changes nothing.
 //! Commands to workers (launch, kill) are collected while the lock is held and sent after it is
-//! released, so a slow worker never stalls the master.
+//! released, so a slow worker never stalls the master. Liveness (heartbeats) sits apart behind
+//! its own short lock: a heartbeat is recorded at once even while a slow store write holds the
+//! state lock, so a stalled store never gets healthy workers declared dead.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,12 +77,21 @@ pub(crate) enum Command {
     },
 }
 
+/// Heartbeat bookkeeping, behind its own lock (see the module docs).
+#[derive(Default)]
+struct LiveTable {
+    liveness: Liveness,
+    /// Registered workers whose heartbeats count (registered and not declared dead).
+    alive: HashSet<WorkerId>,
+    /// Workers a launch to failed at the transport level: not placed on until they heartbeat.
+    suspect: HashSet<WorkerId>,
+    /// Wall-clock time of the last heartbeat, for display.
+    last_wall: HashMap<WorkerId, chrono::DateTime<chrono::Utc>>,
+}
+
 struct Inner {
     apps: BTreeMap<AppId, App>,
     workers: BTreeMap<WorkerId, WorkerRecord>,
-    liveness: Liveness,
-    /// Workers a launch to failed at the transport level: not placed on until they heartbeat.
-    suspect: HashSet<WorkerId>,
     /// The last sequence number handed out (persisted as `meta/app_seq`).
     last_seq: u64,
     /// Until when apps left UNKNOWN by a recovery may still be reported by their worker.
@@ -140,6 +151,7 @@ pub struct Master {
     /// Set once a write was refused by the leadership fence: this master must stop acting.
     fenced: AtomicBool,
     fenced_notify: Notify,
+    live: std::sync::Mutex<LiveTable>,
     /// Metrics registry and families (shared by every master incarnation of the process).
     pub metrics: Arc<Metrics>,
 }
@@ -215,8 +227,6 @@ impl Master {
             inner: Mutex::new(Inner {
                 apps,
                 workers,
-                liveness,
-                suspect: HashSet::new(),
                 last_seq,
                 recovery_deadline_ms: Some(mono + cfg.worker_timeout.as_millis() as u64),
                 kill_sent_ms: HashMap::new(),
@@ -229,6 +239,10 @@ impl Master {
             wake_scheduler: Notify::new(),
             fenced: AtomicBool::new(false),
             fenced_notify: Notify::new(),
+            live: std::sync::Mutex::new(LiveTable {
+                liveness,
+                ..LiveTable::default()
+            }),
             metrics,
         });
         master.wake_scheduler.notify_one();
@@ -291,6 +305,11 @@ impl Master {
             inner.workers.insert(w.id.clone(), w);
         }
         Ok(())
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, LiveTable> {
+        // Each critical section is a few map operations that cannot leave it inconsistent.
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether a write of this master was refused by the fence (it is no longer the leader).
@@ -443,7 +462,14 @@ impl Master {
     /// Workers with their resource usage, by id.
     pub async fn workers(&self) -> Vec<WorkerInfo> {
         let inner = self.inner.lock().await;
-        worker_infos(inner.workers.values(), inner.apps.values())
+        let mut infos = worker_infos(inner.workers.values(), inner.apps.values());
+        let live = self.live();
+        for w in &mut infos {
+            if let Some(t) = live.last_wall.get(&w.id) {
+                w.last_heartbeat = *t;
+            }
+        }
+        infos
     }
 
     /// Every app, for reads that need the whole set.
@@ -549,8 +575,13 @@ impl Master {
             }
         }
         self.persist(&mut inner, changes).await?;
-        inner.liveness.seen(&wid, self.clock.mono_ms());
-        inner.suspect.remove(&wid);
+        {
+            let mut live = self.live();
+            live.liveness.seen(&wid, self.clock.mono_ms());
+            live.alive.insert(wid.clone());
+            live.suspect.remove(&wid);
+            live.last_wall.insert(wid.clone(), now);
+        }
         info!(worker_id = %wid, address = %req.address, cores = req.cores, memory_mb = req.memory_mb,
               kinds = ?req.kinds, apps = req.apps.len(), killed = kill.len(), "worker registered");
         for e in &req.plugin_errors {
@@ -570,9 +601,9 @@ impl Master {
         })
     }
 
-    /// A heartbeat. Unknown or dead workers are told to register again.
+    /// A heartbeat. Unknown or dead workers are told to register again. Takes only the
+    /// liveness lock, never the state lock.
     pub async fn heartbeat(&self, worker_id: &str) -> pb::HeartbeatResponse {
-        let mut inner = self.inner.lock().await;
         if self.is_fenced() {
             return pb::HeartbeatResponse {
                 accepted: false,
@@ -580,11 +611,9 @@ impl Master {
             };
         }
         let wid = WorkerId(worker_id.to_string());
-        let alive = inner
-            .workers
-            .get(&wid)
-            .is_some_and(|w| w.state == WorkerState::Alive);
-        if !alive {
+        let mut live = self.live();
+        if !live.alive.contains(&wid) {
+            drop(live);
             debug!(
                 worker_id,
                 "heartbeat from an unregistered or dead worker; asking it to register"
@@ -596,13 +625,10 @@ impl Master {
                 epoch: self.epoch,
             };
         }
-        inner.liveness.seen(&wid, self.clock.mono_ms());
-        inner.suspect.remove(&wid);
-        let now = self.clock.now();
-        if let Some(w) = inner.workers.get_mut(&wid) {
-            // Not persisted: liveness is in-memory and restarts begin with a fresh timeout.
-            w.last_heartbeat = now;
-        }
+        live.liveness.seen(&wid, self.clock.mono_ms());
+        live.suspect.remove(&wid);
+        // Not persisted: liveness is in-memory and a new leader begins with a fresh timeout.
+        live.last_wall.insert(wid, self.clock.now());
         pb::HeartbeatResponse {
             reregister: false,
             accepted: true,
@@ -762,10 +788,11 @@ impl Master {
                 u.1 += a.memory_mb;
             }
         }
+        let suspect = self.live().suspect.clone();
         let capacities: Vec<Capacity> = inner
             .workers
             .values()
-            .filter(|w| w.state == WorkerState::Alive && !inner.suspect.contains(&w.id))
+            .filter(|w| w.state == WorkerState::Alive && !suspect.contains(&w.id))
             .map(|w| {
                 let (c, m) = used.get(&w.id).copied().unwrap_or_default();
                 Capacity {
@@ -840,12 +867,25 @@ impl Master {
         let now = self.clock.now();
         let timeout = self.cfg.worker_timeout.as_millis() as u64;
         let mut changes = Changes::default();
-        let expired = inner.liveness.expired(mono, timeout);
+        let (expired, silences): (Vec<WorkerId>, HashMap<WorkerId, u64>) = {
+            let live = self.live();
+            let expired = live.liveness.expired(mono, timeout);
+            let silences = expired
+                .iter()
+                .map(|w| {
+                    (
+                        w.clone(),
+                        live.liveness.silence_ms(w, mono).unwrap_or(timeout),
+                    )
+                })
+                .collect();
+            (expired, silences)
+        };
         for wid in &expired {
             let Some(mut w) = inner.workers.get(wid).cloned() else {
                 continue;
             };
-            let silence = inner.liveness.silence_ms(wid, mono).unwrap_or(timeout);
+            let silence = silences.get(wid).copied().unwrap_or(timeout);
             let reason = format!(
                 "worker {wid} lost: no heartbeat for {}",
                 humantime::format_duration(std::time::Duration::from_millis(silence / 100 * 100))
@@ -900,8 +940,14 @@ impl Master {
         }
         let lost_any = !changes.apps.is_empty();
         self.persist(&mut inner, changes).await?;
-        for wid in &expired {
-            inner.liveness.forget(wid);
+        {
+            let mut live = self.live();
+            for wid in &expired {
+                // A worker that heartbeated again while this tick ran is left alone: its
+                // heartbeat now asks it to register again.
+                live.liveness.forget(wid);
+                live.alive.remove(wid);
+            }
         }
         let resend = self.pending_kills(&mut inner, None, false);
         drop(inner);
@@ -950,7 +996,7 @@ impl Master {
     /// not used again until it heartbeats.
     async fn launch_failed(&self, worker: &WorkerId, app: &AppId, attempt: u32, why: String) {
         let mut inner = self.inner.lock().await;
-        inner.suspect.insert(worker.clone());
+        self.live().suspect.insert(worker.clone());
         let Some(mut a) = inner.apps.get(app).cloned() else {
             return;
         };
