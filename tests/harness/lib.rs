@@ -15,6 +15,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod etcd;
+
+/// A number unique within this test process, for names.
+pub fn unique() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Where the workspace's binaries and plugins are.
 pub fn target_dir() -> PathBuf {
     if let Ok(d) = std::env::var("CARGO_TARGET_DIR") {
@@ -383,6 +391,8 @@ pub struct MasterOpts {
     pub state_dir: PathBuf,
     /// Worker timeout, humantime.
     pub worker_timeout: String,
+    /// etcd endpoints (HA mode) and the lease TTL.
+    pub etcd: Option<(String, String)>,
 }
 
 /// A running master.
@@ -417,6 +427,12 @@ impl MasterProc {
             .arg("--worker-timeout")
             .arg(&opts.worker_timeout)
             .env("ALOHA_LOG", "info,aloha_master=debug");
+        if let Some((endpoints, lease_ttl)) = &opts.etcd {
+            cmd.arg("--etcd-endpoints")
+                .arg(endpoints)
+                .arg("--lease-ttl")
+                .arg(lease_ttl);
+        }
         Proc::spawn(name, cmd, log_dir)
     }
 
@@ -538,6 +554,7 @@ impl Cluster {
             rpc_port: free_port(),
             state_dir: dir.path().join("master"),
             worker_timeout: worker_timeout.to_string(),
+            etcd: None,
         };
         let master = MasterProc::start("master", opts, dir.path());
         let mut c = Cluster {
