@@ -321,7 +321,7 @@ fn sigterm_hands_leadership_over_in_well_under_a_second() {
     api.wait_alive_workers(1, T);
     let app = api.wait_state(&id, "RUNNING", T);
     assert_eq!(app["attempt"], 1);
-    let after = submit_any(&[api.clone()], &long("after")).unwrap();
+    let after = submit_any(std::slice::from_ref(&api), &long("after")).unwrap();
     api.wait_state(&after, "RUNNING", T);
 }
 
