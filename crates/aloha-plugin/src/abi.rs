@@ -32,6 +32,10 @@ pub const EVENT_TYPE_APP_RELAUNCHED: &str = "app_relaunched";
 pub const STATUS_OK: u32 = 0;
 /// [`CallStatus::code`] of a call that failed; [`CallStatus::error`] holds the message.
 pub const STATUS_ERROR: u32 = 1;
+/// [`CallStatus::code`] of a call whose plugin code panicked (caught at the boundary);
+/// [`CallStatus::error`] holds the panic message. Hosts treat it as a failure of the app, not
+/// as a refusal of its spec.
+pub const STATUS_PANIC: u32 = 2;
 
 /// [`HostCallback::on_event`] `kind` of an exit: the payload is an [`ExitState`](crate::ExitState)
 /// as JSON.
@@ -90,7 +94,7 @@ impl PluginBuffer {
 #[repr(C)]
 #[derive(Debug)]
 pub struct CallStatus {
-    /// [`STATUS_OK`] or [`STATUS_ERROR`]; anything else is treated as an error.
+    /// [`STATUS_OK`], [`STATUS_ERROR`] or [`STATUS_PANIC`]; anything else is treated as an error.
     pub code: u32,
     /// On error, the UTF-8 message (owned by the host now, freed through `free_buffer`); null on
     /// success.
@@ -103,6 +107,14 @@ impl CallStatus {
         CallStatus {
             code: STATUS_OK,
             error: PluginBuffer::null(),
+        }
+    }
+
+    /// A caught panic with `message`.
+    pub fn panic(message: &str) -> Self {
+        CallStatus {
+            code: STATUS_PANIC,
+            ..CallStatus::error(message)
         }
     }
 

@@ -207,7 +207,7 @@ pub(crate) fn guarded(f: impl FnOnce() -> Result<(), String>) -> CallStatus {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => CallStatus::ok(),
         Ok(Err(message)) => CallStatus::error(&message),
-        Err(payload) => CallStatus::error(&format!(
+        Err(payload) => CallStatus::panic(&format!(
             "plugin panicked: {}",
             panic_message(payload.as_ref())
         )),

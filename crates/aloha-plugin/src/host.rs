@@ -20,7 +20,7 @@ use libloading::Library;
 use crate::abi::{
     ApplicationPluginV1, CallStatus, CleanFn, CreateFn, FreeBufferFn, HostCallback, ReleaseFn,
     ShutdownFn, StartFn, ABI_VERSION_SYMBOL, APPLICATION_PLUGIN_SYMBOL, EVENT_DETAIL, EVENT_EXIT,
-    LISTENER_PLUGIN_SYMBOL, STATUS_OK,
+    LISTENER_PLUGIN_SYMBOL, STATUS_OK, STATUS_PANIC,
 };
 use crate::types::{DetailPayload, ExitState};
 use crate::{AppContext, ABI_VERSION};
@@ -234,9 +234,9 @@ impl ApplicationPlugin {
         &self,
         ctx: &AppContext,
         on_event: impl Fn(PluginEvent) + Send + Sync + 'static,
-    ) -> Result<AppInstance, String> {
-        let json =
-            serde_json::to_vec(ctx).map_err(|e| format!("cannot encode the app context: {e}"))?;
+    ) -> Result<AppInstance, CallError> {
+        let json = serde_json::to_vec(ctx)
+            .map_err(|e| CallError::host(format!("cannot encode the app context: {e}")))?;
         let host_ctx = Box::into_raw(Box::new(HostContext {
             on_event: Box::new(on_event),
             exited: AtomicBool::new(false),
@@ -261,10 +261,10 @@ impl ApplicationPlugin {
             Ok(()) => {
                 // A plugin that breaks the contract this way may still hold the callback, so the
                 // context is leaked rather than freed under it.
-                Err(format!(
+                Err(CallError::host(format!(
                     "plugin {:?} reported success from create but returned no instance",
                     self.kind
-                ))
+                )))
             }
             Err(message) => {
                 // SAFETY: create failed, so by the ABI the plugin kept nothing of the callback;
@@ -314,7 +314,7 @@ impl AppInstance {
     /// Starts the app. Returns as soon as it started; its end arrives as [`PluginEvent::Exit`],
     /// possibly before this returns (an app that ends at once). An `Err` means it did not start,
     /// and no exit will follow.
-    pub fn start(&self) -> Result<(), String> {
+    pub fn start(&self) -> Result<(), CallError> {
         // SAFETY: a live instance of this table.
         let status = unsafe { (self.vtable.start)(self.instance) };
         take_status(self.vtable.free_buffer, status)
@@ -323,7 +323,7 @@ impl AppInstance {
     /// Asks the app to stop, for `reason`. Returns promptly; the plugin escalates in the
     /// background and reports the end as an exit (normally KILLED). Idempotent; a no-op before
     /// `start` or after the exit.
-    pub fn shutdown(&self, reason: Option<&str>) -> Result<(), String> {
+    pub fn shutdown(&self, reason: Option<&str>) -> Result<(), CallError> {
         let (ptr, len) = match reason {
             Some(r) => (r.as_ptr(), r.len()),
             None => (std::ptr::null(), 0),
@@ -334,7 +334,7 @@ impl AppInstance {
     }
 
     /// Removes what the app left behind (for a process: whatever of its group survives).
-    pub fn clean(&self) -> Result<(), String> {
+    pub fn clean(&self) -> Result<(), CallError> {
         // SAFETY: a live instance of this table.
         let status = unsafe { (self.vtable.clean)(self.instance) };
         take_status(self.vtable.free_buffer, status)
@@ -487,8 +487,47 @@ fn open(path: &Path) -> Result<Library, libloading::Error> {
     }
 }
 
+/// A plugin call that failed: its message, and whether the plugin panicked (caught at the
+/// boundary) rather than returning an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallError {
+    /// The plugin panicked.
+    pub panicked: bool,
+    /// What the plugin said (for panics: "plugin panicked: <message>").
+    pub message: String,
+}
+
+impl CallError {
+    fn host(message: String) -> Self {
+        CallError {
+            panicked: false,
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CallError {}
+
+impl PartialEq<&str> for CallError {
+    fn eq(&self, other: &&str) -> bool {
+        self.message == *other
+    }
+}
+
+impl From<CallError> for String {
+    fn from(e: CallError) -> String {
+        e.message
+    }
+}
+
 /// Turns a call's status into a result, giving the error buffer back to the plugin.
-fn take_status(free_buffer: FreeBufferFn, status: CallStatus) -> Result<(), String> {
+fn take_status(free_buffer: FreeBufferFn, status: CallStatus) -> Result<(), CallError> {
     let message = if status.error.ptr.is_null() {
         None
     } else {
@@ -502,12 +541,15 @@ fn take_status(free_buffer: FreeBufferFn, status: CallStatus) -> Result<(), Stri
     if status.code == STATUS_OK {
         Ok(())
     } else {
-        Err(message.unwrap_or_else(|| {
-            format!(
-                "plugin reported an error (status {}) without a message",
-                status.code
-            )
-        }))
+        Err(CallError {
+            panicked: status.code == STATUS_PANIC,
+            message: message.unwrap_or_else(|| {
+                format!(
+                    "plugin reported an error (status {}) without a message",
+                    status.code
+                )
+            }),
+        })
     }
 }
 
@@ -677,9 +719,12 @@ mod tests {
             .create(&ctx(json!({"code": "x"})), on_event)
             .unwrap_err();
         assert_eq!(err, "spec.code must be an integer");
+        assert!(!err.panicked, "a returned error is not a panic");
         let (on_event, _rx) = collector();
         let app = plugin.create(&ctx(json!({"code": 99})), on_event).unwrap();
-        assert_eq!(app.start().unwrap_err(), "plugin panicked: start blew up");
+        let err = app.start().unwrap_err();
+        assert_eq!(err, "plugin panicked: start blew up");
+        assert!(err.panicked, "a caught panic is marked as one");
     }
 
     #[test]

@@ -146,7 +146,7 @@ impl ListenerPlugin {
         let mut instance: *mut c_void = std::ptr::null_mut();
         // SAFETY: the table was checked at load; the JSON and the out slot outlive the call.
         let status = unsafe { (self.vtable.create)(json.as_ptr(), json.len(), &mut instance) };
-        take_status(self.vtable.free_buffer, status)?;
+        take_status(self.vtable.free_buffer, status).map_err(String::from)?;
         if instance.is_null() {
             return Err(format!(
                 "listener plugin {:?} reported success from create but returned no instance",
@@ -211,7 +211,7 @@ impl ListenerInstance {
         // SAFETY: a live instance of this table; the JSON outlives the call; `&mut self` keeps
         // calls from overlapping.
         let status = unsafe { f(self.instance, event_json.as_ptr(), event_json.len()) };
-        take_status(self.vtable.free_buffer, status)
+        take_status(self.vtable.free_buffer, status).map_err(String::from)
     }
 }
 

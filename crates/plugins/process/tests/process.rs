@@ -92,6 +92,8 @@ fn an_absolute_cwd_is_used_as_is() {
 fn a_missing_program_fails_start_and_reports_no_exit() {
     let t = TestApp::create(json!({"command": ["/nonexistent/aloha-test-program", "x"]})).unwrap();
     let err = t.app.start().unwrap_err();
+    assert!(!err.panicked, "a refused start is an error, not a panic");
+    let err = err.message;
     assert!(
         err.starts_with("cannot run \"/nonexistent/aloha-test-program\": "),
         "{err}"
@@ -103,13 +105,18 @@ fn a_missing_program_fails_start_and_reports_no_exit() {
         "a failed start reports nothing"
     );
     // A failed start is final.
-    assert!(t.app.start().unwrap_err().contains("started already"));
+    assert!(t
+        .app
+        .start()
+        .unwrap_err()
+        .message
+        .contains("started already"));
 }
 
 #[test]
 fn a_missing_cwd_fails_start() {
     let t = TestApp::create(json!({"command": ["true"], "cwd": "nope"})).unwrap();
-    let err = t.app.start().unwrap_err();
+    let err = t.app.start().unwrap_err().message;
     assert!(
         err.contains("nope") && err.contains("does not exist"),
         "{err}"
