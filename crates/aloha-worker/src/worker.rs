@@ -40,6 +40,9 @@ struct Entry {
     control: mpsc::Sender<Control>,
     /// The worker stopped it while shutting down.
     worker_shutdown: bool,
+    /// A registration already told the master it runs (before `start` returned): a start
+    /// failure must then be reported as FAILED, since RUNNING -> ERROR is not a transition.
+    announced_running: bool,
 }
 
 /// The worker's state shared by the RPC service, the session task and the app threads.
@@ -151,7 +154,12 @@ impl Worker {
     /// Every app this worker holds, for registration: running ones and finished ones whose
     /// final report the master has not acknowledged.
     pub fn app_reports(&self) -> Vec<pb::AppStateReport> {
-        let apps = lock(&self.apps);
+        let mut apps = lock(&self.apps);
+        for e in apps.values_mut() {
+            if e.state == AppState::Launching {
+                e.announced_running = true;
+            }
+        }
         let mut out: Vec<_> = apps.iter().map(|(id, e)| self.report_of(id, e)).collect();
         out.sort_by(|a, b| a.app_id.cmp(&b.app_id));
         out
@@ -236,6 +244,11 @@ impl Worker {
             if e.attempt != attempt || e.state.is_terminal() {
                 return;
             }
+            let state = if state == AppState::Error && e.announced_running {
+                AppState::Failed
+            } else {
+                state
+            };
             e.state = state;
             e.exit_code = exit_code;
             e.message = message.clone();
@@ -287,6 +300,7 @@ impl Worker {
                     details: BTreeMap::new(),
                     control: tx.clone(),
                     worker_shutdown: false,
+                    announced_running: false,
                 },
             );
         }
@@ -404,18 +418,22 @@ impl Worker {
                 PluginEvent::Detail { key, value } => Control::Detail(key, value),
             });
         };
-        let inst = match plugin.create(&ctx, on_event) {
-            Ok(i) => i,
-            Err(e) => return fail(AppState::Error, format!("plugin refused the app: {e}")),
-        };
-        if let Err(e) = inst.start() {
-            let state = if e.contains("panicked") {
+        // A panic is a failure of the app (FAILED); an error returned by the plugin means it
+        // cannot run this app at all (ERROR: a bad spec, a missing program).
+        let state_for = |e: &aloha_plugin::host::CallError| {
+            if e.panicked {
                 AppState::Failed
             } else {
                 AppState::Error
-            };
+            }
+        };
+        let inst = match plugin.create(&ctx, on_event) {
+            Ok(i) => i,
+            Err(e) => return fail(state_for(&e), format!("plugin refused the app: {e}")),
+        };
+        if let Err(e) = inst.start() {
             let _ = inst.clean();
-            return fail(state, format!("start failed: {e}"));
+            return fail(state_for(&e), format!("start failed: {e}"));
         }
         self.set_state(&app_id, attempt, AppState::Running, None, String::new());
         let mut deadline: Option<std::time::Instant> = None;
