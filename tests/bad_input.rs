@@ -114,6 +114,24 @@ fn unknown_ids_routes_and_filters_are_4xx() {
     assert_error(&api.get("/api/v1/apps?limit=0"), 400, "limit");
     assert_error(&api.get("/api/v1/apps?limit=-3"), 400, "");
     assert_error(&api.get("/api/v1/nothing"), 404, "no such endpoint");
+    let id = api.submit_cmd("k", &["true"], json!({"cores": 64}));
+    let r = api.post_raw(
+        &format!("/api/v1/apps/{id}/kill"),
+        "application/json",
+        b"{\"reasn\": 1}".to_vec(),
+    );
+    assert_error(&r, 400, "invalid kill body");
+    let r = api.post_raw(
+        &format!("/api/v1/apps/{id}/kill"),
+        "text/plain",
+        b"stop".to_vec(),
+    );
+    assert_error(&r, 400, "invalid kill body");
+    assert_eq!(
+        api.app(&id)["state"],
+        "SUBMITTED",
+        "a refused kill changes nothing"
+    );
     let r = api.post_raw("/api/v1/workers", "application/json", b"{}".to_vec());
     assert_error(&r, 405, "method not allowed");
     let health = api.get("/healthz");

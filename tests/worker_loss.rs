@@ -92,3 +92,36 @@ fn a_worker_that_comes_back_is_reconciled() {
     assert_eq!(app["worker_id"], "w2");
     assert_eq!(app["attempt"], 2);
 }
+
+#[test]
+fn apps_of_a_worker_stopped_with_sigterm_move_elsewhere_and_never_back() {
+    let mut c = Cluster::start("3s", &[("w1", 2)]);
+    let api = c.api().clone();
+    let id = api.submit_cmd("mover", &["sleep", "600"], json!({"max_retries": 1}));
+    api.wait_state(&id, "RUNNING", T);
+    c.add_worker("w2", 2);
+    api.wait_alive_workers(2, T);
+    let st = c.workers[0].terminate(Duration::from_secs(20));
+    assert!(st.is_some_and(|s| s.success()));
+    let app = aloha_e2e::wait_for("attempt 2 running", T, || {
+        let a = api.app(&id);
+        (a["attempt"] == 2 && a["state"] == "RUNNING").then_some(a)
+    });
+    assert_eq!(app["worker_id"], "w2");
+    assert_eq!(
+        Api::history(&app),
+        [
+            "SUBMITTED",
+            "LAUNCHING",
+            "RUNNING",
+            "RELAUNCHING",
+            "LAUNCHING",
+            "RUNNING"
+        ],
+        "no launch was tried on the stopping worker: {app}"
+    );
+    assert!(app["history"][3]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("worker w1 shut down"));
+}

@@ -207,6 +207,9 @@ pub struct App {
     /// A kill was asked for: the app is not relaunched and ends KILLED.
     #[serde(default)]
     pub kill_requested: bool,
+    /// Why the kill was asked for, passed on to the worker (and again when resent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_reason: Option<String>,
     /// Plugin-reported details (e.g. `spark_app_id`).
     #[serde(default)]
     pub details: BTreeMap<String, String>,
@@ -250,6 +253,7 @@ impl App {
             started_at: None,
             finished_at: None,
             kill_requested: false,
+            kill_reason: None,
             details: BTreeMap::new(),
             history: vec![HistoryEntry {
                 state: AppState::Submitted,

@@ -62,11 +62,8 @@ pub fn apply(app: &mut App, report: &Report, at: DateTime<Utc>) -> Outcome {
     }
     let reason = report.message.clone().filter(|m| !m.is_empty());
     if report.state == AppState::Killed && report.worker_shutdown && !app.kill_requested {
-        let reason = format!(
-            "worker {} shut down{}",
-            report.worker,
-            reason.map(|r| format!(": {r}")).unwrap_or_default()
-        );
+        // The plugin's own message only repeats that it was stopped; the cause is the worker.
+        let reason = format!("worker {} shut down", report.worker);
         return match app.lose(&reason, at) {
             Ok(state) => Outcome::Applied(state),
             Err(e) => Outcome::Illegal(e),

@@ -9,10 +9,15 @@ use serde::{Deserialize, Serialize};
 ///
 /// ```text
 ///  SUBMITTED ──▶ LAUNCHING ──▶ RUNNING ──▶ FINISHED | FAILED | KILLED
-///      ▲             │            │
-///      │             ▼            ▼
-///      └──────── RELAUNCHING ◀── UNKNOWN (master recovered, worker not heard from yet)
+///                 ▲    │          │
+///                 │    ▼          ▼
+///             RELAUNCHING ◀──── UNKNOWN   (UNKNOWN: the master recovered and the worker has
+///                                          not reported yet; LAUNCHING and RUNNING enter it)
 /// ```
+///
+/// Precisely: SUBMITTED and RELAUNCHING go to LAUNCHING, KILLED, FAILED or ERROR; LAUNCHING
+/// to RUNNING, FINISHED, FAILED, KILLED, ERROR, RELAUNCHING or UNKNOWN; RUNNING to FINISHED,
+/// FAILED, KILLED, RELAUNCHING or UNKNOWN; UNKNOWN to anything but SUBMITTED and itself.
 ///
 /// SUBMITTED and RELAUNCHING are the waiting states (the app is in the queue); FINISHED, FAILED,
 /// KILLED and ERROR are terminal.

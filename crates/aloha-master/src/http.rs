@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use aloha_core::api::{AppList, ErrorBody, WorkerList};
 use aloha_core::{AppState, SubmitError, SubmitRequest};
+use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -100,8 +102,25 @@ pub fn router(node: Arc<Node>) -> Router {
                 "method not allowed on this endpoint",
             )
         })
+        .route_layer(middleware::from_fn_with_state(node.clone(), track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node)
+}
+
+/// Times every routed request into `aloha_http_request_duration_seconds{route}`.
+async fn track(
+    State(node): State<Arc<Node>>,
+    matched: Option<MatchedPath>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let route = format!(
+        "{} {}",
+        req.method(),
+        matched.as_ref().map(|m| m.as_str()).unwrap_or("unmatched")
+    );
+    let _timer = node.metrics.http_timer(&route);
+    next.run(req).await
 }
 
 async fn healthz(State(m): State<Arc<Node>>) -> impl IntoResponse {
@@ -123,7 +142,6 @@ async fn submit(
     State(m): State<Arc<Node>>,
     body: Result<Json<SubmitRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
-    let _t = m.metrics.http_timer("POST /api/v1/apps");
     let Json(req) = body?;
     let app = m.leader_master().await?.submit(req).await?;
     let location = format!("/api/v1/apps/{}", app.id);
@@ -146,7 +164,6 @@ async fn list(
     State(m): State<Arc<Node>>,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Json<AppList>> {
-    let _t = m.metrics.http_timer("GET /api/v1/apps");
     let Query(q) = q?;
     let state = match q.state.as_deref() {
         None | Some("") => None,
@@ -180,10 +197,16 @@ struct KillBody {
 async fn kill(
     State(m): State<Arc<Node>>,
     Path(id): Path<String>,
-    body: Option<Json<KillBody>>,
+    body: Bytes,
 ) -> ApiResult<Response> {
-    let _t = m.metrics.http_timer("POST /api/v1/apps/{id}/kill");
-    let reason = body.and_then(|Json(b)| b.reason);
+    // The body is optional: empty, or `{"reason": "..."}`.
+    let reason = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<KillBody>(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid kill body: {e}")))?
+            .reason
+    };
     let app = m.leader_master().await?.kill(&id, reason).await?;
     Ok((StatusCode::ACCEPTED, Json(app)).into_response())
 }

@@ -85,6 +85,9 @@ struct LiveTable {
     alive: HashSet<WorkerId>,
     /// Workers a launch to failed at the transport level: not placed on until they heartbeat.
     suspect: HashSet<WorkerId>,
+    /// Workers stopping their apps because they shut down: never placed on again until they
+    /// register anew.
+    draining: HashSet<WorkerId>,
     /// Wall-clock time of the last heartbeat, for display.
     last_wall: HashMap<WorkerId, chrono::DateTime<chrono::Utc>>,
 }
@@ -407,7 +410,7 @@ impl Master {
     pub async fn kill(&self, id: &str, reason: Option<String>) -> Result<App, MasterError> {
         let reason = reason
             .filter(|r| !r.trim().is_empty())
-            .unwrap_or_else(|| "killed on request".to_string());
+            .unwrap_or_else(|| "requested by the user".to_string());
         let mut inner = self.inner.lock().await;
         self.ensure_leader(&inner)?;
         let id = AppId(id.to_string());
@@ -424,6 +427,7 @@ impl Master {
         }
         let now = self.clock.now();
         app.kill_requested = true;
+        app.kill_reason = Some(reason.clone());
         let mut commands = Vec::new();
         if app.state.is_waiting() {
             app.transition(AppState::Killed, now, Some(format!("killed: {reason}")))
@@ -542,10 +546,11 @@ impl Master {
         let mut changes = Changes::default();
         changes.worker(record);
         let mut kill = Vec::new();
-        let mut reported: HashSet<AppId> = HashSet::new();
+        // Which attempts the worker holds: a different attempt of an app does not count.
+        let mut reported: HashSet<(AppId, u32)> = HashSet::new();
         for r in &req.apps {
             let id = AppId(r.app_id.clone());
-            reported.insert(id.clone());
+            reported.insert((id.clone(), r.attempt));
             match self.apply_report(&inner, &mut changes, &wid, r) {
                 ReportResult::Kill => kill.push(pb::AppRef {
                     app_id: r.app_id.clone(),
@@ -561,7 +566,7 @@ impl Master {
             .filter(|a| {
                 a.state.is_on_worker()
                     && a.worker_id.as_ref() == Some(&wid)
-                    && !reported.contains(&a.id)
+                    && !reported.contains(&(a.id.clone(), a.attempt))
             })
             .map(|a| a.id.clone())
             .collect();
@@ -580,6 +585,7 @@ impl Master {
             live.liveness.seen(&wid, self.clock.mono_ms());
             live.alive.insert(wid.clone());
             live.suspect.remove(&wid);
+            live.draining.remove(&wid);
             live.last_wall.insert(wid.clone(), now);
         }
         info!(worker_id = %wid, address = %req.address, cores = req.cores, memory_mb = req.memory_mb,
@@ -662,6 +668,10 @@ impl Master {
                 kill: false,
                 message: format!("worker {wid} is not registered; register first"),
             });
+        }
+        if r.worker_shutdown {
+            // The worker is going away: nothing new goes there (relaunches included).
+            self.live().draining.insert(wid.clone());
         }
         let mut changes = Changes::default();
         let result = self.apply_report(&inner, &mut changes, &wid, &r);
@@ -788,11 +798,14 @@ impl Master {
                 u.1 += a.memory_mb;
             }
         }
-        let suspect = self.live().suspect.clone();
+        let excluded: HashSet<WorkerId> = {
+            let live = self.live();
+            live.suspect.union(&live.draining).cloned().collect()
+        };
         let capacities: Vec<Capacity> = inner
             .workers
             .values()
-            .filter(|w| w.state == WorkerState::Alive && !suspect.contains(&w.id))
+            .filter(|w| w.state == WorkerState::Alive && !excluded.contains(&w.id))
             .map(|w| {
                 let (c, m) = used.get(&w.id).copied().unwrap_or_default();
                 Capacity {
@@ -983,7 +996,11 @@ impl Master {
             .collect();
         let mut out = Vec::new();
         for app in due {
-            if let Some(cmd) = self.kill_command(inner, &app, "killed on request") {
+            let reason = app
+                .kill_reason
+                .clone()
+                .unwrap_or_else(|| "requested by the user".to_string());
+            if let Some(cmd) = self.kill_command(inner, &app, &reason) {
                 inner.kill_sent_ms.insert(app.id.clone(), mono);
                 out.push(cmd);
             }
@@ -1579,5 +1596,38 @@ mod tests {
         r.clock.advance(10_001);
         r.master.tick().await.unwrap();
         assert_eq!(r.master.app(&id).await.unwrap().state, AppState::Killed);
+    }
+
+    #[tokio::test]
+    async fn a_worker_listing_an_older_attempt_does_not_keep_the_current_one_unknown() {
+        let store = Arc::new(MemoryStore::new());
+        let clock = Arc::new(ManualClock::default());
+        let r = rig_on(store.clone(), clock.clone()).await;
+        r.master
+            .register_worker(reg("w1", 2, vec![]))
+            .await
+            .unwrap();
+        let id = running_app(&r, "w1", 2).await;
+        // w1 goes silent: attempt 1 is lost; w1 comes back and gets attempt 2.
+        clock.advance(10_001);
+        r.master.tick().await.unwrap();
+        r.master
+            .register_worker(reg("w1", 2, vec![]))
+            .await
+            .unwrap();
+        assert_eq!(r.master.schedule_round().await.unwrap(), 1);
+        assert_eq!(r.master.app(&id).await.unwrap().attempt, 2);
+        drop(r);
+        // After a restart, w1 lists only the old attempt: it must be killed, and attempt 2,
+        // which w1 does not have, is lost at once instead of staying UNKNOWN.
+        let r = rig_on(store, clock).await;
+        let resp = r
+            .master
+            .register_worker(reg("w1", 2, vec![report("w1", &id, 1, "RUNNING")]))
+            .await
+            .unwrap();
+        assert_eq!(resp.kill.len(), 1);
+        let app = r.master.app(&id).await.unwrap();
+        assert_eq!(app.state, AppState::Relaunching, "{:?}", app.message);
     }
 }

@@ -22,6 +22,11 @@ struct MethodLabel {
     method: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
 /// Every metric the master exports.
 pub struct Metrics {
     registry: Registry,
@@ -35,7 +40,9 @@ pub struct Metrics {
     /// Accepted submissions.
     pub submitted: Counter<u64, AtomicU64>,
     /// HTTP requests by route.
-    http: Family<MethodLabel, Histogram>,
+    http: Family<RouteLabel, Histogram>,
+    /// gRPC calls served to workers, by method.
+    rpc_server: Family<MethodLabel, Histogram>,
 }
 
 fn latency() -> Histogram {
@@ -63,8 +70,15 @@ impl Metrics {
             "Latency of master-to-worker commands",
             rpc.clone(),
         );
-        let http =
+        let rpc_server =
             Family::<MethodLabel, Histogram>::new_with_constructor(latency as fn() -> Histogram);
+        registry.register(
+            "rpc_server_duration_seconds",
+            "Latency of the gRPC calls workers make, by method",
+            rpc_server.clone(),
+        );
+        let http =
+            Family::<RouteLabel, Histogram>::new_with_constructor(latency as fn() -> Histogram);
         registry.register(
             "http_request_duration_seconds",
             "Latency of REST requests by route",
@@ -94,6 +108,7 @@ impl Metrics {
             queue_length,
             submitted,
             http,
+            rpc_server,
         }
     }
 
@@ -134,8 +149,18 @@ impl Metrics {
     pub(crate) fn http_timer(&self, route: &str) -> Timer {
         Timer::new(
             self.http
+                .get_or_create(&RouteLabel {
+                    route: route.into(),
+                })
+                .clone(),
+        )
+    }
+
+    pub(crate) fn rpc_server_timer(&self, method: &str) -> Timer {
+        Timer::new(
+            self.rpc_server
                 .get_or_create(&MethodLabel {
-                    method: route.into(),
+                    method: method.into(),
                 })
                 .clone(),
         )

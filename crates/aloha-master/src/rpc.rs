@@ -41,7 +41,7 @@ impl MasterService for MasterRpc {
         &self,
         req: Request<pb::RegisterWorkerRequest>,
     ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
-        let _t = self.node.metrics.http_timer("rpc:register_worker");
+        let _t = self.node.metrics.rpc_server_timer("register_worker");
         let Some(master) = self.node.active() else {
             return Ok(Response::new(pb::RegisterWorkerResponse {
                 accepted: false,
@@ -61,7 +61,7 @@ impl MasterService for MasterRpc {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let _t = self.node.metrics.http_timer("rpc:heartbeat");
+        let _t = self.node.metrics.rpc_server_timer("heartbeat");
         let Some(master) = self.node.active() else {
             return Ok(Response::new(pb::HeartbeatResponse {
                 accepted: false,
@@ -78,7 +78,7 @@ impl MasterService for MasterRpc {
         &self,
         req: Request<pb::AppStateReport>,
     ) -> Result<Response<pb::ReportAppStateResponse>, Status> {
-        let _t = self.node.metrics.http_timer("rpc:report_app_state");
+        let _t = self.node.metrics.rpc_server_timer("report_app_state");
         let Some(master) = self.node.active() else {
             return Ok(Response::new(pb::ReportAppStateResponse {
                 accepted: false,
