@@ -3,7 +3,7 @@
 # real binaries. Installs what it needs first (see install-deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/install-deps.sh
+ALOHA_NEED_ETCD=1 source scripts/install-deps.sh
 
 export CARGO_TERM_COLOR=never
 echo "== cargo fmt --check"

@@ -403,21 +403,49 @@ pub struct MasterProc {
     pub opts: MasterOpts,
     /// Its API.
     pub api: Api,
+    /// Flags beyond the options (kept across restarts).
+    pub extra_args: Vec<String>,
 }
 
 impl MasterProc {
     /// Starts a master and waits for /healthz.
     pub fn start(name: &str, opts: MasterOpts, log_dir: &Path) -> MasterProc {
-        let proc = Self::spawn(name, &opts, log_dir);
+        Self::start_with(name, opts, Vec::new(), log_dir)
+    }
+
+    /// Starts a master with extra flags (e.g. `--listener`) and waits for /healthz.
+    pub fn start_with(
+        name: &str,
+        opts: MasterOpts,
+        extra_args: Vec<String>,
+        log_dir: &Path,
+    ) -> MasterProc {
+        let proc = Self::spawn_with(name, &opts, &extra_args, log_dir);
         let api = Api::new(&format!("http://127.0.0.1:{}", opts.http_port));
-        let mut m = MasterProc { proc, opts, api };
+        let mut m = MasterProc {
+            proc,
+            opts,
+            api,
+            extra_args,
+        };
         m.wait_healthy();
         m
     }
 
     /// Spawns without waiting.
     pub fn spawn(name: &str, opts: &MasterOpts, log_dir: &Path) -> Proc {
+        Self::spawn_with(name, opts, &[], log_dir)
+    }
+
+    /// Spawns with extra flags, without waiting.
+    pub fn spawn_with(
+        name: &str,
+        opts: &MasterOpts,
+        extra_args: &[String],
+        log_dir: &Path,
+    ) -> Proc {
         let mut cmd = Command::new(bin("aloha-master"));
+        cmd.args(extra_args);
         cmd.arg("--http-addr")
             .arg(format!("127.0.0.1:{}", opts.http_port))
             .arg("--rpc-addr")
@@ -464,7 +492,7 @@ impl MasterProc {
     pub fn restart_hard(&mut self, log_dir: &Path) {
         self.proc.kill9();
         let name = format!("{}-restarted", self.proc.name);
-        self.proc = Self::spawn(&name, &self.opts, log_dir);
+        self.proc = Self::spawn_with(&name, &self.opts, &self.extra_args, log_dir);
         self.wait_healthy();
     }
 }
@@ -545,6 +573,15 @@ impl Drop for Cluster {
 impl Cluster {
     /// A master with `worker_timeout` and the given workers `(id, cores)`, all ALIVE.
     pub fn start(worker_timeout: &str, workers: &[(&str, u32)]) -> Cluster {
+        Self::start_with(worker_timeout, workers, |_| Vec::new())
+    }
+
+    /// Like [`Cluster::start`], with extra master flags built from the cluster's temp dir.
+    pub fn start_with(
+        worker_timeout: &str,
+        workers: &[(&str, u32)],
+        master_args: impl FnOnce(&Path) -> Vec<String>,
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("aloha-e2e-")
             .tempdir()
@@ -556,7 +593,8 @@ impl Cluster {
             worker_timeout: worker_timeout.to_string(),
             etcd: None,
         };
-        let master = MasterProc::start("master", opts, dir.path());
+        let extra = master_args(dir.path());
+        let master = MasterProc::start_with("master", opts, extra, dir.path());
         let mut c = Cluster {
             master,
             workers: Vec::new(),

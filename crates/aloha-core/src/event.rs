@@ -8,9 +8,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::api::Role;
-use crate::app::AppId;
+use crate::app::{App, AppId};
 use crate::state::AppState;
-use crate::worker::WorkerId;
+use crate::worker::{WorkerId, WorkerRecord, WorkerState};
 
 /// One event as stored, streamed and handed to listeners.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,6 +126,62 @@ impl EventBody {
     }
 }
 
+/// The events a change of one app makes: a state change (or the submission, when there was no
+/// old record) and, for a move to RELAUNCHING, a relaunch. Changes that keep the state (a new
+/// wait message, details) make none.
+pub fn app_events(old: Option<&App>, new: &App) -> Vec<EventBody> {
+    let old_state = old.map(|a| a.state);
+    if old_state == Some(new.state) {
+        return Vec::new();
+    }
+    let mut out = vec![EventBody::AppStateChanged {
+        app_id: new.id.clone(),
+        name: new.name.clone(),
+        kind: new.kind.clone(),
+        old_state,
+        new_state: new.state,
+        attempt: new.attempt,
+        worker_id: new.worker_id.clone(),
+        message: new.message.clone(),
+    }];
+    if new.state == AppState::Relaunching {
+        out.push(EventBody::AppRelaunched {
+            app_id: new.id.clone(),
+            name: new.name.clone(),
+            kind: new.kind.clone(),
+            attempt: new.attempt,
+            retries: new.retries,
+            worker_id: new.worker_id.clone(),
+            message: new.message.clone(),
+        });
+    }
+    out
+}
+
+/// The events a change of one worker record makes: a join for every (re-)registration, a
+/// loss when it is declared dead.
+pub fn worker_events(old: Option<&WorkerRecord>, new: &WorkerRecord) -> Vec<EventBody> {
+    let joined = new.state == WorkerState::Alive
+        && old
+            .is_none_or(|o| o.state != WorkerState::Alive || o.registered_at != new.registered_at);
+    let lost = new.state == WorkerState::Dead && old.is_none_or(|o| o.state != WorkerState::Dead);
+    if joined {
+        vec![EventBody::WorkerJoined {
+            worker_id: new.id.clone(),
+            address: new.address.clone(),
+            cores: new.cores,
+            memory_mb: new.memory_mb,
+        }]
+    } else if lost {
+        vec![EventBody::WorkerLost {
+            worker_id: new.id.clone(),
+            message: "declared dead: no heartbeat within the worker timeout".into(),
+        }]
+    } else {
+        Vec::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +213,93 @@ mod tests {
         assert_eq!(back, e);
         assert_eq!(back.body.type_name(), "app_state_changed");
         assert_eq!(back.body.app_kind(), Some("process"));
+    }
+
+    fn app() -> App {
+        let at = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        let req = serde_json::from_value(
+            serde_json::json!({"name": "n", "kind": "process", "max_retries": 1}),
+        )
+        .unwrap();
+        App::submitted(AppId("app-1".into()), 1, req, at)
+    }
+
+    #[test]
+    fn app_changes_make_state_and_relaunch_events() {
+        let at = Utc.timestamp_opt(1_700_000_001, 0).unwrap();
+        let a0 = app();
+        let e = app_events(None, &a0);
+        assert!(matches!(
+            &e[..],
+            [EventBody::AppStateChanged {
+                old_state: None,
+                new_state: AppState::Submitted,
+                ..
+            }]
+        ));
+        let mut a1 = a0.clone();
+        a1.message = Some("waiting".into());
+        assert!(
+            app_events(Some(&a0), &a1).is_empty(),
+            "a message alone is no event"
+        );
+        a1.transition(AppState::Launching, at, None).unwrap();
+        a1.transition(AppState::Running, at, None).unwrap();
+        let mut a2 = a1.clone();
+        a2.lose("worker w1 lost", at).unwrap();
+        let e = app_events(Some(&a1), &a2);
+        assert_eq!(e.len(), 2);
+        assert!(matches!(
+            &e[0],
+            EventBody::AppStateChanged {
+                old_state: Some(AppState::Running),
+                new_state: AppState::Relaunching,
+                attempt: 1,
+                ..
+            }
+        ));
+        assert!(matches!(
+            &e[1],
+            EventBody::AppRelaunched {
+                attempt: 1,
+                retries: 1,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn worker_registrations_join_and_deaths_lose() {
+        let at = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        let w = WorkerRecord {
+            id: WorkerId("w1".into()),
+            address: "a:1".into(),
+            cores: 2,
+            memory_mb: 10,
+            kinds: vec![],
+            state: WorkerState::Alive,
+            registered_at: at,
+            last_heartbeat: at,
+            plugin_errors: vec![],
+        };
+        assert!(matches!(
+            worker_events(None, &w)[..],
+            [EventBody::WorkerJoined { .. }]
+        ));
+        assert!(worker_events(Some(&w), &w).is_empty());
+        let mut again = w.clone();
+        again.registered_at = at + chrono::Duration::seconds(5);
+        assert_eq!(
+            worker_events(Some(&w), &again).len(),
+            1,
+            "a re-registration joins again"
+        );
+        let mut dead = w.clone();
+        dead.state = WorkerState::Dead;
+        assert!(matches!(
+            worker_events(Some(&w), &dead)[..],
+            [EventBody::WorkerLost { .. }]
+        ));
+        assert!(worker_events(Some(&dead), &dead).is_empty());
     }
 }

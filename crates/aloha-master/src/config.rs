@@ -34,6 +34,13 @@ pub struct Config {
     /// The leader's etcd lease TTL: how long a dead leader holds leadership at most.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
+    /// Most events kept in the event log.
+    pub event_retention: u64,
+    /// Events older than this are deleted.
+    #[serde(with = "humantime_serde")]
+    pub event_max_age: Duration,
+    /// Listener plugins (`[[listeners]]`).
+    pub listeners: Vec<crate::listeners::ListenerSpec>,
     /// Log filter (tracing-subscriber `EnvFilter` syntax).
     pub log: String,
 }
@@ -51,6 +58,9 @@ impl Default for Config {
             etcd_endpoints: Vec::new(),
             cluster_name: "aloha".into(),
             lease_ttl: Duration::from_secs(5),
+            event_retention: 100_000,
+            event_max_age: Duration::from_secs(7 * 24 * 3600),
+            listeners: Vec::new(),
             log: "info".into(),
         }
     }
@@ -120,6 +130,15 @@ pub struct Args {
     /// Leader lease TTL in HA mode, whole seconds, e.g. "5s" [default: 5s].
     #[arg(long, env = "ALOHA_LEASE_TTL", value_parser = humantime::parse_duration)]
     pub lease_ttl: Option<Duration>,
+    /// A listener plugin: PATH or PATH=JSON-CONFIG; repeatable (adds to the config file's).
+    #[arg(long = "listener", env = "ALOHA_LISTENERS", value_delimiter = ';')]
+    pub listeners: Vec<String>,
+    /// Most events kept in the event log [default: 100000].
+    #[arg(long, env = "ALOHA_EVENT_RETENTION")]
+    pub event_retention: Option<u64>,
+    /// Events older than this are deleted, e.g. "7d" [default: 7d].
+    #[arg(long, env = "ALOHA_EVENT_MAX_AGE", value_parser = humantime::parse_duration)]
+    pub event_max_age: Option<Duration>,
     /// Log filter, e.g. "info" or "aloha_master=debug" [default: info].
     #[arg(long, env = "ALOHA_LOG")]
     pub log: Option<String>,
@@ -185,6 +204,21 @@ impl Args {
         }
         if let Some(v) = self.lease_ttl {
             cfg.lease_ttl = v;
+        }
+        if let Some(v) = self.event_retention {
+            cfg.event_retention = v;
+        }
+        if let Some(v) = self.event_max_age {
+            cfg.event_max_age = v;
+        }
+        for l in &self.listeners {
+            cfg.listeners
+                .push(crate::listeners::ListenerSpec::parse_flag(l).map_err(ConfigError::Invalid)?);
+        }
+        if cfg.event_retention == 0 {
+            return Err(ConfigError::Invalid(
+                "event_retention must be at least 1".into(),
+            ));
         }
         cfg.etcd_endpoints.retain(|e| !e.trim().is_empty());
         if cfg.cluster_name.is_empty()

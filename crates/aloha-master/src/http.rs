@@ -30,7 +30,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, msg: impl Into<String>) -> Self {
+    /// An error with `status` and `msg`.
+    pub fn new(status: StatusCode, msg: impl Into<String>) -> Self {
         ApiError {
             status,
             body: ErrorBody {
@@ -95,6 +96,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/apps/{id}/kill", post(kill))
         .route("/api/v1/workers", get(workers))
         .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/events", get(crate::stream::events))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

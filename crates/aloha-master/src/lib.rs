@@ -11,18 +11,22 @@
 //!   routing of requests to the active master; [`lease`]: the leader's lease and its deadline.
 //! - [`store`]: the [`store::StateStore`] trait with the redb (embedded), etcd and memory stores.
 //! - [`rpc`]: the gRPC MasterService workers call; [`worker_client`]: commands to workers.
+//! - [`events`]: the event log; [`listeners`]: listener plugins; [`stream`]: the SSE stream.
 //! - [`http`]: the REST API; [`metrics`]: Prometheus metrics.
 //! - [`clock`]: injected time.
 
 pub mod clock;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod lease;
+pub mod listeners;
 pub mod master;
 pub mod metrics;
 pub mod node;
 pub mod rpc;
 pub mod store;
+pub mod stream;
 pub mod worker_client;
 
 use std::sync::Arc;
@@ -48,7 +52,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", cfg.rpc_addr))?;
 
+    let loaded = listeners::load(&cfg.listeners).map_err(|e| anyhow::anyhow!(e))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut single_listeners = None;
     let (node, background) = if cfg.etcd_endpoints.is_empty() {
         let store: Arc<dyn store::StateStore> = Arc::new(store::RedbStore::open(&cfg.state_dir)?);
         let epoch = master::next_local_epoch(store.as_ref())
@@ -56,14 +62,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .context("cannot start a new epoch")?;
         let metrics = Arc::new(metrics::Metrics::new());
         let clock = Arc::new(clock::SystemClock::default());
-        let master =
-            master::Master::recover(cfg.clone(), store.clone(), connector, clock, epoch, metrics)
-                .await
-                .context("cannot recover state")?;
+        let master = master::Master::recover(
+            cfg.clone(),
+            store.clone(),
+            connector,
+            clock,
+            epoch,
+            metrics,
+            events::EventLog::new(store.clone()),
+        )
+        .await
+        .context("cannot recover state")?;
         let loops = tokio::spawn(master.clone().run_loops(stop_rx.clone()));
-        (node::Node::single(cfg.clone(), store, master), loops)
+        let node = node::Node::single(cfg.clone(), store, master.clone(), loaded);
+        single_listeners = node
+            .start_listeners(&master)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        (node, loops)
     } else {
-        node::Node::ha(cfg.clone(), connector, stop_rx.clone()).await?
+        node::Node::ha(cfg.clone(), connector, loaded, stop_rx.clone()).await?
     };
 
     let mut http_stop = stop_rx.clone();
@@ -98,6 +115,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     // Resign first (HA) so a standby takes over while we finish.
     let _ = background.await;
+    node::stop_listeners(single_listeners).await;
     http_task.await??;
     rpc_task.await??;
     Ok(())

@@ -17,7 +17,8 @@ use aloha_core::api::WorkerInfo;
 use aloha_core::report::{self, Outcome, Report};
 use aloha_core::schedule::{self, Capacity, Decision};
 use aloha_core::{
-    App, AppId, AppState, Liveness, SubmitError, SubmitRequest, WorkerId, WorkerRecord, WorkerState,
+    App, AppId, AppState, Event, EventBody, Liveness, SubmitError, SubmitRequest, WorkerId,
+    WorkerRecord, WorkerState,
 };
 use aloha_proto as pb;
 use tokio::sync::{Mutex, Notify};
@@ -25,6 +26,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::events::EventLog;
+use crate::listeners::Listeners;
 use crate::metrics::Metrics;
 use crate::store::{keys, StateStore, StoreError, Txn};
 use crate::worker_client::WorkerConnector;
@@ -97,6 +100,8 @@ struct Inner {
     workers: BTreeMap<WorkerId, WorkerRecord>,
     /// The last sequence number handed out (persisted as `meta/app_seq`).
     last_seq: u64,
+    /// The last event sequence number written (persisted as `meta/event_seq`).
+    last_event_seq: u64,
     /// Until when apps left UNKNOWN by a recovery may still be reported by their worker.
     recovery_deadline_ms: Option<u64>,
     /// When a kill was last sent per app, for resending.
@@ -108,6 +113,8 @@ struct Inner {
 struct Changes {
     apps: Vec<App>,
     workers: Vec<WorkerRecord>,
+    /// Events not derived from the records (leadership).
+    events: Vec<EventBody>,
     txn: Txn,
 }
 
@@ -123,7 +130,10 @@ impl Changes {
     }
 
     fn is_empty(&self) -> bool {
-        self.apps.is_empty() && self.workers.is_empty() && self.txn.is_empty()
+        self.apps.is_empty()
+            && self.workers.is_empty()
+            && self.events.is_empty()
+            && self.txn.is_empty()
     }
 
     /// The app as it will be after these changes.
@@ -157,6 +167,8 @@ pub struct Master {
     live: std::sync::Mutex<LiveTable>,
     /// Metrics registry and families (shared by every master incarnation of the process).
     pub metrics: Arc<Metrics>,
+    events: Arc<EventLog>,
+    listeners: std::sync::OnceLock<Arc<Listeners>>,
 }
 
 impl Master {
@@ -170,67 +182,64 @@ impl Master {
         clock: Arc<dyn Clock>,
         epoch: u64,
         metrics: Arc<Metrics>,
+        events: Arc<EventLog>,
     ) -> Result<Arc<Master>, StoreError> {
         let last_seq = match store.get(keys::APP_SEQ).await? {
             Some(v) => parse_u64(&v, keys::APP_SEQ)?,
             None => 0,
         };
-        let mut txn = Txn::default();
-
+        let last_event_seq = match store.get(crate::events::EVENT_SEQ).await? {
+            Some(v) => parse_u64(&v, crate::events::EVENT_SEQ)?,
+            None => 0,
+        };
         let now = clock.now();
         let mono = clock.mono_ms();
+        // Load the records as stored; the recovery changes go through `persist` below, like
+        // every other change, so they are events too.
         let mut workers = BTreeMap::new();
-        let mut liveness = Liveness::default();
         for (key, value) in store.scan_prefix(keys::WORKERS).await? {
-            let mut w: WorkerRecord = decode(&key, &value)?;
-            if w.state != WorkerState::Dead {
-                // Not heard from since the restart: give it one worker timeout to come back.
-                w.state = WorkerState::Unknown;
-                liveness.seen(&w.id, mono);
-                txn.put(key, json(&w));
-            }
+            let w: WorkerRecord = decode(&key, &value)?;
             workers.insert(w.id.clone(), w);
         }
         let mut apps = BTreeMap::new();
-        let (mut queued, mut unknown) = (0, 0);
         for (key, value) in store.scan_prefix(keys::APPS).await? {
-            let mut app: App = decode(&key, &value)?;
+            let app: App = decode(&key, &value)?;
+            apps.insert(app.id.clone(), app);
+        }
+        let mut changes = Changes::default();
+        let mut liveness = Liveness::default();
+        for w in workers.values().filter(|w| w.state != WorkerState::Dead) {
+            // Not heard from since the restart: give it one worker timeout to come back.
+            let mut w = w.clone();
+            w.state = WorkerState::Unknown;
+            liveness.seen(&w.id, mono);
+            changes.worker(w);
+        }
+        for app in apps.values() {
             if matches!(app.state, AppState::Launching | AppState::Running) {
+                let mut app = app.clone();
                 let msg = format!(
                     "master recovered; waiting for worker {} to report the app",
                     app.worker_id.as_ref().map(|w| w.as_str()).unwrap_or("?")
                 );
                 // LAUNCHING/RUNNING -> UNKNOWN is always legal.
                 if app.transition(AppState::Unknown, now, Some(msg)).is_ok() {
-                    txn.put(key, json(&app));
+                    changes.app(app);
                 }
             }
-            if app.state.is_waiting() {
-                queued += 1;
-            }
-            if app.state == AppState::Unknown {
-                unknown += 1;
-            }
-            apps.insert(app.id.clone(), app);
         }
-        if !txn.is_empty() && !store.txn(txn).await? {
-            return Err(StoreError::Fenced);
-        }
-        info!(
+        changes.events.push(EventBody::LeaderChanged {
+            role: aloha_core::api::Role::Alive,
+            leader: Some(cfg.http_url()),
             epoch,
-            apps = apps.len(),
-            queued,
-            unknown,
-            workers = workers.len(),
-            store = store.kind(),
-            "recovered state"
-        );
+        });
         let master = Arc::new_cyclic(|me| Master {
             me: me.clone(),
             inner: Mutex::new(Inner {
                 apps,
                 workers,
                 last_seq,
+                last_event_seq,
                 recovery_deadline_ms: Some(mono + cfg.worker_timeout.as_millis() as u64),
                 kill_sent_ms: HashMap::new(),
             }),
@@ -247,7 +256,29 @@ impl Master {
                 ..LiveTable::default()
             }),
             metrics,
+            events,
+            listeners: std::sync::OnceLock::new(),
         });
+        {
+            let mut inner = master.inner.lock().await;
+            master.persist(&mut inner, changes).await?;
+            let queued = inner.apps.values().filter(|a| a.state.is_waiting()).count();
+            let unknown = inner
+                .apps
+                .values()
+                .filter(|a| a.state == AppState::Unknown)
+                .count();
+            info!(
+                epoch,
+                apps = inner.apps.len(),
+                queued,
+                unknown,
+                workers = inner.workers.len(),
+                events = inner.last_event_seq,
+                store = master.store.kind(),
+                "recovered state"
+            );
+        }
         master.wake_scheduler.notify_one();
         Ok(master)
     }
@@ -262,18 +293,49 @@ impl Master {
         &self.cfg
     }
 
+    /// The one way state changes: derives the events of the changes, writes records and events
+    /// in one store transaction, installs the records in memory, then publishes the events to
+    /// the log's readers and the listeners. A failed write changes nothing.
     async fn persist(&self, inner: &mut Inner, mut changes: Changes) -> Result<(), StoreError> {
         if changes.is_empty() {
             return Ok(());
+        }
+        if self.is_fenced() {
+            return Err(StoreError::Fenced);
+        }
+        let mut bodies = Vec::new();
+        for app in &changes.apps {
+            bodies.extend(aloha_core::event::app_events(inner.apps.get(&app.id), app));
+        }
+        for w in &changes.workers {
+            bodies.extend(aloha_core::event::worker_events(
+                inner.workers.get(&w.id),
+                w,
+            ));
+        }
+        bodies.append(&mut changes.events);
+        let now = self.clock.now();
+        let mut seq = inner.last_event_seq;
+        let events: Vec<Arc<Event>> = bodies
+            .into_iter()
+            .map(|body| {
+                seq += 1;
+                Arc::new(Event { seq, at: now, body })
+            })
+            .collect();
+        for e in &events {
+            changes.txn.put(crate::events::key(e.seq), json(e.as_ref()));
+        }
+        if !events.is_empty() {
+            changes
+                .txn
+                .put(crate::events::EVENT_SEQ, seq.to_string().into_bytes());
         }
         for app in &changes.apps {
             changes.txn.put(keys::app(&app.id), json(app));
         }
         for w in &changes.workers {
             changes.txn.put(keys::worker(&w.id), json(w));
-        }
-        if self.is_fenced() {
-            return Err(StoreError::Fenced);
         }
         let timer = self.metrics.store_txn_timer();
         let ok = self.store.txn(changes.txn).await;
@@ -286,20 +348,12 @@ impl Master {
             other => other?,
         };
         if !ok {
+            // Our only compares are the fence's: the store changed under us.
             self.mark_fenced();
-            // We hold the only writer lock in single-node mode; a failed compare means the
-            // store changed under us (a second writer): stop trusting our view.
             return Err(StoreError::Fenced);
         }
         for app in changes.apps {
-            if app.state
-                != inner
-                    .apps
-                    .get(&app.id)
-                    .map(|a| a.state)
-                    .unwrap_or(AppState::Submitted)
-                || !inner.apps.contains_key(&app.id)
-            {
+            if inner.apps.get(&app.id).map(|a| a.state) != Some(app.state) {
                 self.metrics.transition(app.state);
             }
             inner.apps.insert(app.id.clone(), app);
@@ -307,7 +361,43 @@ impl Master {
         for w in changes.workers {
             inner.workers.insert(w.id.clone(), w);
         }
+        inner.last_event_seq = seq;
+        if !events.is_empty() {
+            self.events.published(&events);
+            if let Some(l) = self.listeners.get() {
+                l.publish(&events);
+            }
+        }
         Ok(())
+    }
+
+    /// Starts delivering events to `listeners` (once).
+    pub fn attach_listeners(&self, listeners: Arc<Listeners>) {
+        let _ = self.listeners.set(listeners);
+    }
+
+    /// The event log this master writes.
+    pub fn event_log(&self) -> &Arc<EventLog> {
+        &self.events
+    }
+
+    /// The master's (fenced) store, for the listeners' cursors.
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.store
+    }
+
+    /// Deletes events beyond the configured retention.
+    pub async fn compact_events(&self) -> Result<u64, StoreError> {
+        if self.is_fenced() {
+            return Ok(0);
+        }
+        let retention = crate::events::Retention {
+            max_events: self.cfg.event_retention,
+            max_age: self.cfg.event_max_age,
+        };
+        self.events
+            .compact(self.store.as_ref(), retention, self.clock.now())
+            .await
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, LiveTable> {
@@ -1149,6 +1239,26 @@ impl Master {
         );
         let mut ticker = tokio::time::interval(tick_every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Event retention runs on its own task: a large deletion never delays scheduling.
+        let compactor = {
+            let this = self.clone();
+            let mut stop = shutdown.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        _ = every.tick() => {}
+                    }
+                    match this.compact_events().await {
+                        Ok(0) => {}
+                        Ok(n) => info!(deleted = n, "event log compacted"),
+                        Err(e) => warn!("event log compaction failed: {e}"),
+                    }
+                }
+            })
+        };
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -1163,6 +1273,7 @@ impl Master {
                 error!("scheduling round failed: {e}");
             }
         }
+        compactor.abort();
     }
 
     fn self_ref(&self) -> Option<Arc<Master>> {
@@ -1309,6 +1420,7 @@ mod tests {
             clock.clone(),
             epoch,
             metrics,
+            EventLog::new(store.clone()),
         )
         .await
         .unwrap();

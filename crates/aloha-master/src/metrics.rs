@@ -23,6 +23,11 @@ struct MethodLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabel {
     route: String,
 }
@@ -43,6 +48,11 @@ pub struct Metrics {
     http: Family<RouteLabel, Histogram>,
     /// gRPC calls served to workers, by method.
     rpc_server: Family<MethodLabel, Histogram>,
+    listener_queue_full: Family<ListenerLabel, Counter>,
+    listener_delivered: Family<ListenerLabel, Counter>,
+    listener_failed: Family<ListenerLabel, Counter>,
+    /// SSE clients connected.
+    pub event_streams: Gauge<i64, std::sync::atomic::AtomicI64>,
 }
 
 fn latency() -> Histogram {
@@ -77,6 +87,30 @@ impl Metrics {
             "Latency of the gRPC calls workers make, by method",
             rpc_server.clone(),
         );
+        let listener_queue_full = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "listener_queue_full",
+            "Events a listener's full queue did not take (the listener reads them from the log)",
+            listener_queue_full.clone(),
+        );
+        let listener_delivered = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "listener_delivered",
+            "Events delivered to each listener",
+            listener_delivered.clone(),
+        );
+        let listener_failed = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "listener_failed_deliveries",
+            "Failed delivery attempts per listener (each is retried)",
+            listener_failed.clone(),
+        );
+        let event_streams = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register(
+            "event_streams",
+            "Clients connected to GET /api/v1/events",
+            event_streams.clone(),
+        );
         let http =
             Family::<RouteLabel, Histogram>::new_with_constructor(latency as fn() -> Histogram);
         registry.register(
@@ -109,6 +143,10 @@ impl Metrics {
             submitted,
             http,
             rpc_server,
+            listener_queue_full,
+            listener_delivered,
+            listener_failed,
+            event_streams,
         }
     }
 
@@ -154,6 +192,30 @@ impl Metrics {
                 })
                 .clone(),
         )
+    }
+
+    pub(crate) fn listener_queue_full(&self, name: &str) {
+        self.listener_queue_full
+            .get_or_create(&ListenerLabel {
+                listener: name.into(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn listener_delivered(&self, name: &str) {
+        self.listener_delivered
+            .get_or_create(&ListenerLabel {
+                listener: name.into(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn listener_failed(&self, name: &str) {
+        self.listener_failed
+            .get_or_create(&ListenerLabel {
+                listener: name.into(),
+            })
+            .inc();
     }
 
     pub(crate) fn rpc_server_timer(&self, method: &str) -> Timer {

@@ -28,7 +28,9 @@ use tracing::{error, info, warn};
 
 use crate::clock::SystemClock;
 use crate::config::Config;
+use crate::events::EventLog;
 use crate::lease::{self, LeaseGuard};
+use crate::listeners::{Listeners, LoadedListener};
 use crate::master::{worker_infos, Master, MasterError};
 use crate::metrics::Metrics;
 use crate::store::etcd::{cluster_prefix, EtcdStore, Fence};
@@ -53,6 +55,9 @@ pub struct Node {
     /// Shared by every master incarnation.
     pub metrics: Arc<Metrics>,
     reader: Arc<dyn StateStore>,
+    /// The event log (reads; the active master writes it).
+    pub events: Arc<EventLog>,
+    listeners: Vec<LoadedListener>,
     active: RwLock<Option<Arc<Master>>>,
     role: watch::Sender<Role>,
     leader: RwLock<Option<LeaderInfo>>,
@@ -74,12 +79,16 @@ impl Node {
         reader: Arc<dyn StateStore>,
         metrics: Arc<Metrics>,
         role: Role,
+        events: Arc<EventLog>,
+        listeners: Vec<LoadedListener>,
     ) -> Arc<Node> {
         let (role, _) = watch::channel(role);
         Arc::new(Node {
             cfg,
             metrics,
             reader,
+            events,
+            listeners,
             active: RwLock::new(None),
             role,
             leader: RwLock::new(None),
@@ -88,8 +97,20 @@ impl Node {
     }
 
     /// A single-node master: ALIVE for as long as it runs.
-    pub fn single(cfg: Config, store: Arc<dyn StateStore>, master: Arc<Master>) -> Arc<Node> {
-        let node = Node::new(cfg.clone(), store, master.metrics.clone(), Role::Alive);
+    pub fn single(
+        cfg: Config,
+        store: Arc<dyn StateStore>,
+        master: Arc<Master>,
+        listeners: Vec<LoadedListener>,
+    ) -> Arc<Node> {
+        let node = Node::new(
+            cfg.clone(),
+            store,
+            master.metrics.clone(),
+            Role::Alive,
+            master.event_log().clone(),
+            listeners,
+        );
         write(
             &node.leader,
             Some(LeaderInfo {
@@ -245,6 +266,7 @@ impl Node {
     pub async fn ha(
         cfg: Config,
         connector: Arc<dyn WorkerConnector>,
+        listeners: Vec<LoadedListener>,
         stop: watch::Receiver<bool>,
     ) -> anyhow::Result<(Arc<Node>, tokio::task::JoinHandle<()>)> {
         let opts = etcd_client::ConnectOptions::new()
@@ -269,11 +291,14 @@ impl Node {
         )
         .await?;
         let store = EtcdStore::new(client.clone(), &cfg.cluster_name);
+        let reader: Arc<dyn StateStore> = Arc::new(store.clone());
         let node = Node::new(
             cfg.clone(),
-            Arc::new(store.clone()),
+            reader.clone(),
             Arc::new(Metrics::new()),
             Role::Standby,
+            EventLog::new(reader),
+            listeners,
         );
         let task = tokio::spawn(
             node.clone()
@@ -392,12 +417,21 @@ impl Node {
                 Arc::new(SystemClock::default()),
                 epoch,
                 self.metrics.clone(),
+                self.events.clone(),
             )
             .await
             {
                 Ok(m) => m,
                 Err(e) => {
                     error!("recovery failed: {e}; resigning");
+                    self.step_down(&mut c, key, lease, &keeper).await;
+                    continue;
+                }
+            };
+            let listeners = match self.start_listeners(&master) {
+                Ok(l) => l,
+                Err(e) => {
+                    error!("cannot start listeners: {e}; resigning");
                     self.step_down(&mut c, key, lease, &keeper).await;
                     continue;
                 }
@@ -419,6 +453,7 @@ impl Node {
             self.set_role(Role::Standby);
             let _ = loops_stop_tx.send(true);
             let _ = loops.await;
+            stop_listeners(listeners).await;
             self.step_down(&mut c, key, lease, &keeper).await;
             if shutting_down {
                 break;
@@ -426,6 +461,22 @@ impl Node {
         }
         self.set_role(Role::Standby);
         follower.abort();
+    }
+
+    /// Starts this leadership's listener threads and attaches them to `master`.
+    pub fn start_listeners(&self, master: &Arc<Master>) -> Result<Option<Arc<Listeners>>, String> {
+        if self.listeners.is_empty() {
+            return Ok(None);
+        }
+        let l = Listeners::start(
+            &self.listeners,
+            master.store().clone(),
+            self.events.clone(),
+            self.metrics.clone(),
+            tokio::runtime::Handle::current(),
+        )?;
+        master.attach_listeners(l.clone());
+        Ok(Some(l))
     }
 
     async fn step_down(
@@ -490,5 +541,13 @@ impl Node {
                 _ = stop.changed() => return,
             }
         }
+    }
+}
+
+/// Stops listener threads off the runtime (a delivery in progress may take a while).
+pub async fn stop_listeners(listeners: Option<Arc<Listeners>>) {
+    if let Some(l) = listeners {
+        l.stop();
+        let _ = tokio::task::spawn_blocking(move || drop(l)).await;
     }
 }

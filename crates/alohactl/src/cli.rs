@@ -78,6 +78,34 @@ pub enum Command {
     Workers,
     /// Show the answering master's view of the cluster: role, leader, epoch, members.
     Cluster,
+    /// Print events (app state changes, relaunches, workers, leadership); `--follow` streams
+    /// them and resumes after a disconnect or failover without missing one.
+    Events(EventsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Keep streaming new events (reconnecting, to another master if need be).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+
+    /// Start after this sequence number [default: all retained events, or with --follow only
+    /// new ones].
+    #[arg(long)]
+    pub after: Option<u64>,
+
+    /// Only events of this app.
+    #[arg(long = "app", value_parser = parse_app_id)]
+    pub app_id: Option<String>,
+
+    /// Only events of apps of this kind.
+    #[arg(long)]
+    pub kind: Option<String>,
+
+    /// Only these event types (app_state_changed, app_relaunched, worker_joined, worker_lost,
+    /// leader_changed); repeat or comma-separate.
+    #[arg(long = "type", value_delimiter = ',')]
+    pub types: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -101,6 +101,22 @@ impl Client {
         }
     }
 
+    /// Every master, the one that answered last first.
+    pub fn masters(&self) -> Vec<String> {
+        let preferred = self
+            .preferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut out: Vec<String> = preferred.into_iter().collect();
+        for m in &self.masters {
+            if !out.contains(m) {
+                out.push(m.clone());
+            }
+        }
+        out
+    }
+
     /// `GET path?query`, decoded as `T`.
     pub fn get<T: DeserializeOwned>(
         &self,

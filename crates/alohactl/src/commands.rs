@@ -34,6 +34,7 @@ pub fn run(cli: Cli, io: &mut Io<'_>) -> Result<(), CtlError> {
         Command::Kill { id } => kill(&client, format, &id, io),
         Command::Workers => workers(&client, format, io),
         Command::Cluster => cluster(&client, format, io),
+        Command::Events(args) => crate::events::run(&client, format, &args, io),
     }
 }
 
@@ -152,7 +153,7 @@ fn app_path(id: &str) -> String {
     format!("/api/v1/apps/{}", segment(id))
 }
 
-fn print(io: &mut Io<'_>, text: &str) -> Result<(), CtlError> {
+pub(crate) fn print(io: &mut Io<'_>, text: &str) -> Result<(), CtlError> {
     io.out.write_all(text.as_bytes())?;
     io.out.flush()?;
     Ok(())

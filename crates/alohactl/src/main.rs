@@ -18,6 +18,7 @@ mod cli;
 mod client;
 mod commands;
 mod error;
+mod events;
 mod output;
 mod wait;
 

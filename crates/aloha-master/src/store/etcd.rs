@@ -226,6 +226,38 @@ impl StateStore for EtcdStore {
         Ok(out)
     }
 
+    async fn scan_from(
+        &self,
+        prefix: &str,
+        from: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let start = self.full(from);
+        let end = prefix_end(self.full(prefix).as_bytes());
+        let resp = (|| async {
+            let opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(limit.min(i64::MAX as usize) as i64);
+            self.client
+                .clone()
+                .get(start.clone(), Some(opts))
+                .await
+                .map_err(classify)
+        })
+        .retry(self.backoff())
+        .when(retryable)
+        .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                let rel = key.strip_prefix(&self.prefix).unwrap_or(&key).to_string();
+                (rel, kv.value().to_vec())
+            })
+            .collect())
+    }
+
     async fn txn(&self, txn: Txn) -> Result<bool, StoreError> {
         (|| async { self.txn_once(&txn).await })
             .retry(self.backoff())

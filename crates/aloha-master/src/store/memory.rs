@@ -41,6 +41,21 @@ impl StateStore for MemoryStore {
             .collect())
     }
 
+    async fn scan_from(
+        &self,
+        prefix: &str,
+        from: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(self
+            .lock()
+            .range(from.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
     async fn txn(&self, txn: Txn) -> Result<bool, StoreError> {
         let mut data = self.lock();
         for c in &txn.compares {

@@ -97,6 +97,14 @@ pub trait StateStore: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Reads every key starting with `prefix`, in key order.
     async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Reads keys that start with `prefix` and sort at or after `from`, in key order, at most
+    /// `limit` of them.
+    async fn scan_from(
+        &self,
+        prefix: &str,
+        from: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Applies `txn` atomically. `Ok(false)`: a compare failed and nothing was written. Returns
     /// only once the writes are durable.
     async fn txn(&self, txn: Txn) -> Result<bool, StoreError>;
@@ -204,5 +212,23 @@ pub(crate) mod contract {
             .collect();
         assert_eq!(keys, ["a/2", "a/3"]);
         assert_eq!(store.scan_prefix("nothing/").await.unwrap(), vec![]);
+
+        // Range reads start at a key, stay in the prefix and stop at the limit.
+        let mut t = Txn::default();
+        for i in 0..5 {
+            t.put(format!("e/{i:03}"), vec![i]);
+        }
+        t.put("f/000", vec![9]);
+        assert!(store.txn(t).await.unwrap());
+        let keys = |v: Vec<(String, Vec<u8>)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(
+            keys(store.scan_from("e/", "e/002", 2).await.unwrap()),
+            ["e/002", "e/003"]
+        );
+        assert_eq!(
+            keys(store.scan_from("e/", "e/003", 10).await.unwrap()),
+            ["e/003", "e/004"]
+        );
+        assert!(store.scan_from("e/", "e/9", 10).await.unwrap().is_empty());
     }
 }

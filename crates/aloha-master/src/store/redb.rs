@@ -124,6 +124,29 @@ impl StateStore for RedbStore {
         .await
     }
 
+    async fn scan_from(
+        &self,
+        prefix: &str,
+        from: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let (prefix, from) = (prefix.to_string(), from.to_string());
+        self.blocking(move |db| {
+            let r = db.begin_read()?;
+            let t = r.open_table(KV)?;
+            let mut out = Vec::new();
+            for item in t.range(from.as_str()..)? {
+                let (k, v) = item?;
+                if !k.value().starts_with(prefix.as_str()) || out.len() >= limit {
+                    break;
+                }
+                out.push((k.value().to_string(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn txn(&self, txn: Txn) -> Result<bool, StoreError> {
         self.blocking(move |db| {
             let w = db.begin_write()?;

@@ -58,6 +58,38 @@ pub struct JsonlListener {
     /// The open file and the (device, inode) it had when opened; `None` after an I/O error, so
     /// that the next event starts from a fresh open.
     file: Option<(File, (u64, u64))>,
+    /// The highest `seq` in the file: the host delivers at least once, so after a restart it
+    /// may offer events the file already has; those are skipped, keeping the file exactly once.
+    last_seq: u64,
+}
+
+/// The `seq` of the last complete line of the file at `path` (0 when none), reading only its
+/// end.
+fn last_seq_in(path: &std::path::Path) -> u64 {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 64 * 1024;
+    let Ok(f) = File::open(path) else { return 0 };
+    // Only a regular file has an end to read (a device like /dev/full reads forever).
+    let Ok(meta) = f.metadata() else { return 0 };
+    if !meta.is_file() {
+        return 0;
+    }
+    let mut f = f;
+    if f.seek(SeekFrom::Start(meta.len().saturating_sub(TAIL)))
+        .is_err()
+    {
+        return 0;
+    }
+    let mut tail = Vec::new();
+    if f.take(TAIL).read_to_end(&mut tail).is_err() {
+        return 0;
+    }
+    tail.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
+        .filter_map(|v| v["seq"].as_u64())
+        .max()
+        .unwrap_or(0)
 }
 
 impl JsonlListener {
@@ -67,7 +99,12 @@ impl JsonlListener {
         if path.as_os_str().is_empty() {
             return Err("invalid jsonl listener configuration: `path` is empty".into());
         }
-        let mut listener = JsonlListener { path, file: None };
+        let last_seq = last_seq_in(&path);
+        let mut listener = JsonlListener {
+            path,
+            file: None,
+            last_seq,
+        };
         if let Err(e) = listener.file() {
             return Err(format!("cannot open {}: {e}", listener.path.display()));
         }
@@ -81,10 +118,20 @@ impl JsonlListener {
 
     /// Appends `event` as one line and syncs it to disk.
     pub fn append(&mut self, event: &Value) -> Result<(), String> {
+        let seq = event["seq"].as_u64();
+        if seq.is_some_and(|s| s <= self.last_seq) {
+            return Ok(()); // already in the file (a redelivery)
+        }
         let mut line = serde_json::to_vec(event)
             .map_err(|e| format!("cannot encode event {}: {e}", event["seq"]))?;
         line.push(b'\n');
-        self.write_line(&line).map_err(|e| {
+        let written = self.write_line(&line);
+        if written.is_ok() {
+            if let Some(s) = seq {
+                self.last_seq = s;
+            }
+        }
+        written.map_err(|e| {
             // Start over from a fresh open next time: the descriptor may be what is broken.
             self.file = None;
             format!(
