@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ALOHA_NEED_ETCD=1 source scripts/install-deps.sh
+# Real Spark (pyspark) and Flink (apache-flink) for the spark and flink plugin tests: Java and
+# two venvs under ${ALOHA_TOOLS_DIR:-~/.cache/aloha-tools}; exports SPARK_HOME, FLINK_HOME, ...
+source scripts/install-spark-flink.sh
 
 export CARGO_TERM_COLOR=never
 echo "== cargo fmt --check"

@@ -514,6 +514,17 @@ pub struct WorkerOpts {
 
 /// Starts a worker against the given master gRPC URLs.
 pub fn start_worker(masters: &[String], opts: &WorkerOpts, log_dir: &Path) -> Proc {
+    start_worker_with_config(masters, opts, "", log_dir)
+}
+
+/// Starts a worker like [`start_worker`], with `plugin_config` (TOML, e.g. a `[plugins.spark]`
+/// table) added to its configuration file after the `[plugins.process]` table.
+pub fn start_worker_with_config(
+    masters: &[String],
+    opts: &WorkerOpts,
+    plugin_config: &str,
+    log_dir: &Path,
+) -> Proc {
     let mut cmd = Command::new(bin("aloha-worker"));
     for m in masters {
         cmd.arg("--master").arg(m);
@@ -522,7 +533,7 @@ pub fn start_worker(masters: &[String], opts: &WorkerOpts, log_dir: &Path) -> Pr
     std::fs::write(
         &config,
         format!(
-            "[plugins.process]\nkill_grace_ms = {}\n",
+            "[plugins.process]\nkill_grace_ms = {}\n{plugin_config}",
             opts.kill_grace_ms
         ),
     )
@@ -663,4 +674,111 @@ pub fn app_pid(dir: &Path) -> i32 {
     wait_for(&format!("{}", f.display()), Duration::from_secs(10), || {
         std::fs::read_to_string(&f).ok()?.trim().parse().ok()
     })
+}
+
+impl Cluster {
+    /// Starts another worker with `plugin_config` (TOML tables such as `[plugins.spark]`) added
+    /// to its configuration file; see [`start_worker_with_config`].
+    pub fn add_worker_with_config(&mut self, id: &str, cores: u32, plugin_config: &str) -> usize {
+        let opts = self.worker_opts(id, cores);
+        let p = start_worker_with_config(
+            &[self.master.rpc_url()],
+            &opts,
+            plugin_config,
+            self.dir.path(),
+        );
+        self.workers.push(p);
+        self.workers.len() - 1
+    }
+}
+
+/// `s` as a TOML basic string, quotes included (for paths in generated configuration files).
+pub fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\u{:04X}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The live (non-zombie) members of process group `pgid`, with their command names, from /proc.
+pub fn group_members(pgid: i32) -> Vec<(i32, String)> {
+    let mut members = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return members;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // Processes may vanish while we look.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid pgrp ...": comm may contain anything, so split at the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        if rest.len() >= 3 && rest[0] != "Z" && rest[2].parse::<i32>() == Ok(pgid) {
+            members.push((pid, stat[open + 1..close].to_owned()));
+        }
+    }
+    members
+}
+
+/// Where `scripts/install-spark-flink.sh` puts its venvs: `$ALOHA_TOOLS_DIR`, else
+/// `$HOME/.cache/aloha-tools`.
+pub fn tools_dir() -> PathBuf {
+    match std::env::var_os("ALOHA_TOOLS_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+            .join(".cache/aloha-tools"),
+    }
+}
+
+/// `<venv>/lib/python3.*/site-packages/<package>` in the newest venv of [`tools_dir`] whose name
+/// starts with `prefix` (`pyspark-`, `flink-`), if there is one.
+pub fn find_in_tool_venvs(prefix: &str, package: &str) -> Option<PathBuf> {
+    let mut venvs: Vec<PathBuf> = std::fs::read_dir(tools_dir())
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .map(|e| e.path())
+        .collect();
+    venvs.sort();
+    venvs.into_iter().rev().find_map(|venv| {
+        std::fs::read_dir(venv.join("lib"))
+            .ok()?
+            .flatten()
+            .map(|e| e.path().join("site-packages").join(package))
+            .find(|p| p.is_dir())
+    })
+}
+
+/// Panics, saying how to install it (`install`), unless `java -version` works.
+pub fn require_java(install: &str) {
+    let ok = Command::new("java")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(ok, "`java -version` failed: Java is missing; {install}");
+}
+
+/// Panics, saying how to install it (`install`), unless `python` can import `module`.
+pub fn require_python_module(python: &Path, module: &str, install: &str) {
+    let ok = Command::new(python)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(ok, "{} cannot import {module}; {install}", python.display());
 }

@@ -39,19 +39,22 @@
 //! - `clean` sends SIGKILL to the group if its leader still runs. It never deletes the app
 //!   directory: the logs stay for the operator. Releasing an instance whose process still runs
 //!   does the same, since nobody could learn of its exit any more.
+//!
+//! The process-group handling (monitor thread, signals, sweep, pid file) is
+//! `aloha_plugin_support::group`, shared with the `spark` and `flink` plugins.
 
 #![warn(missing_docs)]
 
-mod group;
 pub mod spec;
 
-use std::fs::{File, OpenOptions};
-use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use aloha_plugin::{AppContext, Application, ExitNotifier};
+use aloha_plugin_support::output::open_log;
+use aloha_plugin_support::{Launch, ProcessGroup};
 
-use crate::group::{Group, Launch};
 use crate::spec::Spec;
 
 /// The kind this plugin runs.
@@ -63,7 +66,7 @@ aloha_plugin::declare_application!(kind = KIND, app = ProcessApp);
 pub struct ProcessApp {
     app_dir: PathBuf,
     spec: Spec,
-    group: Arc<Group>,
+    group: Arc<ProcessGroup>,
     started: bool,
 }
 
@@ -73,7 +76,7 @@ impl Application for ProcessApp {
         Ok(ProcessApp {
             app_dir: ctx.app_dir,
             spec,
-            group: Arc::new(Group::default()),
+            group: ProcessGroup::new(),
             started: false,
         })
     }
@@ -89,20 +92,24 @@ impl Application for ProcessApp {
                 self.spec.cwd.display()
             ));
         }
-        let stdout = open_log(&self.app_dir, "stdout")?;
-        let stderr = open_log(&self.app_dir, "stderr")?;
-        let launch = Launch::new(&self.spec, stdout, stderr, self.app_dir.join("pid"));
-        let (started_tx, started_rx) = mpsc::sync_channel(1);
-        let group = Arc::clone(&self.group);
-        std::thread::Builder::new()
-            .name("process-monitor".into())
-            .spawn(move || group::monitor(launch, group, events, started_tx))
-            .map_err(|e| format!("cannot start the monitor thread: {e}"))?;
-        match started_rx.recv() {
-            Ok(Ok(_pid)) => Ok(()),
-            Ok(Err(message)) => Err(message),
-            Err(_) => Err("the monitor thread ended before the process started".into()),
-        }
+        // `spec::parse` guarantees a non-empty command, so the indexing cannot fail.
+        let mut command = Command::new(&self.spec.command[0]);
+        command
+            .args(&self.spec.command[1..])
+            .envs(&self.spec.env)
+            .current_dir(&self.spec.cwd)
+            .stdin(Stdio::null())
+            .stdout(open_log(&self.app_dir, "stdout")?)
+            .stderr(open_log(&self.app_dir, "stderr")?);
+        let launch = Launch::new(command, "process-monitor").pid_file(self.app_dir.join("pid"));
+        let details = events.clone();
+        self.group
+            .spawn(
+                launch,
+                move |pid| details.detail("pid", &pid.to_string()),
+                move |exit| events.exit(exit.exit_state()),
+            )
+            .map(|_pid| ())
     }
 
     fn shutdown(&mut self, reason: Option<&str>) -> Result<(), String> {
@@ -118,13 +125,4 @@ impl Drop for ProcessApp {
     fn drop(&mut self) {
         let _ = self.group.kill("released while running");
     }
-}
-
-fn open_log(app_dir: &Path, name: &str) -> Result<File, String> {
-    let path = app_dir.join(name);
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))
 }

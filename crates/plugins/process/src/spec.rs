@@ -4,12 +4,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use aloha_plugin_support::spec as check;
 use serde::Deserialize;
 use serde_json::Value;
 
-/// How long a process gets between SIGTERM and SIGKILL when neither the spec nor the worker's
-/// configuration says.
-pub const DEFAULT_KILL_GRACE_MS: u64 = 5000;
+pub use aloha_plugin_support::spec::DEFAULT_KILL_GRACE_MS;
+
+const KIND: &str = "process";
 
 const KNOWN_FIELDS: [&str; 4] = ["command", "env", "cwd", "kill_grace_ms"];
 
@@ -38,26 +39,7 @@ struct RawSpec {
 /// Checks `spec` (the submission's) against the worker's `conf` for this plugin kind; relative
 /// paths are resolved against `app_dir`. Errors are one line, for the user who submitted.
 pub fn parse(spec: &Value, conf: &Value, app_dir: &Path) -> Result<Spec, String> {
-    let fields = spec
-        .as_object()
-        .ok_or("invalid process spec: it must be a JSON object")?;
-    let unknown: Vec<&str> = fields
-        .keys()
-        .map(String::as_str)
-        .filter(|k| !KNOWN_FIELDS.contains(k))
-        .collect();
-    if !unknown.is_empty() {
-        return Err(format!(
-            "invalid process spec: unknown field{} {} (known: {})",
-            if unknown.len() == 1 { "" } else { "s" },
-            unknown
-                .iter()
-                .map(|k| format!("{k:?}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            KNOWN_FIELDS.join(", ")
-        ));
-    }
+    check::known_fields(KIND, spec, &KNOWN_FIELDS)?;
     let raw: RawSpec =
         serde_json::from_value(spec.clone()).map_err(|e| format!("invalid process spec: {e}"))?;
 
@@ -75,49 +57,20 @@ pub fn parse(spec: &Value, conf: &Value, app_dir: &Path) -> Result<Spec, String>
         }
         Some(_) => {}
     }
-    if let Some(i) = command.iter().position(|a| a.contains('\0')) {
-        return Err(format!(
-            "invalid process spec: `command[{i}]` contains a NUL byte"
-        ));
-    }
-    for (key, value) in &raw.env {
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err(format!(
-                "invalid process spec: environment variable name {key:?} must be non-empty \
-                 and contain neither '=' nor NUL"
-            ));
-        }
-        if value.contains('\0') {
-            return Err(format!(
-                "invalid process spec: environment variable {key} contains a NUL byte"
-            ));
-        }
-    }
+    check::check_args(KIND, "command", &command)?;
+    check::check_env(KIND, &raw.env)?;
     let cwd = match raw.cwd {
         Some(dir) if dir.as_os_str().is_empty() => {
             return Err("invalid process spec: `cwd` is empty".into())
         }
-        // `join` keeps an absolute `dir` as it is.
-        Some(dir) => app_dir.join(dir),
+        Some(dir) => check::resolve(app_dir, dir),
         None => app_dir.to_path_buf(),
-    };
-    let grace_ms = match raw.kill_grace_ms {
-        Some(ms) => ms,
-        None => match conf.get("kill_grace_ms") {
-            None | Some(Value::Null) => DEFAULT_KILL_GRACE_MS,
-            Some(v) => v.as_u64().ok_or_else(|| {
-                format!(
-                    "invalid worker configuration for the process plugin: kill_grace_ms must \
-                     be a non-negative integer of milliseconds, not {v}"
-                )
-            })?,
-        },
     };
     Ok(Spec {
         command,
         env: raw.env,
         cwd,
-        kill_grace: Duration::from_millis(grace_ms),
+        kill_grace: check::kill_grace(KIND, raw.kill_grace_ms, conf)?,
     })
 }
 
