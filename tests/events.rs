@@ -404,3 +404,33 @@ fn the_webhook_listener_retries_when_the_receiver_answers_500() {
         .collect();
     assert_eq!(states, ["SUBMITTED", "LAUNCHING", "RUNNING", "FINISHED"]);
 }
+
+#[test]
+fn alohactl_events_follow_reconnects_across_a_master_crash_without_a_gap() {
+    let mut c = Cluster::start("3s", &[("w1", 2)]);
+    let api = c.api().clone();
+    let mut cmd = std::process::Command::new(aloha_e2e::bin("alohactl"));
+    cmd.args([
+        "--master", &api.base, "--output", "json", "events", "--follow", "--after", "0",
+    ]);
+    let follower = aloha_e2e::Proc::spawn("follow", cmd, c.dir.path());
+    let a = api.submit_cmd("before", &["true"], json!({}));
+    api.wait_state(&a, "FINISHED", T);
+    let log_dir = c.dir.path().to_path_buf();
+    c.master.restart_hard(&log_dir);
+    let api = c.api().clone();
+    let b = api.submit_cmd("after", &["true"], json!({}));
+    api.wait_state(&b, "FINISHED", T);
+    let last = *seqs(&all_events(&api)).last().unwrap();
+    let printed = wait_for("alohactl to print every event", T, || {
+        let text = std::fs::read_to_string(follower.log.clone()).ok()?;
+        let events: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect();
+        (events.last()?["seq"].as_u64()? == last).then_some(events)
+    });
+    let s = seqs(&printed);
+    assert_eq!(s[0], 1);
+    assert_contiguous(&s);
+}
