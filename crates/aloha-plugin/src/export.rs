@@ -325,7 +325,7 @@ pub(crate) unsafe extern "C" fn free_buffer(buffer: PluginBuffer) {
 
 /// Exports an [`Application`] type from a `cdylib` as an Aloha plugin.
 ///
-/// ```ignore
+/// ```text
 /// aloha_plugin::declare_application!(kind = "process", app = ProcessApp);
 /// ```
 ///

@@ -192,7 +192,7 @@ unsafe extern "C" fn release<L: EventListener>(instance: *mut c_void) {
 
 /// Exports an [`EventListener`] type from a `cdylib` as an Aloha listener plugin.
 ///
-/// ```ignore
+/// ```text
 /// aloha_plugin::declare_listener!(name = "jsonl", listener = JsonlListener);
 /// ```
 ///
@@ -208,7 +208,7 @@ unsafe extern "C" fn release<L: EventListener>(instance: *mut c_void) {
 /// [`declare_application!`](crate::declare_application) already; it adds `beside_application` so
 /// that this macro defines only the listener table (defining the symbol twice fails to link):
 ///
-/// ```ignore
+/// ```text
 /// aloha_plugin::declare_application!(kind = "spark", app = SparkApp);
 /// aloha_plugin::declare_listener!(name = "spark-history", listener = History, beside_application);
 /// ```

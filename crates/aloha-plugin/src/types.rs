@@ -76,6 +76,15 @@ pub struct AppContext {
     /// worker has none.
     #[serde(default = "empty_object")]
     pub conf: serde_json::Value,
+    /// The host's process supervisor (`aloha-supervise`, an absolute path), if it has one.
+    /// Plugins that start processes should start them through it (`aloha-supervise <host pid>
+    /// -- <program> [args...]`, as the leader of a new process group): it runs the program as
+    /// its child and, should the host die, kills the whole group, so that no process of the app
+    /// outlives a killed worker. `None` when the host has none (an older host, or a worker
+    /// installed without it): start the program directly then. Absent from the JSON when
+    /// `None`, so hosts and plugins that predate it read each other unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor: Option<PathBuf>,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -89,12 +98,19 @@ impl AppContext {
             description,
             app_dir: app_dir.into(),
             conf: empty_object(),
+            supervisor: None,
         }
     }
 
     /// The same context with `conf` as the plugin configuration.
     pub fn with_conf(mut self, conf: serde_json::Value) -> Self {
         self.conf = conf;
+        self
+    }
+
+    /// The same context with `supervisor` as the host's process supervisor.
+    pub fn with_supervisor(mut self, supervisor: Option<PathBuf>) -> Self {
+        self.supervisor = supervisor;
         self
     }
 
@@ -208,10 +224,22 @@ mod tests {
     }
 
     #[test]
+    fn context_supervisor_is_optional_and_left_out_when_none() {
+        let ctx = AppContext::new(json!({"id": "app-1"}), "/x");
+        let v = serde_json::to_value(&ctx).unwrap();
+        assert!(v.get("supervisor").is_none(), "{v}");
+        let ctx = ctx.with_supervisor(Some("/opt/aloha/aloha-supervise".into()));
+        let v = serde_json::to_value(&ctx).unwrap();
+        assert_eq!(v["supervisor"], "/opt/aloha/aloha-supervise");
+        assert_eq!(serde_json::from_value::<AppContext>(v).unwrap(), ctx);
+    }
+
+    #[test]
     fn context_without_conf_or_spec() {
         let ctx: AppContext =
             serde_json::from_value(json!({"description": {"id": 7}, "app_dir": "/x"})).unwrap();
         assert_eq!(ctx.conf, json!({}));
+        assert_eq!(ctx.supervisor, None);
         assert_eq!(ctx.app_id(), None, "a non-string id is not an id");
         assert!(ctx.spec().is_null());
     }
