@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use aloha_e2e::{app_pid, process_exists, Api, Cluster};
+use aloha_e2e::{app_pid, group_members, process_exists, Api, Cluster};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(30);
@@ -64,6 +64,53 @@ fn an_app_on_a_killed_worker_is_relaunched_on_another() {
     let w1 = workers.iter().find(|w| w["id"] == "w1").unwrap();
     assert_eq!(w1["state"], "DEAD");
     assert!(c.app_dir("w2", &id, 2).join("stdout").exists());
+}
+
+#[test]
+fn the_children_of_an_app_die_with_a_killed_worker() {
+    let mut c = Cluster::start("2s", &[("w1", 2)]);
+    let api = c.api().clone();
+    let id = api.submit_cmd(
+        "family",
+        &["sh", "-c", "sleep 601 & sleep 602; wait"],
+        json!({"max_retries": 0}),
+    );
+    api.wait_state(&id, "RUNNING", T);
+    let pgid = app_pid(&c.app_dir("w1", &id, 1));
+    // Should this test fail, the sleeps must not outlive it.
+    struct KillOnPanic(i32);
+    impl Drop for KillOnPanic {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                // SAFETY: plain kill(2) on a group that was seen alive.
+                unsafe { libc::kill(-self.0, libc::SIGKILL) };
+            }
+        }
+    }
+    let _cleanup = KillOnPanic(pgid);
+    aloha_e2e::wait_for("both sleeps of the app", T, || {
+        let sleeps = group_members(pgid)
+            .iter()
+            .filter(|(_, comm)| comm == "sleep")
+            .count();
+        (sleeps == 2).then_some(())
+    });
+    // The leader is the worker's supervisor, which kills the group when the worker dies.
+    let leader = std::fs::read_to_string(format!("/proc/{pgid}/comm")).unwrap_or_default();
+    assert_eq!(leader.trim_end(), "aloha-supervise");
+    c.workers[0].kill9();
+    aloha_e2e::wait_for("every process of the app to die with its worker", T, || {
+        group_members(pgid).is_empty().then_some(())
+    });
+    // Killed processes are reaped by init, on its own schedule; then the group id is free.
+    aloha_e2e::wait_for("the app's process group to be gone", T, || {
+        (!process_exists(-pgid)).then_some(())
+    });
+    let app = api.wait_state(&id, "FAILED", T);
+    assert!(
+        app["message"].as_str().unwrap().contains("worker w1 lost"),
+        "{app}"
+    );
 }
 
 #[test]

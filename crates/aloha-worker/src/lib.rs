@@ -9,6 +9,9 @@
 //! - [`worker`]: the app table; one OS thread per app attempt drives its plugin.
 //! - [`session`]: registration, heartbeats and ordered, acknowledged report delivery.
 //! - [`rpc`]: the gRPC WorkerService (launch, kill) the master calls.
+//! - `src/bin/aloha-supervise.rs`: the process supervisor, a separate small binary that leads
+//!   each app's process group and kills it when the worker dies; handed to plugins in
+//!   `AppContext::supervisor` (see [`default_supervisor`]).
 
 pub mod config;
 pub mod rpc;
@@ -34,6 +37,17 @@ pub fn default_plugin_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// The file name of the process supervisor the worker ships with (`src/bin/aloha-supervise.rs`).
+pub const SUPERVISOR_NAME: &str = "aloha-supervise";
+
+/// The supervisor handed to plugins: `aloha-supervise` beside the worker's own binary, if it is
+/// there (cargo and the installer put them side by side).
+pub fn default_supervisor() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.join(SUPERVISOR_NAME);
+    path.is_file().then_some(path)
+}
+
 /// Runs a worker until SIGTERM or Ctrl-C, then stops its apps, reports them, and returns.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.work_dir)
@@ -48,6 +62,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     for p in &plugins {
         info!(kind = p.kind(), path = %p.path().display(), "plugin loaded");
+    }
+    let supervisor = default_supervisor();
+    match &supervisor {
+        Some(path) => info!(path = %path.display(), "apps run under the process supervisor"),
+        None => warn!(
+            "no {SUPERVISOR_NAME} beside the worker binary: apps run without the process \
+             supervisor, so the children of an app may outlive the worker if it is killed"
+        ),
     }
 
     let listener = TcpListener::bind(cfg.rpc_addr)
@@ -71,6 +93,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         address.clone(),
         plugins,
         plugin_errors,
+        supervisor,
     ));
     info!(worker_id = %id, %address, cores = worker.cores, memory_mb = worker.memory_mb,
           kinds = ?worker.kinds(), work_dir = %cfg.work_dir.display(), "aloha-worker ready");

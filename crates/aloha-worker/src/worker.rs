@@ -57,6 +57,8 @@ pub struct Worker {
     pub memory_mb: u64,
     cfg: Config,
     plugins: HashMap<String, Arc<ApplicationPlugin>>,
+    /// The process supervisor handed to plugins in every `AppContext`, if there is one.
+    supervisor: Option<PathBuf>,
     /// Plugins that failed to load, one line each.
     pub plugin_errors: Vec<String>,
     apps: Mutex<HashMap<String, Entry>>,
@@ -76,13 +78,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Worker {
-    /// A worker with the given identity and loaded plugins.
+    /// A worker with the given identity and loaded plugins; `supervisor` is the process
+    /// supervisor its plugins are told to start apps through (see [`crate::default_supervisor`]).
     pub fn new(
         cfg: Config,
         id: String,
         address: String,
         plugins: Vec<ApplicationPlugin>,
         plugin_errors: Vec<String>,
+        supervisor: Option<PathBuf>,
     ) -> Worker {
         let cores = cfg.cores.unwrap_or_else(crate::config::machine_cores);
         let memory_mb = cfg
@@ -97,6 +101,7 @@ impl Worker {
                 .into_iter()
                 .map(|p| (p.kind().to_string(), Arc::new(p)))
                 .collect(),
+            supervisor,
             plugin_errors,
             cfg,
             apps: Mutex::new(HashMap::new()),
@@ -410,6 +415,7 @@ impl Worker {
             description,
             app_dir: app_dir.clone(),
             conf,
+            supervisor: self.supervisor.clone(),
         };
         let events = tx.clone();
         let on_event = move |ev: PluginEvent| {

@@ -37,9 +37,10 @@
 //!
 //! ## Behaviour
 //! - `flink run -m <jobmanager> [-d] [-p N] [-c class] (jar | -py file) args...` runs in the app
-//!   directory as the leader of its own process group (see `aloha_plugin_support::group`), its
-//!   output appended to `<app_dir>/stdout` and `<app_dir>/stderr`, its pid in `<app_dir>/pid`
-//!   (and the detail `pid`).
+//!   directory in its own process group (see `aloha_plugin_support::group`; under the worker's
+//!   supervisor when it has one, else as the group's leader), its output appended to
+//!   `<app_dir>/stdout` and `<app_dir>/stderr`, the leader's pid (the group id) in
+//!   `<app_dir>/pid` (and the detail `pid`).
 //! - A follower thread reads the CLI's output for `Job has been submitted with JobID <id>` and
 //!   reports it as the detail `flink_job_id`. If the CLI ends without one, the app FAILED with
 //!   the CLI's exit code and the last lines of its output.
@@ -64,7 +65,7 @@ pub mod rest;
 pub mod spec;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -107,6 +108,8 @@ aloha_plugin::declare_application!(kind = KIND, app = FlinkApp);
 pub struct FlinkApp {
     app_dir: PathBuf,
     spec: Spec,
+    /// The host's process supervisor, if it has one.
+    supervisor: Option<PathBuf>,
     group: Arc<ProcessGroup>,
     started: bool,
     /// The follower's inbox, once the CLI runs.
@@ -129,6 +132,7 @@ impl Application for FlinkApp {
         Ok(FlinkApp {
             app_dir: ctx.app_dir,
             spec,
+            supervisor: ctx.supervisor,
             group: ProcessGroup::new(),
             started: false,
             control: None,
@@ -156,7 +160,12 @@ impl Application for FlinkApp {
             shutdown: None,
         };
 
-        let mut command = Command::new(&self.spec.flink);
+        let mut launch = Launch::new(
+            &self.spec.flink,
+            self.supervisor.as_deref(),
+            "flink-monitor",
+        );
+        let command = launch.command();
         command
             .args(self.spec.arguments())
             .current_dir(&self.app_dir)
@@ -168,7 +177,7 @@ impl Application for FlinkApp {
             command.env("FLINK_LOG_DIR", &self.app_dir);
         }
         command.envs(&self.spec.env);
-        let launch = Launch::new(command, "flink-monitor").pid_file(self.app_dir.join("pid"));
+        let launch = launch.pid_file(self.app_dir.join("pid"));
 
         std::thread::Builder::new()
             .name("flink-follow".into())

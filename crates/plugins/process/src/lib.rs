@@ -24,12 +24,17 @@
 //!
 //! ## Behaviour
 //! - Output is appended to `<app_dir>/stdout` and `<app_dir>/stderr`; stdin is `/dev/null`. The
-//!   child's pid, which is also its process group id, goes to `<app_dir>/pid` and is reported as
-//!   the detail `pid`.
-//! - The child leads its own process group and has `PR_SET_PDEATHSIG = SIGKILL`, so it dies with
-//!   the worker. That signal fires when the *thread* that forked the child exits, so the child is
-//!   forked by a monitor thread of the plugin that lives until the child has been reaped, never
-//!   by the host's (possibly short-lived) calling thread.
+//!   pid of the group's leader, which is also the process group id, goes to `<app_dir>/pid` and
+//!   is reported as the detail `pid`.
+//! - When the worker hands over a supervisor (`AppContext::supervisor`, its `aloha-supervise`),
+//!   the group's leader is the supervisor and the command is its child; should the worker die,
+//!   even by SIGKILL, the supervisor kills the whole group. It passes the command's exit code or
+//!   death signal on as its own, so the reports below are the same with or without it.
+//! - The leader leads its own process group and has `PR_SET_PDEATHSIG` (SIGUSR2 for the
+//!   supervisor, SIGKILL for a command started directly), so it dies with the worker. That
+//!   signal fires when the *thread* that forked the leader exits, so the leader is forked by a
+//!   monitor thread of the plugin that lives until the leader has been reaped, never by the
+//!   host's (possibly short-lived) calling thread.
 //! - When the leader exits, whatever is left of its group gets SIGKILL, so no orphan of the app
 //!   survives it (processes that moved to another group or session escape this). The exit is
 //!   reported as FINISHED (code 0), FAILED (`exited with code N`, or `killed by signal N (SIGX)`
@@ -48,7 +53,7 @@
 pub mod spec;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 
 use aloha_plugin::{AppContext, Application, ExitNotifier};
@@ -66,6 +71,8 @@ aloha_plugin::declare_application!(kind = KIND, app = ProcessApp);
 pub struct ProcessApp {
     app_dir: PathBuf,
     spec: Spec,
+    /// The host's process supervisor, if it has one.
+    supervisor: Option<PathBuf>,
     group: Arc<ProcessGroup>,
     started: bool,
 }
@@ -76,6 +83,7 @@ impl Application for ProcessApp {
         Ok(ProcessApp {
             app_dir: ctx.app_dir,
             spec,
+            supervisor: ctx.supervisor,
             group: ProcessGroup::new(),
             started: false,
         })
@@ -93,15 +101,20 @@ impl Application for ProcessApp {
             ));
         }
         // `spec::parse` guarantees a non-empty command, so the indexing cannot fail.
-        let mut command = Command::new(&self.spec.command[0]);
-        command
+        let mut launch = Launch::new(
+            &self.spec.command[0],
+            self.supervisor.as_deref(),
+            "process-monitor",
+        );
+        launch
+            .command()
             .args(&self.spec.command[1..])
             .envs(&self.spec.env)
             .current_dir(&self.spec.cwd)
             .stdin(Stdio::null())
             .stdout(open_log(&self.app_dir, "stdout")?)
             .stderr(open_log(&self.app_dir, "stderr")?);
-        let launch = Launch::new(command, "process-monitor").pid_file(self.app_dir.join("pid"));
+        let launch = launch.pid_file(self.app_dir.join("pid"));
         let details = events.clone();
         self.group
             .spawn(

@@ -306,3 +306,106 @@ fn a_second_start_is_refused() {
     t.app.shutdown(Some("done")).unwrap();
     assert_eq!(t.wait_exit().0.kind, ExitKind::Killed);
 }
+
+/// The same reports with the worker's supervisor as the group's leader, which passes the
+/// command's end on as its own.
+#[test]
+fn under_the_supervisor_exits_are_reported_the_same() {
+    let t = TestApp::start_supervised(json!({"command": ["true"]}));
+    let (exit, details) = t.wait_exit();
+    assert_eq!(exit, ExitState::finished(0, "exited with code 0"));
+    assert_eq!(details, [("pid".to_owned(), t.pid().to_string())]);
+
+    let t = TestApp::start_supervised(json!({"command": ["sh", "-c", "exit 3"]}));
+    assert_eq!(t.wait_exit().0, ExitState::failed(3, "exited with code 3"));
+
+    let t = TestApp::start_supervised(json!({"command": ["sh", "-c", "kill -SEGV $$"]}));
+    assert_eq!(
+        t.wait_exit().0,
+        ExitState::failed(139, "killed by signal 11 (SIGSEGV)")
+    );
+}
+
+#[test]
+fn under_the_supervisor_the_pid_is_the_supervisors_and_leads_the_group() {
+    let t =
+        TestApp::start_supervised(json!({"command": ["sh", "-c", "echo $PPID; exec sleep 1000"]}));
+    let pgid = t.pid();
+    wait_until("the command runs", || {
+        group_members(pgid).iter().any(|(_, comm)| comm == "sleep")
+    });
+    let leader = std::fs::read_to_string(format!("/proc/{pgid}/comm")).unwrap();
+    assert_eq!(leader, "aloha-supervise\n");
+    // The command is the supervisor's child, in its group.
+    assert_eq!(t.read("stdout"), format!("{pgid}\n"));
+    t.app.shutdown(Some("done")).unwrap();
+    assert_eq!(t.wait_exit().0, ExitState::killed(143, "killed: done"));
+    wait_group_gone(pgid);
+}
+
+#[test]
+fn under_the_supervisor_a_missing_program_fails_start_the_same() {
+    let t = TestApp::create_supervised(json!({"command": ["/nonexistent/aloha-test-program"]}))
+        .unwrap();
+    let err = t.app.start().unwrap_err().message;
+    assert_eq!(
+        err,
+        "cannot run \"/nonexistent/aloha-test-program\": No such file or directory (os error 2)"
+    );
+    assert!(!t.dir.path().join("pid").exists());
+    assert!(
+        t.events.try_recv().is_err(),
+        "a failed start reports nothing"
+    );
+    assert_eq!(
+        t.read("stderr"),
+        "",
+        "the supervisor keeps quiet in the app's logs"
+    );
+}
+
+#[test]
+fn under_the_supervisor_shutdown_and_escalation_kill_the_whole_group() {
+    let t = TestApp::start_supervised(json!({"command": ["sh", "-c", "sleep 1000 & sleep 1000"]}));
+    let pgid = t.pid();
+    wait_until("both sleeps run", || {
+        group_members(pgid)
+            .iter()
+            .filter(|(_, comm)| comm == "sleep")
+            .count()
+            == 2
+    });
+    t.app.shutdown(Some("test is over")).unwrap();
+    assert_eq!(
+        t.wait_exit().0,
+        ExitState::killed(143, "killed: test is over")
+    );
+    wait_group_gone(pgid);
+
+    let t = TestApp::start_supervised(json!({
+        "command": ["sh", "-c", "trap '' TERM; sleep 1000"],
+        "kill_grace_ms": 300
+    }));
+    let pgid = t.pid();
+    wait_until("sleep runs", || {
+        group_members(pgid).iter().any(|(_, comm)| comm == "sleep")
+    });
+    t.app.shutdown(None).unwrap();
+    assert_eq!(
+        t.wait_exit().0,
+        ExitState::killed(137, "killed: shutdown requested")
+    );
+    wait_group_gone(pgid);
+}
+
+#[test]
+fn under_the_supervisor_orphans_do_not_outlive_their_leader() {
+    let t = TestApp::start_supervised(
+        json!({"command": ["sh", "-c", "sleep 1000 & echo $! > orphan"]}),
+    );
+    let pgid = t.pid();
+    assert_eq!(t.wait_exit().0.kind, ExitKind::Finished);
+    let orphan: libc::pid_t = t.read("orphan").trim().parse().unwrap();
+    wait_until("the orphan is killed", || !alive(orphan));
+    wait_group_gone(pgid);
+}

@@ -37,10 +37,12 @@
 //! Any other field is refused when the app is created, naming every unknown field.
 //!
 //! ## Behaviour
-//! - `spark-submit` runs in the app directory as the leader of its own process group (see
+//! - `spark-submit` runs in the app directory in its own process group (see
 //!   `aloha_plugin_support::group`: forked by a long-lived monitor thread, `PR_SET_PDEATHSIG`,
-//!   the group swept when the leader exits). Its output is appended to `<app_dir>/stdout` and
-//!   `<app_dir>/stderr`; its pid goes to `<app_dir>/pid` and is reported as the detail `pid`.
+//!   the group swept when the leader exits), under the worker's supervisor when it has one
+//!   (which kills the group if the worker dies), else as the group's leader. Its output is
+//!   appended to `<app_dir>/stdout` and `<app_dir>/stderr`; the leader's pid (the group id) goes
+//!   to `<app_dir>/pid` and is reported as the detail `pid`.
 //! - A watcher thread follows both files and reports the Spark application id as the detail
 //!   `spark_app_id` as soon as it appears (YARN's `application_...`, standalone's `app-...`).
 //!   In local mode Spark prints no id, so the watcher asks the driver's UI, whose address is in
@@ -58,7 +60,7 @@ pub mod scan;
 pub mod spec;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -92,6 +94,8 @@ aloha_plugin::declare_application!(kind = KIND, app = SparkApp);
 pub struct SparkApp {
     app_dir: PathBuf,
     spec: Spec,
+    /// The host's process supervisor, if it has one.
+    supervisor: Option<PathBuf>,
     group: Arc<ProcessGroup>,
     started: bool,
 }
@@ -105,6 +109,7 @@ impl Application for SparkApp {
         Ok(SparkApp {
             app_dir: ctx.app_dir,
             spec,
+            supervisor: ctx.supervisor,
             group: ProcessGroup::new(),
             started: false,
         })
@@ -131,7 +136,12 @@ impl Application for SparkApp {
             http: Client::new(Duration::from_secs(2)),
         };
 
-        let mut command = Command::new(&self.spec.spark_submit);
+        let mut launch = Launch::new(
+            &self.spec.spark_submit,
+            self.supervisor.as_deref(),
+            "spark-monitor",
+        );
+        let command = launch.command();
         command
             .args(self.spec.arguments())
             .current_dir(&self.app_dir)
@@ -144,7 +154,7 @@ impl Application for SparkApp {
                 None => command.env_remove(key),
             };
         }
-        let launch = Launch::new(command, "spark-monitor").pid_file(self.app_dir.join("pid"));
+        let launch = launch.pid_file(self.app_dir.join("pid"));
 
         // The watcher starts first and learns of the exit through this channel. If the process
         // does not start, the sender is dropped unused and the watcher ends without a report.

@@ -6,11 +6,33 @@
 //! sweeps it with SIGKILL while the leader is still a zombie, and only then reaps it; everybody
 //! else signals only under the lock and only while the group is not marked exited. No signal can
 //! reach a recycled id.
+//!
+//! ## The supervisor
+//! When the host hands plugins a supervisor (`AppContext::supervisor`, the worker's
+//! `aloha-supervise`), the group's leader is the supervisor and the program is its child:
+//! `aloha-supervise --report-fd FD <host pid> -- <program> [args...]`, with the stdio,
+//! environment and directory the program was given. Its parent-death signal is SIGUSR2 instead
+//! of SIGKILL: on it the supervisor kills the whole group, so that the program's children die
+//! with the host too, which the sweep here cannot do once the host is gone. It passes the
+//! program's end on as its own (the same exit code, or death by the same signal), so everything
+//! below reads the leader's status as before, and the leader's pid is still the group id.
+//!
+//! A program that cannot be run must still fail the start with the usual wording. The
+//! supervisor's own exec succeeds then, so `spawn` cannot tell: the monitor gives it the write
+//! end of a close-on-exec pipe (`--report-fd`, cleared of close-on-exec in the forked child
+//! only), drops its own copy and reads the pipe to end of file. The supervisor writes why the
+//! program cannot run (std's `spawn` error, `No such file or directory (os error 2)`) and exits,
+//! or closes the pipe without a word once the program was exec'd. Only then is the start
+//! reported. Checking the program beforehand instead (exists, executable) would race with the
+//! file system and miss the failures only exec finds (a bad interpreter, a missing loader).
 
-use std::io;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
-use std::process::{Command, ExitStatus};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -41,22 +63,100 @@ struct RunState {
 pub struct Launch {
     command: Command,
     program: String,
+    /// Set when `command` runs the supervisor, which runs `program`.
+    supervised: Option<Supervised>,
     pid_file: Option<PathBuf>,
     thread_name: String,
 }
 
+/// A launch through the supervisor: its path, and the pipe it reports a failed start on (or why
+/// there is none).
+struct Supervised {
+    path: PathBuf,
+    report: Result<ReportPipe, String>,
+}
+
+/// Both ends of the report pipe, close-on-exec in this process. The write end's number is on
+/// the supervisor's command line; only the forked child clears its close-on-exec flag.
+struct ReportPipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl ReportPipe {
+    fn new() -> io::Result<ReportPipe> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both are open descriptors that nothing else owns.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // The child's stdio is set up on 0, 1 and 2 before the write end is kept open for the
+        // supervisor; it must not be one of them (only possible if this process closed its own).
+        let write = if write.as_raw_fd() > 2 {
+            write
+        } else {
+            // SAFETY: fcntl on an open descriptor; F_DUPFD_CLOEXEC returns a new one or -1.
+            let moved = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+            if moved == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: a descriptor fcntl just created for us alone.
+            unsafe { OwnedFd::from_raw_fd(moved) }
+        };
+        Ok(ReportPipe { read, write })
+    }
+}
+
 impl Launch {
-    /// A launch of `command`, fully configured (arguments, environment, directory, stdio) but
-    /// for the process group and the death signal, which the monitor sets. `thread_name` names
-    /// the monitor thread (`"process-monitor"`).
-    pub fn new(command: Command, thread_name: &str) -> Launch {
-        let program = command.get_program().to_string_lossy().into_owned();
+    /// A launch of `program`, through `supervisor` (the host's `aloha-supervise`, from
+    /// [`AppContext::supervisor`](aloha_plugin::AppContext::supervisor)) when there is one,
+    /// else directly. Give it its arguments, environment, directory and stdio through
+    /// [`command`](Launch::command); the process group and the death signal are the
+    /// monitor's. `thread_name` names the monitor thread (`"process-monitor"`).
+    pub fn new(program: impl AsRef<OsStr>, supervisor: Option<&Path>, thread_name: &str) -> Launch {
+        let program = program.as_ref();
+        let (command, supervised) = match supervisor {
+            None => (Command::new(program), None),
+            Some(path) => {
+                let report = ReportPipe::new()
+                    .map_err(|e| format!("cannot create a pipe for the supervisor: {e}"));
+                let mut command = Command::new(path);
+                if let Ok(pipe) = &report {
+                    command
+                        .arg("--report-fd")
+                        .arg(pipe.write.as_raw_fd().to_string());
+                }
+                // getpid is the same in every thread: the monitor thread's process is ours.
+                // SAFETY: getpid has no preconditions.
+                let host = unsafe { libc::getpid() };
+                command.arg(host.to_string()).arg("--").arg(program);
+                let supervised = Supervised {
+                    path: path.to_path_buf(),
+                    report,
+                };
+                (command, Some(supervised))
+            }
+        };
         Launch {
             command,
-            program,
+            program: program.to_string_lossy().into_owned(),
+            supervised,
             pid_file: None,
             thread_name: thread_name.to_owned(),
         }
+    }
+
+    /// The command to configure: arguments (after the program), environment, working
+    /// directory, stdio. Its program is the supervisor when there is one; leave that be.
+    pub fn command(&mut self) -> &mut Command {
+        &mut self.command
+    }
+
+    /// Whether the program runs under the supervisor.
+    pub fn is_supervised(&self) -> bool {
+        self.supervised.is_some()
     }
 
     /// Also writes the leader's pid (= the group id) to `path` once it runs; a start fails if
@@ -128,12 +228,14 @@ impl ProcessGroup {
     /// callback is called).
     ///
     /// The monitor thread lives exactly as long as the leader, because the leader gets
-    /// `PR_SET_PDEATHSIG = SIGKILL`, which fires when the *thread* that forked it exits: so the
-    /// process dies with the host, but not with the host's (possibly short-lived) calling thread.
-    /// Once it runs, the monitor calls `on_start(pid)`; when the leader exits, it sweeps what is
-    /// left of the group with SIGKILL (so no orphan survives, unless it moved to another group
-    /// or session), then reaps the leader and calls `on_exit`. `on_start` always returns before
-    /// `on_exit` is called, so details reported from it come before the exit.
+    /// `PR_SET_PDEATHSIG` (SIGKILL, or SIGUSR2 for the supervisor, which then kills the whole
+    /// group), which fires when the *thread* that forked it exits: so the process dies with the
+    /// host, but not with the host's (possibly short-lived) calling thread. Once it runs (under
+    /// a supervisor: once the supervisor reported the program running), the monitor calls
+    /// `on_start(pid)`; when the leader exits, it sweeps what is left of the group with SIGKILL
+    /// (so no orphan survives, unless it moved to another group or session), then reaps the
+    /// leader and calls `on_exit`. `on_start` always returns before `on_exit` is called, so
+    /// details reported from it come before the exit.
     pub fn spawn(
         self: &Arc<Self>,
         launch: Launch,
@@ -155,7 +257,8 @@ impl ProcessGroup {
         }
     }
 
-    /// The leader's pid (= the group id) once it was started, even after it exited.
+    /// The leader's pid (= the group id; the supervisor's when there is one) once it was
+    /// started, even after it exited.
     pub fn pid(&self) -> Option<pid_t> {
         self.lock().pgid
     }
@@ -250,7 +353,7 @@ impl ProcessGroup {
 }
 
 /// The body of the monitor thread: spawns the process (so that the thread that forked it lives
-/// exactly as long as it does, which is what PR_SET_PDEATHSIG watches), reports the spawn result
+/// exactly as long as it does, which is what PR_SET_PDEATHSIG watches), reports the start result
 /// on `started`, waits for the leader, sweeps the group and reports the exit.
 fn monitor(
     mut launch: Launch,
@@ -259,11 +362,10 @@ fn monitor(
     on_start: impl FnOnce(pid_t),
     on_exit: impl FnOnce(ProcessExit),
 ) {
-    set_group_and_death_signal(&mut launch.command);
-    let mut child = match launch.command.spawn() {
+    let mut child = match start(&mut launch) {
         Ok(child) => child,
         Err(e) => {
-            let _ = started.send(Err(format!("cannot run {:?}: {e}", launch.program)));
+            let _ = started.send(Err(e));
             return;
         }
     };
@@ -310,19 +412,73 @@ fn monitor(
     });
 }
 
-fn set_group_and_death_signal(command: &mut Command) {
+/// Starts the leader: the program itself, or the supervisor, which must then report the program
+/// running (see the module documentation). Nothing runs when this fails.
+fn start(launch: &mut Launch) -> Result<Child, String> {
+    let Some(supervised) = launch.supervised.take() else {
+        set_group_and_death_signal(&mut launch.command, libc::SIGKILL, None);
+        return launch
+            .command
+            .spawn()
+            .map_err(|e| format!("cannot run {:?}: {e}", launch.program));
+    };
+    let pipe = supervised.report?;
+    // SIGUSR2 is the supervisor's "the host is gone": it kills the group on it.
+    set_group_and_death_signal(
+        &mut launch.command,
+        libc::SIGUSR2,
+        Some(pipe.write.as_raw_fd()),
+    );
+    let spawned = launch.command.spawn();
+    // From here the supervisor holds the only write end, so end of file means it is done.
+    drop(pipe.write);
+    let mut child = spawned.map_err(|e| {
+        format!(
+            "cannot run {:?}: cannot start the supervisor {}: {e}",
+            launch.program,
+            supervised.path.display()
+        )
+    })?;
+    let mut message = String::new();
+    let read = File::from(pipe.read)
+        .take(4096)
+        .read_to_string(&mut message);
+    if read.is_ok() && message.is_empty() {
+        return Ok(child);
+    }
+    // The supervisor is unreaped, so its pid is still the group's id: sweep, then reap.
+    // A pid always fits pid_t; std hands it out as u32.
+    let _ = signal_group(child.id() as pid_t, libc::SIGKILL);
+    let _ = child.wait();
+    Err(match read {
+        Ok(_) => format!("cannot run {:?}: {}", launch.program, message.trim_end()),
+        Err(e) => format!(
+            "cannot run {:?}: no word from the supervisor {}: {e}",
+            launch.program,
+            supervised.path.display()
+        ),
+    })
+}
+
+/// Makes the command lead a new process group and die by `death_signal` when the forking
+/// thread (the monitor) goes, and keeps `keep_open` open across exec in the child only.
+fn set_group_and_death_signal(
+    command: &mut Command,
+    death_signal: c_int,
+    keep_open: Option<RawFd>,
+) {
     command.process_group(0);
     #[cfg(target_os = "linux")]
     {
         // SAFETY: getpid has no preconditions.
         let parent = unsafe { libc::getpid() };
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
-        // (prctl, getppid) and builds errors without allocating.
+        // (prctl, getppid, fcntl) and builds errors without allocating.
         unsafe {
             command.pre_exec(move || {
                 if libc::prctl(
                     libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
+                    death_signal as libc::c_ulong,
                     0,
                     0,
                     0,
@@ -333,6 +489,11 @@ fn set_group_and_death_signal(command: &mut Command) {
                 // The host may have died between fork and prctl; nothing would kill us then.
                 if libc::getppid() != parent {
                     return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                if let Some(fd) = keep_open {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -536,11 +697,12 @@ mod tests {
         let group = ProcessGroup::new();
         let (tx, rx) = mpsc::channel();
         let tx2 = tx.clone();
-        let mut command = Command::new("sh");
-        command.args(["-c", "exit 4"]).stdin(Stdio::null());
+        let mut launch = Launch::new("sh", None, "test-monitor");
+        launch.command().args(["-c", "exit 4"]).stdin(Stdio::null());
+        assert!(!launch.is_supervised());
         let pid = group
             .spawn(
-                Launch::new(command, "test-monitor"),
+                launch,
                 move |pid| tx.send(format!("start {pid}")).unwrap(),
                 move |exit| tx2.send(format!("exit {}", exit.code())).unwrap(),
             )
@@ -552,7 +714,7 @@ mod tests {
         assert!(!group.is_running());
         assert_eq!(group.pid(), Some(pid));
         let err = group
-            .spawn(Launch::new(Command::new("true"), "t"), |_| {}, |_| {})
+            .spawn(Launch::new("true", None, "t"), |_| {}, |_| {})
             .unwrap_err();
         assert!(err.contains("started already"), "{err}");
     }
@@ -561,14 +723,12 @@ mod tests {
     fn shutdown_escalates_and_wait_exited_sees_it() {
         let group = ProcessGroup::new();
         let (tx, rx) = mpsc::channel();
-        let mut command = Command::new("sh");
-        command.args(["-c", "trap '' TERM; while :; do sleep 0.05; done"]);
+        let mut launch = Launch::new("sh", None, "test-monitor");
+        launch
+            .command()
+            .args(["-c", "trap '' TERM; while :; do sleep 0.05; done"]);
         group
-            .spawn(
-                Launch::new(command, "test-monitor"),
-                |_| {},
-                move |exit| tx.send(exit).unwrap(),
-            )
+            .spawn(launch, |_| {}, move |exit| tx.send(exit).unwrap())
             .unwrap();
         assert!(group.is_running());
         assert!(!group.wait_exited(Duration::from_millis(50)));
@@ -588,7 +748,7 @@ mod tests {
         let group = ProcessGroup::new();
         let err = group
             .spawn(
-                Launch::new(Command::new("/nonexistent/aloha-x"), "t"),
+                Launch::new("/nonexistent/aloha-x", None, "t"),
                 |_| panic!("started"),
                 |_| panic!("exited"),
             )
@@ -599,5 +759,47 @@ mod tests {
         );
         assert_eq!(group.pid(), None);
         assert!(group.wait_exited(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_missing_supervisor_fails_the_start_naming_both() {
+        let group = ProcessGroup::new();
+        let launch = Launch::new("true", Some(Path::new("/nonexistent/aloha-supervise")), "t");
+        assert!(launch.is_supervised());
+        let err = group
+            .spawn(launch, |_| panic!("started"), |_| panic!("exited"))
+            .unwrap_err();
+        assert!(
+            err.starts_with(
+                "cannot run \"true\": cannot start the supervisor /nonexistent/aloha-supervise: "
+            ),
+            "{err}"
+        );
+        assert_eq!(group.pid(), None);
+    }
+
+    #[test]
+    fn the_supervisor_is_given_the_report_pipe_the_host_pid_and_the_program() {
+        let mut launch = Launch::new("prog", Some(Path::new("/x/aloha-supervise")), "t");
+        launch.command().arg("a b");
+        let args: Vec<String> = launch
+            .command()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(launch.command().get_program(), "/x/aloha-supervise");
+        assert_eq!(args[0], "--report-fd");
+        let fd: RawFd = args[1].parse().unwrap();
+        assert!(fd > 2, "{fd}");
+        // SAFETY: getpid has no preconditions.
+        let host = unsafe { libc::getpid() };
+        assert_eq!(
+            args[2..],
+            [host.to_string(), "--".into(), "prog".into(), "a b".into()]
+        );
+        // The write end stays out of every other child the host starts.
+        // SAFETY: fcntl on a descriptor the launch holds open.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
     }
 }

@@ -5,9 +5,11 @@
 //! `cdylib`: nothing here crosses the plugin ABI.
 //!
 //! ## Layout
-//! - [`group`]: a command run as the leader of its own process group, forked by a long-lived
-//!   monitor thread with `PR_SET_PDEATHSIG` (it dies with the worker), stopped as a whole
-//!   (SIGTERM, a grace period, SIGKILL), swept when its leader exits, its pid written to a file.
+//! - [`group`]: a command run in its own process group, under the worker's supervisor
+//!   (`aloha-supervise`, which kills the group if the worker dies) or as the group's leader,
+//!   forked by a long-lived monitor thread with `PR_SET_PDEATHSIG` (it dies with the worker),
+//!   stopped as a whole (SIGTERM, a grace period, SIGKILL), swept when its leader exits, the
+//!   leader's pid written to a file.
 //! - [`output`]: the app's `stdout`/`stderr` files: opening them, following them line by line as
 //!   they grow, and quoting their last lines in a failure message.
 //! - [`spec`]: the checks every spec parser makes (unknown fields, environment, the worker's

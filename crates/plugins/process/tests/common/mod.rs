@@ -47,6 +47,27 @@ pub fn plugin_path() -> PathBuf {
         })
 }
 
+/// The worker's `aloha-supervise` binary: `ALOHA_SUPERVISE`, else beside the plugin library in
+/// the profile directory, where `cargo build` (of the workspace or of `aloha-worker`) puts it.
+pub fn supervisor_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("ALOHA_SUPERVISE") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable is in <profile>/deps/");
+    let path = profile.join("aloha-supervise");
+    assert!(
+        path.is_file(),
+        "{} is missing; run `cargo build -p aloha-worker` first (with the same CARGO_TARGET_DIR \
+         and profile), or set ALOHA_SUPERVISE",
+        path.display()
+    );
+    path
+}
+
 /// The plugin, loaded once per test binary through the host API.
 pub fn plugin() -> &'static ApplicationPlugin {
     static PLUGIN: OnceLock<ApplicationPlugin> = OnceLock::new();
@@ -76,6 +97,26 @@ impl TestApp {
         spec: serde_json::Value,
         conf: serde_json::Value,
     ) -> Result<TestApp, String> {
+        Self::create_in_context(spec, conf, None)
+    }
+
+    /// Creates an app with `spec` that the plugin runs under the worker's supervisor.
+    pub fn create_supervised(spec: serde_json::Value) -> Result<TestApp, String> {
+        Self::create_in_context(spec, serde_json::json!({}), Some(supervisor_path()))
+    }
+
+    /// Creates and starts an app that must start, under the worker's supervisor.
+    pub fn start_supervised(spec: serde_json::Value) -> TestApp {
+        let app = Self::create_supervised(spec).expect("create");
+        app.app.start().expect("start");
+        app
+    }
+
+    fn create_in_context(
+        spec: serde_json::Value,
+        conf: serde_json::Value,
+        supervisor: Option<PathBuf>,
+    ) -> Result<TestApp, String> {
         let dir = tempfile::tempdir().expect("a temporary app directory");
         let ctx = AppContext::new(
             serde_json::json!({
@@ -84,7 +125,8 @@ impl TestApp {
             }),
             dir.path(),
         )
-        .with_conf(conf);
+        .with_conf(conf)
+        .with_supervisor(supervisor);
         let (tx, rx) = mpsc::channel();
         let tx = Mutex::new(tx);
         let app = plugin().create(&ctx, move |event| {
