@@ -16,7 +16,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build (binaries and plugins the end-to-end tests start)"
 cargo build --workspace --locked
 echo "== cargo test"
-cargo test --workspace --locked 2>&1 | tee target/test-output.txt
+# Every test binary runs even when one fails, so a red run shows all its failures.
+set +e
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test-output.txt
+status=${PIPESTATUS[0]}
+set -e
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1); if ($i ~ /^ignored;?$/) s += $(i-1) } }
      END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' target/test-output.txt
+exit "$status"

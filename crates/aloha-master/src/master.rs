@@ -662,8 +662,27 @@ impl Master {
             .collect();
         for id in lost {
             if let Some(mut app) = changes.current(&inner, &id).cloned() {
-                let reason = format!("worker {wid} re-registered without attempt {}", app.attempt);
-                if app.lose(&reason, now).is_ok() {
+                let outcome = if app.started_at.is_none() {
+                    // The attempt never started: the launch was lost with a master (the worker
+                    // lists every attempt it took, finished ones included). It never ran, so
+                    // it is queued again without spending a retry; the worker now follows this
+                    // epoch and refuses the old launch should it still arrive.
+                    let next = if app.kill_requested {
+                        AppState::Killed
+                    } else {
+                        AppState::Relaunching
+                    };
+                    let msg = format!(
+                        "worker {wid} never received attempt {}; queued again",
+                        app.attempt
+                    );
+                    app.transition(next, now, Some(msg)).map(|()| next)
+                } else {
+                    let reason =
+                        format!("worker {wid} re-registered without attempt {}", app.attempt);
+                    app.lose(&reason, now)
+                };
+                if outcome.is_ok() {
                     warn!(app_id = %id, worker_id = %wid, state = %app.state, "app lost on re-registration");
                     changes.app(app);
                 }
@@ -1741,5 +1760,30 @@ mod tests {
         assert_eq!(resp.kill.len(), 1);
         let app = r.master.app(&id).await.unwrap();
         assert_eq!(app.state, AppState::Relaunching, "{:?}", app.message);
+    }
+
+    #[tokio::test]
+    async fn a_launch_lost_with_the_master_is_queued_again_without_spending_a_retry() {
+        let store = Arc::new(MemoryStore::new());
+        let clock = Arc::new(ManualClock::default());
+        let r = rig_on(store.clone(), clock.clone()).await;
+        r.master
+            .register_worker(reg("w1", 2, vec![]))
+            .await
+            .unwrap();
+        let app = r.master.submit(submit_req(0)).await.unwrap();
+        assert_eq!(r.master.schedule_round().await.unwrap(), 1);
+        // The master dies right after persisting LAUNCHING: the worker never got the launch.
+        drop(r);
+        let r = rig_on(store, clock).await;
+        r.master
+            .register_worker(reg("w1", 2, vec![]))
+            .await
+            .unwrap();
+        let a = r.master.app(&app.id.0).await.unwrap();
+        assert_eq!(a.state, AppState::Relaunching, "{:?}", a.message);
+        assert_eq!(a.retries, 0, "no retry spent on an attempt that never ran");
+        assert_eq!(r.master.schedule_round().await.unwrap(), 1);
+        assert_eq!(r.master.app(&app.id.0).await.unwrap().attempt, 2);
     }
 }
