@@ -169,26 +169,12 @@ impl ApplicationPlugin {
         path: PathBuf,
         library: Option<Arc<Library>>,
     ) -> Result<ApplicationPlugin, LoadError> {
+        // SAFETY: forwarded from the caller's contract.
+        let table = unsafe { checked_table(table, APPLICATION_PLUGIN_SYMBOL, &path) }?;
         let invalid = |reason: &str| LoadError::InvalidTable {
             path: path.clone(),
             reason: reason.to_owned(),
         };
-        if table.is_null() {
-            return Err(invalid("`aloha_application_plugin` returned null"));
-        }
-        // Read the version alone first: it is the first field in every ABI version, while the
-        // rest of the table may have another layout.
-        // SAFETY: non-null, and every table of every version starts with a u32.
-        let found = unsafe { table.cast::<u32>().read() };
-        if found != ABI_VERSION {
-            return Err(LoadError::AbiMismatch {
-                path,
-                found,
-                expected: ABI_VERSION,
-            });
-        }
-        // SAFETY: a table of our version, valid while the library is loaded (caller's contract).
-        let table = unsafe { *table };
         // SAFETY: the table promises `kind_len` readable static bytes at `kind_ptr`.
         let kind = unsafe { table_name(table.kind_ptr, table.kind_len, "plugin kind") }
             .map_err(|reason| invalid(&reason))?;
@@ -485,6 +471,37 @@ fn open(path: &Path) -> Result<Library, libloading::Error> {
         // SAFETY: as above.
         unsafe { Library::new(&path) }
     }
+}
+
+/// Checks a table a plugin's symbol returned: not null and of this ABI version (read alone
+/// first: it is the first field of every version's table, while the rest may have another
+/// layout). Returns a copy of the table.
+///
+/// # Safety
+/// `table` is null or points at a table that starts with its `u32` ABI version and, when that
+/// version is ours, is a valid `T` (for as long as the library stays loaded).
+pub(crate) unsafe fn checked_table<T: Copy>(
+    table: *const T,
+    symbol: &str,
+    path: &Path,
+) -> Result<T, LoadError> {
+    if table.is_null() {
+        return Err(LoadError::InvalidTable {
+            path: path.to_path_buf(),
+            reason: format!("`{symbol}` returned null"),
+        });
+    }
+    // SAFETY: non-null, and every table of every version starts with a u32.
+    let found = unsafe { table.cast::<u32>().read() };
+    if found != ABI_VERSION {
+        return Err(LoadError::AbiMismatch {
+            path: path.to_path_buf(),
+            found,
+            expected: ABI_VERSION,
+        });
+    }
+    // SAFETY: a table of our version (caller's contract).
+    Ok(unsafe { *table })
 }
 
 /// A plugin call that failed: its message, and whether the plugin panicked (caught at the

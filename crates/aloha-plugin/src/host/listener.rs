@@ -8,12 +8,11 @@ use std::sync::Arc;
 
 use libloading::Library;
 
-use super::{open_plugin, table_name, take_status, LoadError};
+use super::{checked_table, open_plugin, table_name, take_status, LoadError};
 use crate::abi::{
     FreeBufferFn, ListenerCreateFn, ListenerEventFn, ListenerPluginV1, ReleaseFn,
     EVENT_TYPE_APP_RELAUNCHED, EVENT_TYPE_APP_STATE_CHANGED, LISTENER_PLUGIN_SYMBOL,
 };
-use crate::ABI_VERSION;
 
 /// The table's functions, copied out once it was checked: none is null.
 #[derive(Clone, Copy)]
@@ -82,26 +81,12 @@ impl ListenerPlugin {
         path: PathBuf,
         library: Option<Arc<Library>>,
     ) -> Result<ListenerPlugin, LoadError> {
+        // SAFETY: forwarded from the caller's contract.
+        let table = unsafe { checked_table(table, LISTENER_PLUGIN_SYMBOL, &path) }?;
         let invalid = |reason: &str| LoadError::InvalidTable {
             path: path.clone(),
             reason: reason.to_owned(),
         };
-        if table.is_null() {
-            return Err(invalid("`aloha_listener_plugin` returned null"));
-        }
-        // Read the version alone first: it is the first field in every ABI version, while the
-        // rest of the table may have another layout.
-        // SAFETY: non-null, and every table of every version starts with a u32.
-        let found = unsafe { table.cast::<u32>().read() };
-        if found != ABI_VERSION {
-            return Err(LoadError::AbiMismatch {
-                path,
-                found,
-                expected: ABI_VERSION,
-            });
-        }
-        // SAFETY: a table of our version, valid while the library is loaded (caller's contract).
-        let table = unsafe { *table };
         // SAFETY: the table promises `name_len` readable static bytes at `name_ptr`.
         let name = unsafe { table_name(table.name_ptr, table.name_len, "listener name") }
             .map_err(|reason| invalid(&reason))?;
@@ -236,6 +221,7 @@ mod tests {
     use super::*;
     use crate::abi::{CallStatus, PluginBuffer};
     use crate::EventListener;
+    use crate::ABI_VERSION;
     use serde_json::{json, Value};
     use std::sync::mpsc;
     use std::sync::Mutex;
