@@ -32,6 +32,10 @@ use crate::metrics::Metrics;
 use crate::store::{keys, StateStore, StoreError, Txn};
 use crate::worker_client::WorkerConnector;
 
+/// Most app and worker records written in one store transaction. With their events (at most two
+/// per record) and the sequence keys this stays under etcd's default `--max-txn-ops` of 128.
+const MAX_RECORDS_PER_TXN: usize = 40;
+
 /// How often a pending kill is sent again to a worker that has not confirmed it.
 const KILL_RESEND_MS: u64 = 5_000;
 
@@ -297,6 +301,22 @@ impl Master {
     /// in one store transaction, installs the records in memory, then publishes the events to
     /// the log's readers and the listeners. A failed write changes nothing.
     async fn persist(&self, inner: &mut Inner, mut changes: Changes) -> Result<(), StoreError> {
+        // etcd refuses a transaction of more than `--max-txn-ops` operations (128 by default).
+        // A large change (a recovery, a scheduling round after a worker joins a long queue) is
+        // written in chunks of records, each with its own events; every chunk is a complete,
+        // consistent change on its own, and a failed chunk leaves the ones before it applied.
+        while changes.apps.len() + changes.workers.len() > MAX_RECORDS_PER_TXN {
+            let mut chunk = Changes::default();
+            let n = changes.workers.len().min(MAX_RECORDS_PER_TXN);
+            chunk.workers = changes.workers.drain(..n).collect();
+            let m = (MAX_RECORDS_PER_TXN - n).min(changes.apps.len());
+            chunk.apps = changes.apps.drain(..m).collect();
+            self.persist_one(inner, chunk).await?;
+        }
+        self.persist_one(inner, changes).await
+    }
+
+    async fn persist_one(&self, inner: &mut Inner, mut changes: Changes) -> Result<(), StoreError> {
         if changes.is_empty() {
             return Ok(());
         }
@@ -1785,5 +1805,41 @@ mod tests {
         assert_eq!(a.retries, 0, "no retry spent on an attempt that never ran");
         assert_eq!(r.master.schedule_round().await.unwrap(), 1);
         assert_eq!(r.master.app(&app.id.0).await.unwrap().attempt, 2);
+    }
+
+    #[tokio::test]
+    async fn large_changes_are_written_in_chunks_that_each_fit_a_transaction() {
+        let store = Arc::new(MemoryStore::with_max_ops(128));
+        let clock = Arc::new(ManualClock::default());
+        let r = rig_on(store.clone(), clock.clone()).await;
+        r.master
+            .register_worker(reg("w1", 500, vec![]))
+            .await
+            .unwrap();
+        let ids: Vec<String> = futures_ids(&r, 150).await;
+        // One round places all 150 (each: a record, an event): far more than 128 operations.
+        assert_eq!(r.master.schedule_round().await.unwrap(), 150);
+        for id in &ids {
+            let a = r.master.app(id).await.unwrap();
+            assert_eq!(a.state, AppState::Launching);
+        }
+        drop(r);
+        // And a recovery that turns all 150 UNKNOWN.
+        let r = rig_on(store, clock).await;
+        for id in &ids {
+            assert_eq!(r.master.app(id).await.unwrap().state, AppState::Unknown);
+        }
+    }
+
+    async fn futures_ids(r: &Rig, n: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let req = serde_json::from_value(serde_json::json!({
+                "name": "t", "kind": "process", "memory_mb": 0
+            }))
+            .unwrap();
+            out.push(r.master.submit(req).await.unwrap().id.0);
+        }
+        out
     }
 }

@@ -37,6 +37,10 @@ use crate::store::etcd::{cluster_prefix, EtcdStore, Fence};
 use crate::store::{keys, StateStore};
 use crate::worker_client::WorkerConnector;
 
+/// HTTP/2 keep-alive pings to etcd: etcd closes connections that ping more often than its
+/// `--grpc-keepalive-min-time` (5 s by default), so stay above it.
+const ETCD_KEEPALIVE: Duration = Duration::from_secs(10);
+
 /// Where the leader is, as published in its election value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeaderInfo {
@@ -272,7 +276,7 @@ impl Node {
         let opts = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+            .with_keep_alive(ETCD_KEEPALIVE, Duration::from_secs(5));
         let connect = |opts: etcd_client::ConnectOptions| {
             let endpoints = cfg.etcd_endpoints.clone();
             async move {
@@ -287,7 +291,7 @@ impl Node {
         let campaigner = connect(
             etcd_client::ConnectOptions::new()
                 .with_connect_timeout(Duration::from_secs(2))
-                .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2)),
+                .with_keep_alive(ETCD_KEEPALIVE, Duration::from_secs(5)),
         )
         .await?;
         let store = EtcdStore::new(client.clone(), &cfg.cluster_name);

@@ -11,12 +11,23 @@ use super::{Compare, Op, StateStore, StoreError, Txn};
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     data: Mutex<BTreeMap<String, Vec<u8>>>,
+    /// Refuse transactions with more operations, as etcd does (`--max-txn-ops`).
+    max_ops: Option<usize>,
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store that refuses transactions of more than `max_ops` compares and writes,
+    /// like etcd's `--max-txn-ops`.
+    pub fn with_max_ops(max_ops: usize) -> Self {
+        MemoryStore {
+            max_ops: Some(max_ops),
+            ..Self::default()
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<u8>>> {
@@ -57,6 +68,12 @@ impl StateStore for MemoryStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<bool, StoreError> {
+        let ops = txn.ops.len() + txn.compares.len();
+        if self.max_ops.is_some_and(|max| ops > max) {
+            return Err(StoreError::Backend(format!(
+                "too many operations in txn request ({ops})"
+            )));
+        }
         let mut data = self.lock();
         for c in &txn.compares {
             let Compare::Value { key, value } = c;
