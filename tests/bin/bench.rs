@@ -235,12 +235,10 @@ impl Setup {
         (r.status == 200).then_some(r.body)
     }
 
-    /// Waits until a master other than `not` is ALIVE; returns its index.
-    fn wait_leader(&self, not: Option<usize>) -> usize {
+    /// Waits until a master is ALIVE; returns its index.
+    fn wait_leader(&self) -> usize {
         wait_for("an ALIVE master", T, || {
-            (0..self.masters.len())
-                .filter(|&i| Some(i) != not)
-                .find(|&i| self.cluster(i).is_some_and(|c| c["role"] == "ALIVE"))
+            (0..self.masters.len()).find(|&i| self.cluster(i).is_some_and(|c| c["role"] == "ALIVE"))
         })
     }
 }
@@ -350,7 +348,7 @@ fn failover_run(ttl: Duration, signal: Signal) -> Failover {
     for _ in 0..3 {
         s.add_master(&ttl_flag);
     }
-    let leader = s.wait_leader(None);
+    let leader = s.wait_leader();
     s.add_worker("w1", 2);
     let leader_api = s.masters[leader].api.clone();
     leader_api.wait_alive_workers(1, T);
@@ -522,7 +520,7 @@ fn submit_setup(store: Store) -> Setup {
         s.start_etcd();
     }
     s.add_master("5s");
-    s.wait_leader(None);
+    s.wait_leader();
     let api = &s.masters[0].api;
     for i in 0..WARMUP {
         api.submit(app_body(&format!("warmup-{i}")));
@@ -806,8 +804,9 @@ fn report(name: &str, command_line: &str, table: &str, write: Option<&Path>) -> 
     Ok(())
 }
 
-/// Replaces what lies between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` in `path`;
-/// appends a marked section when the file has none.
+/// Replaces what lies between the lines `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` in
+/// `path`; appends a marked section when the file has none. Only a marker alone on its line
+/// counts, so prose may mention the markers.
 fn write_section(path: &Path, name: &str, body: &str) -> Result<(), String> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -817,11 +816,23 @@ fn write_section(path: &Path, name: &str, body: &str) -> Result<(), String> {
     let open = format!("<!-- bench:{name} -->");
     let close = format!("<!-- /bench:{name} -->");
     let body = body.trim_end();
-    let new = match (text.find(&open), text.find(&close)) {
-        (Some(a), Some(b)) if a < b => {
-            format!("{}{open}\n{body}\n{}", &text[..a], &text[b..])
+    // Byte offsets of the lines that are exactly `marker` (ignoring surrounding blanks).
+    let lines_at = |marker: &str| -> Vec<(usize, usize)> {
+        let mut at = Vec::new();
+        let mut offset = 0;
+        for line in text.split_inclusive('\n') {
+            if line.trim() == marker {
+                at.push((offset, offset + line.len()));
+            }
+            offset += line.len();
         }
-        (None, None) => {
+        at
+    };
+    let new = match (lines_at(&open).as_slice(), lines_at(&close).as_slice()) {
+        ([(_, body_start)], [(body_end, _)]) if body_start <= body_end => {
+            format!("{}{body}\n{}", &text[..*body_start], &text[*body_end..])
+        }
+        ([], []) => {
             let sep = if text.is_empty() || text.ends_with("\n\n") {
                 ""
             } else if text.ends_with('\n') {
@@ -833,7 +844,7 @@ fn write_section(path: &Path, name: &str, body: &str) -> Result<(), String> {
         }
         _ => {
             return Err(format!(
-                "{}: the markers {open} and {close} are unpaired or out of order",
+                "{}: the lines {open} and {close} must each appear once, in that order",
                 path.display()
             ))
         }
@@ -889,4 +900,46 @@ fn temp_fs() -> String {
         .max()
         .map(|(_, fs)| format!("{fs} ({})", tmp.display()))
         .unwrap_or_else(|| format!("unknown ({})", tmp.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<Duration> = (1..=10).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&v, 0.0), Some(Duration::from_millis(1)));
+        assert_eq!(percentile(&v, 0.5), Some(Duration::from_millis(5)));
+        assert_eq!(percentile(&v, 0.9), Some(Duration::from_millis(9)));
+        assert_eq!(percentile(&v, 1.0), Some(Duration::from_millis(10)));
+        assert_eq!(percentile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn a_section_is_replaced_between_its_marker_lines_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("b.md");
+        let page = "# B\n\nThe `<!-- bench:x -->` markers delimit it.\n\n<!-- bench:x -->\nold\n<!-- /bench:x -->\n\nafter\n";
+        std::fs::write(&f, page).unwrap();
+        write_section(&f, "x", "new\n").unwrap();
+        let want = "# B\n\nThe `<!-- bench:x -->` markers delimit it.\n\n<!-- bench:x -->\nnew\n<!-- /bench:x -->\n\nafter\n";
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), want);
+        // Rerunning gives the same page; another section is appended.
+        write_section(&f, "x", "new").unwrap();
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), want);
+        write_section(&f, "y", "y1").unwrap();
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(
+            text.ends_with("after\n\n<!-- bench:y -->\ny1\n<!-- /bench:y -->\n"),
+            "{text}"
+        );
+        // A marker line twice is refused, and the file is left alone.
+        std::fs::write(
+            &f,
+            "<!-- bench:x -->\n<!-- bench:x -->\n<!-- /bench:x -->\n",
+        )
+        .unwrap();
+        assert!(write_section(&f, "x", "z").is_err());
+    }
 }
