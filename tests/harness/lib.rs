@@ -782,3 +782,24 @@ pub fn require_python_module(python: &Path, module: &str, install: &str) {
         .is_ok_and(|o| o.status.success());
     assert!(ok, "{} cannot import {module}; {install}", python.display());
 }
+
+/// The release build's directory: [`target_dir`]'s sibling `release` (`target/release`, or
+/// `$CARGO_TARGET_DIR/release`).
+pub fn release_dir() -> PathBuf {
+    target_dir().with_file_name("release")
+}
+
+/// Makes [`target_dir`] — so [`bin`], every master and worker started here and the plugins the
+/// workers load — use the binaries in `dir` (e.g. [`release_dir`]) instead of the debug build,
+/// for benchmarks. It points `CARGO_TARGET_DIR` at a new temp dir whose `debug` is a link to
+/// `dir`; keep the returned dir alive while processes start. Setting an environment variable is
+/// only sound before other threads start: call it first thing in `main`, never from a test.
+pub fn use_bin_dir(dir: &Path) -> std::io::Result<tempfile::TempDir> {
+    let dir = dir.canonicalize()?;
+    let link = tempfile::Builder::new()
+        .prefix("aloha-bin-dir-")
+        .tempdir()?;
+    std::os::unix::fs::symlink(&dir, link.path().join("debug"))?;
+    std::env::set_var("CARGO_TARGET_DIR", link.path());
+    Ok(link)
+}

@@ -1,0 +1,145 @@
+//! `latency`: how long a `true` app takes from its submission to RUNNING on one real worker,
+//! one app at a time. The time starts just before the POST and stops when the master's event
+//! stream (`GET /api/v1/events?type=app_state_changed`, opened before the first submission and
+//! read on its own thread) delivers the app's change to RUNNING: no polling interval in it.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::report::{ms, percentile, report};
+use crate::setup::{app_body, Setup};
+use crate::T;
+
+#[derive(clap::Args)]
+pub(crate) struct LatencyArgs {
+    /// Apps submitted, one after the other (each once the previous one is RUNNING).
+    #[arg(long, default_value_t = 500)]
+    n: usize,
+    /// Cores the worker offers (every app takes one; `true` exits at once).
+    #[arg(long, default_value_t = 4)]
+    worker_cores: u32,
+    /// Markdown file whose `bench:latency` section is replaced with the results.
+    #[arg(long)]
+    write: Option<PathBuf>,
+}
+
+/// Reads an SSE stream and sends `(app_id, when)` for every change to RUNNING. Ends when the
+/// stream does (the master stops) or the receiver is gone.
+fn read_running(body: impl std::io::Read, tx: mpsc::Sender<(String, Instant)>) {
+    let mut data = String::new();
+    for line in BufReader::new(body).lines() {
+        let Ok(line) = line else { return };
+        if let Some(d) = line.strip_prefix("data:") {
+            data.push_str(d.trim_start());
+        } else if line.is_empty() && !data.is_empty() {
+            // A blank line ends an SSE event.
+            let at = Instant::now();
+            if let Ok(e) = serde_json::from_str::<Value>(&data) {
+                if e["new_state"] == "RUNNING" {
+                    if let Some(id) = e["app_id"].as_str() {
+                        if tx.send((id.to_string(), at)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            data.clear();
+        }
+    }
+}
+
+/// Per app: (submit → 201, submit → RUNNING), in submission order.
+fn latency_run(a: &LatencyArgs) -> Vec<(Duration, Duration)> {
+    let mut s = Setup::new("aloha-bench-latency-");
+    s.add_master("5s");
+    s.wait_leader();
+    s.add_worker("w1", a.worker_cores);
+    let api = s.masters[0].api.clone();
+    api.wait_alive_workers(1, T);
+
+    // No timeout: the stream stays open for the whole run.
+    let client = reqwest::blocking::Client::builder()
+        .timeout(None)
+        .build()
+        .expect("http client");
+    let url = format!("{}/api/v1/events?type=app_state_changed", api.base);
+    let stream = client
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .send()
+        .and_then(|r| r.error_for_status())
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    // The headers are out, so the stream's starting point is fixed: every later event comes.
+    let (tx, rx) = mpsc::channel();
+    // The reader ends when the master stops (end of stream) at the end of the run; it is not
+    // joined, since a read may block until then.
+    std::thread::spawn(move || read_running(stream, tx));
+
+    let mut early: HashMap<String, Instant> = HashMap::new();
+    let mut wait_running = |id: &str| -> Instant {
+        if let Some(at) = early.remove(id) {
+            return at;
+        }
+        loop {
+            match rx.recv_timeout(T) {
+                Ok((got, at)) if got == id => return at,
+                Ok((got, at)) => {
+                    early.insert(got, at);
+                }
+                Err(e) => panic!("no RUNNING event for {id}: {e}"),
+            }
+        }
+    };
+    let warmup = 10.min(a.n);
+    let mut out = Vec::with_capacity(a.n);
+    for i in 0..warmup + a.n {
+        let t0 = Instant::now();
+        let r = api.post("/api/v1/apps", &app_body(&format!("latency-{i}")));
+        let acked = t0.elapsed();
+        assert_eq!(r.status, 201, "submission {i}: {:?}", r.body);
+        let id = r.body["id"].as_str().expect("app id").to_string();
+        let running = wait_running(&id).duration_since(t0);
+        if i >= warmup {
+            out.push((acked, running));
+        }
+    }
+    out
+}
+
+pub(crate) fn latency(a: &LatencyArgs, command_line: &str) -> Result<(), String> {
+    if a.n == 0 {
+        return Err("--n must be at least 1".into());
+    }
+    eprintln!("latency n={}: running", a.n);
+    let runs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| latency_run(a)))
+        .map_err(|_| "the run failed (see above)".to_string())?;
+    let mut acked: Vec<Duration> = runs.iter().map(|r| r.0).collect();
+    let mut running: Vec<Duration> = runs.iter().map(|r| r.1).collect();
+    acked.sort();
+    running.sort();
+    let p = |v: &[Duration], q: f64| percentile(v, q).map(ms).unwrap_or_default();
+    let table = format!(
+        "Single-node master (redb), one worker ({} cores), `true` apps (1 core) submitted one \
+         at a time, after 10 warm-up apps:\n\n\
+         | from the POST to | apps | p50 | p90 | p99 | max |\n\
+         | --- | --- | --- | --- | --- | --- |\n\
+         | `201` | {n} | {} | {} | {} | {} |\n\
+         | RUNNING (event received) | {n} | {} | {} | {} | {} |\n",
+        a.worker_cores,
+        p(&acked, 0.5),
+        p(&acked, 0.9),
+        p(&acked, 0.99),
+        p(&acked, 1.0),
+        p(&running, 0.5),
+        p(&running, 0.9),
+        p(&running, 0.99),
+        p(&running, 1.0),
+        n = a.n,
+    );
+    report("latency", command_line, &table, a.write.as_deref())
+}
