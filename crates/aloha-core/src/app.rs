@@ -33,11 +33,99 @@ impl AppId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The submission sequence number the id ends with, if the id is well formed
+    /// (`app-<14 digits>-<digits>`).
+    pub fn seq(&self) -> Option<u64> {
+        let rest = self.0.strip_prefix("app-")?;
+        let (stamp, seq) = rest.split_once('-')?;
+        if stamp.len() != 14 || !stamp.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        seq.parse().ok()
+    }
 }
 
 impl fmt::Display for AppId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// A plugin spec as the master keeps it: the compact JSON text of the object the client sent.
+///
+/// Kept as text rather than a parsed `serde_json::Value`: a parsed one-key object costs a B-tree
+/// node of about 600 bytes, the text of a typical spec under 100, and the master only ever
+/// passes the spec on. It serializes as the JSON it holds (not as a string) and deserializes
+/// from any JSON value.
+#[derive(Clone)]
+pub struct Spec(Box<serde_json::value::RawValue>);
+
+impl PartialEq for Spec {
+    fn eq(&self, other: &Spec) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Spec {}
+
+impl Spec {
+    /// The spec of `value` (compact JSON).
+    pub fn new(value: &serde_json::Value) -> Spec {
+        // Serializing a `Value` cannot fail, and its text is valid JSON for `RawValue`.
+        let text = serde_json::to_string(value).expect("a JSON value serializes");
+        Spec(serde_json::value::RawValue::from_string(text).expect("serde_json wrote valid JSON"))
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The spec parsed.
+    pub fn value(&self) -> serde_json::Value {
+        // The text was written by serde_json from a Value: it parses.
+        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Whether the spec is the JSON of `value`.
+    pub fn is(&self, value: &serde_json::Value) -> bool {
+        serde_json::to_string(value).is_ok_and(|t| t == self.0.get())
+    }
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec::new(&empty_object())
+    }
+}
+
+impl fmt::Debug for Spec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.get())
+    }
+}
+
+impl fmt::Display for Spec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.get())
+    }
+}
+
+impl Serialize for Spec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Spec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Through `Value`, so that any deserializer works (alohactl decodes apps from a Value,
+        // which `RawValue` alone refuses).
+        Ok(Spec::new(&serde_json::Value::deserialize(d)?))
     }
 }
 
@@ -177,7 +265,7 @@ pub struct App {
     /// Plugin kind.
     pub kind: String,
     /// Plugin spec from the submission.
-    pub spec: serde_json::Value,
+    pub spec: Spec,
     /// Cores needed.
     pub cores: u32,
     /// Memory needed, MiB.
@@ -215,6 +303,10 @@ pub struct App {
     pub details: BTreeMap<String, String>,
     /// Every state the app went through.
     pub history: Vec<HistoryEntry>,
+    /// The `Idempotency-Key` it was submitted with: a repeat of the same request with the same
+    /// key returns this app instead of creating another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// A state change that the state machine does not allow.
@@ -237,7 +329,7 @@ impl App {
             seq,
             name: req.name,
             kind: req.kind,
-            spec: req.spec,
+            spec: Spec::new(&req.spec),
             // validate() bounds these, so the conversions cannot truncate.
             cores: req.cores.clamp(1, u32::MAX as i64) as u32,
             memory_mb: req.memory_mb.max(0) as u64,
@@ -260,7 +352,20 @@ impl App {
                 at,
                 message: None,
             }],
+            idempotency_key: None,
         }
+    }
+
+    /// Whether `req` asks for exactly this app (same template, after defaults): what an
+    /// idempotent repeat of the submission must be.
+    pub fn same_request(&self, req: &SubmitRequest) -> bool {
+        self.name == req.name
+            && self.kind == req.kind
+            && self.spec.is(&req.spec)
+            && i64::from(self.cores) == req.cores
+            && i64::try_from(self.memory_mb).is_ok_and(|m| m == req.memory_mb)
+            && i64::from(self.max_retries) == req.max_retries
+            && self.labels == req.labels
     }
 
     /// The single place an app changes state: checks legality, records history and keeps the
@@ -312,13 +417,41 @@ impl App {
         !self.kill_requested && self.retries < self.max_retries
     }
 
+    /// The launch description as JSON, the shape of [`AppDescription`], written straight from
+    /// the app (the spec is not parsed again).
+    pub fn description_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Borrowed<'a> {
+            id: &'a AppId,
+            name: &'a str,
+            kind: &'a str,
+            spec: &'a Spec,
+            cores: u32,
+            memory_mb: u64,
+            attempt: u32,
+            labels: &'a BTreeMap<String, String>,
+        }
+        // Plain data with string keys: serializing cannot fail.
+        serde_json::to_string(&Borrowed {
+            id: &self.id,
+            name: &self.name,
+            kind: &self.kind,
+            spec: &self.spec,
+            cores: self.cores,
+            memory_mb: self.memory_mb,
+            attempt: self.attempt,
+            labels: &self.labels,
+        })
+        .expect("descriptions serialize to JSON")
+    }
+
     /// What the worker gets in a launch command.
     pub fn description(&self) -> AppDescription {
         AppDescription {
             id: self.id.clone(),
             name: self.name.clone(),
             kind: self.kind.clone(),
-            spec: self.spec.clone(),
+            spec: self.spec.value(),
             cores: self.cores,
             memory_mb: self.memory_mb,
             attempt: self.attempt,
@@ -411,6 +544,16 @@ mod tests {
     fn ids_sort_by_time_then_sequence() {
         assert_eq!(AppId::new(7, t(0)).0, "app-20231114221320-0007");
         assert!(AppId::new(12345, t(0)).0.ends_with("-12345"));
+        assert_eq!(AppId::new(12345, t(0)).seq(), Some(12345));
+        assert_eq!(AppId::new(7, t(0)).seq(), Some(7));
+        for bad in [
+            "app-1-2",
+            "app-20231114221320-",
+            "x-20231114221320-1",
+            "app-2023111422132a-1",
+        ] {
+            assert_eq!(AppId(bad.into()).seq(), None, "{bad}");
+        }
     }
 
     #[test]
@@ -464,6 +607,31 @@ mod tests {
         }
         assert_eq!(app.history.len(), MAX_HISTORY);
         assert_eq!(app.history[0].state, AppState::Submitted);
+    }
+
+    #[test]
+    fn specs_are_kept_compact_and_round_trip() {
+        let mut r = req();
+        r.spec = serde_json::json!({"command": ["echo", "a b"], "env": {"X": "1"}});
+        let app = App::submitted(AppId::new(1, t(0)), 1, r.clone(), t(0));
+        assert_eq!(
+            app.spec.as_str(),
+            r#"{"command":["echo","a b"],"env":{"X":"1"}}"#
+        );
+        let json = serde_json::to_value(&app).unwrap();
+        assert_eq!(json["spec"], r.spec, "served as JSON, not as a string");
+        let back: App = serde_json::from_value(json).unwrap();
+        assert_eq!(back, app);
+        assert!(app.same_request(&r));
+        let desc: AppDescription = serde_json::from_str(&app.description_json()).unwrap();
+        assert_eq!(desc, app.description());
+        assert_eq!(desc.spec, r.spec);
+        let mut other = r.clone();
+        other.spec = serde_json::json!({"command": ["echo"]});
+        assert!(!app.same_request(&other));
+        other = r.clone();
+        other.cores = 2;
+        assert!(!app.same_request(&other));
     }
 
     #[test]

@@ -82,6 +82,19 @@ pub enum EventBody {
         /// Why.
         message: String,
     },
+    /// A terminal app was removed by the retention (`--retain-finished`,
+    /// `--retain-finished-for`); its id now answers 404 "expired".
+    #[serde(rename = "app.expired")]
+    AppExpired {
+        /// App id.
+        app_id: AppId,
+        /// App name.
+        name: String,
+        /// App kind.
+        kind: String,
+        /// The terminal state it ended in.
+        state: AppState,
+    },
     /// A master took or lost leadership.
     LeaderChanged {
         /// The role the master now has.
@@ -102,15 +115,16 @@ impl EventBody {
             EventBody::WorkerJoined { .. } => "worker_joined",
             EventBody::WorkerLost { .. } => "worker_lost",
             EventBody::LeaderChanged { .. } => "leader_changed",
+            EventBody::AppExpired { .. } => "app.expired",
         }
     }
 
     /// The app the event is about, if any.
     pub fn app_id(&self) -> Option<&AppId> {
         match self {
-            EventBody::AppStateChanged { app_id, .. } | EventBody::AppRelaunched { app_id, .. } => {
-                Some(app_id)
-            }
+            EventBody::AppStateChanged { app_id, .. }
+            | EventBody::AppRelaunched { app_id, .. }
+            | EventBody::AppExpired { app_id, .. } => Some(app_id),
             _ => None,
         }
     }
@@ -118,9 +132,9 @@ impl EventBody {
     /// The app kind the event is about, if any.
     pub fn app_kind(&self) -> Option<&str> {
         match self {
-            EventBody::AppStateChanged { kind, .. } | EventBody::AppRelaunched { kind, .. } => {
-                Some(kind)
-            }
+            EventBody::AppStateChanged { kind, .. }
+            | EventBody::AppRelaunched { kind, .. }
+            | EventBody::AppExpired { kind, .. } => Some(kind),
             _ => None,
         }
     }
@@ -281,6 +295,7 @@ mod tests {
             registered_at: at,
             last_heartbeat: at,
             plugin_errors: vec![],
+            dead_since: None,
         };
         assert!(matches!(
             worker_events(None, &w)[..],

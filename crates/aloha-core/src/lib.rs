@@ -8,13 +8,18 @@
 //! - [`app`]: what clients submit ([`SubmitRequest`]), what the master keeps ([`App`]), and the one
 //!   function that changes an app's state ([`App::transition`]) or handles its loss ([`App::lose`]).
 //! - [`worker`]: worker records and [`Liveness`], the heartbeat timeout detector.
-//! - [`schedule`]: the FIFO, resource-based placement policy ([`schedule::place`]).
+//! - [`cluster`]: [`cluster::Cluster`], the master's rules as one pure state machine (submit,
+//!   kill, register, report, place, expiry, retention) over persistent maps, with the placement
+//!   indexes.
+//! - [`schedule`]: the FIFO, resource-based placement policy ([`schedule::place`]), the
+//!   reference the cluster's incremental placement is tested against.
 //! - [`report`]: applying a worker's statement about an app ([`report::apply`]).
 //! - [`event`]: the numbered events listeners and the event stream receive.
 //! - [`api`]: the JSON shapes the REST API serves.
 
 pub mod api;
 pub mod app;
+pub mod cluster;
 pub mod event;
 pub mod report;
 pub mod schedule;
@@ -22,7 +27,7 @@ pub mod state;
 pub mod worker;
 
 pub use app::{
-    App, AppDescription, AppId, HistoryEntry, SubmitError, SubmitRequest, TransitionError,
+    App, AppDescription, AppId, HistoryEntry, Spec, SubmitError, SubmitRequest, TransitionError,
 };
 pub use event::{Event, EventBody};
 pub use state::AppState;

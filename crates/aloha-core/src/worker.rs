@@ -36,6 +36,20 @@ pub enum WorkerState {
     Unknown,
 }
 
+impl WorkerState {
+    /// Whether `self -> next` is a legal change: ALIVE → DEAD (silent past the timeout) or
+    /// UNKNOWN (a master recovered); UNKNOWN → ALIVE (re-registered) or DEAD; DEAD → ALIVE (a
+    /// worker declared dead registers again). A re-registration of an ALIVE worker keeps it
+    /// ALIVE and is not a change of state.
+    pub fn can_move_to(self, next: WorkerState) -> bool {
+        use WorkerState::*;
+        matches!(
+            (self, next),
+            (Alive, Dead) | (Alive, Unknown) | (Unknown, Alive) | (Unknown, Dead) | (Dead, Alive)
+        )
+    }
+}
+
 impl fmt::Display for WorkerState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -69,6 +83,9 @@ pub struct WorkerRecord {
     /// Plugins that failed to load on the worker.
     #[serde(default)]
     pub plugin_errors: Vec<String>,
+    /// When it was declared DEAD (DEAD workers are forgotten a while after).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_since: Option<DateTime<Utc>>,
 }
 
 /// Tracks when each worker was last heard from, on a monotonic millisecond clock supplied by the
@@ -132,6 +149,23 @@ mod tests {
         l.forget(&w("b"));
         assert!(l.expired(15_001, 10_000).is_empty());
         assert_eq!(l.silence_ms(&w("a"), 12_001), Some(1_000));
+    }
+
+    #[test]
+    fn worker_states_change_only_along_legal_edges() {
+        use WorkerState::*;
+        for (from, to, ok) in [
+            (Alive, Dead, true),
+            (Alive, Unknown, true),
+            (Unknown, Alive, true),
+            (Unknown, Dead, true),
+            (Dead, Alive, true),
+            (Dead, Unknown, false),
+            (Alive, Alive, false),
+            (Dead, Dead, false),
+        ] {
+            assert_eq!(from.can_move_to(to), ok, "{from} -> {to}");
+        }
     }
 
     #[test]

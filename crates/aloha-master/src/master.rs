@@ -652,6 +652,7 @@ impl Master {
             registered_at: now,
             last_heartbeat: now,
             plugin_errors: req.plugin_errors.clone(),
+            dead_since: None,
         };
         let mut changes = Changes::default();
         changes.worker(record);

@@ -1,0 +1,773 @@
+//! Every rule of the cluster, on plain data with a hand-moved clock.
+
+use super::*;
+use crate::schedule::{self, Capacity, Decision};
+use chrono::TimeZone;
+
+fn at(ms: u64) -> Now {
+    Now {
+        wall: Utc.timestamp_opt(1_700_000_000, 0).unwrap()
+            + chrono::Duration::milliseconds(ms as i64),
+        mono_ms: ms,
+    }
+}
+
+fn rules() -> Rules {
+    Rules {
+        worker_timeout_ms: 10_000,
+        ..Rules::default()
+    }
+}
+
+fn req(cores: i64, memory_mb: i64) -> SubmitRequest {
+    serde_json::from_value(serde_json::json!({
+        "name": "t", "kind": "process", "spec": {"command": ["true"]},
+        "cores": cores, "memory_mb": memory_mb, "max_retries": 1
+    }))
+    .unwrap()
+}
+
+fn reg(id: &str, cores: u32, apps: Vec<WorkerReport>) -> Registration {
+    Registration {
+        id: WorkerId(id.into()),
+        address: format!("{id}:1"),
+        cores,
+        memory_mb: 4096,
+        kinds: vec!["process".into()],
+        plugin_errors: vec![],
+        apps,
+    }
+}
+
+fn rep(app: &AppId, attempt: u32, state: AppState) -> WorkerReport {
+    WorkerReport {
+        app: app.clone(),
+        attempt,
+        state,
+        exit_code: None,
+        message: None,
+        worker_shutdown: false,
+        details: BTreeMap::new(),
+    }
+}
+
+fn w(s: &str) -> WorkerId {
+    WorkerId(s.into())
+}
+
+struct T {
+    c: Cluster,
+    fx: Effects,
+}
+
+impl T {
+    fn new() -> T {
+        T {
+            c: Cluster::new(rules()),
+            fx: Effects::default(),
+        }
+    }
+
+    fn take(&mut self) -> Effects {
+        std::mem::take(&mut self.fx)
+    }
+
+    fn submit(&mut self, cores: i64, mem: i64, t: u64) -> AppId {
+        let s = self
+            .c
+            .submit(req(cores, mem), None, at(t), &mut self.fx)
+            .unwrap();
+        assert!(s.created);
+        s.app.id.clone()
+    }
+
+    fn register(&mut self, id: &str, cores: u32, t: u64) -> Vec<(AppId, u32)> {
+        self.c
+            .register(reg(id, cores, vec![]), at(t), &mut self.fx)
+            .unwrap()
+    }
+
+    fn app(&self, id: &AppId) -> Arc<App> {
+        match self.c.lookup(id) {
+            Lookup::Found(a) => a,
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+
+    fn place(&mut self, t: u64) -> usize {
+        let n = self.c.place(at(t), &mut self.fx);
+        self.c.check_invariants().unwrap();
+        n
+    }
+
+    fn report(
+        &mut self,
+        worker: &str,
+        id: &AppId,
+        attempt: u32,
+        state: AppState,
+        t: u64,
+    ) -> ReportOutcome {
+        self.c
+            .report(&w(worker), &rep(id, attempt, state), at(t), &mut self.fx)
+    }
+
+    fn running(&mut self, worker: &str, t: u64) -> AppId {
+        let id = self.submit(1, 0, t);
+        assert_eq!(self.place(t), 1);
+        assert_eq!(self.app(&id).worker_id, Some(w(worker)));
+        assert_eq!(
+            self.report(worker, &id, 1, AppState::Running, t),
+            ReportOutcome::Done
+        );
+        id
+    }
+}
+
+fn launches(fx: &Effects) -> Vec<(String, String, u32)> {
+    fx.commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Launch { worker, app, .. } => {
+                Some((app.id.0.clone(), worker.0.clone(), app.attempt))
+            }
+            Command::Kill { .. } => None,
+        })
+        .collect()
+}
+
+fn kills(fx: &Effects) -> Vec<(String, u32)> {
+    fx.commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Kill { app, attempt, .. } => Some((app.0.clone(), *attempt)),
+            Command::Launch { .. } => None,
+        })
+        .collect()
+}
+
+#[test]
+fn submit_writes_the_app_the_sequence_and_an_event() {
+    let mut t = T::new();
+    let id = t.submit(1, 0, 0);
+    let fx = t.take();
+    assert_eq!(fx.last_seq, Some(1));
+    assert!(matches!(fx.apps.get(&1), Some(AppWrite::Put(a)) if a.id == id));
+    assert!(matches!(
+        &fx.events[..],
+        [EventBody::AppStateChanged {
+            new_state: AppState::Submitted,
+            old_state: None,
+            ..
+        }]
+    ));
+    assert!(fx.commands.is_empty(), "no worker: nothing placed");
+    assert_eq!(t.c.queued(), 1);
+    let err = t.c.submit(
+        serde_json::from_value(serde_json::json!({"name": "x", "kind": "flonk"})).unwrap(),
+        None,
+        at(0),
+        &mut t.fx,
+    );
+    assert!(matches!(
+        err,
+        Err(OpError::Submit(SubmitError::UnknownKind { .. }))
+    ));
+    assert!(t.fx.writes_nothing(), "a refused submission writes nothing");
+    assert_eq!(t.c.last_seq(), 1);
+}
+
+#[test]
+fn idempotent_repeats_return_the_first_app_and_other_bodies_conflict() {
+    let mut t = T::new();
+    let key = Some("k-1".to_string());
+    let first =
+        t.c.submit(req(1, 0), key.clone(), at(0), &mut t.fx)
+            .unwrap();
+    t.take();
+    let again =
+        t.c.submit(req(1, 0), key.clone(), at(5), &mut t.fx)
+            .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.app.id, first.app.id);
+    assert!(t.fx.writes_nothing(), "a repeat writes nothing");
+    let other = t.c.submit(req(2, 0), key.clone(), at(5), &mut t.fx);
+    assert!(matches!(other, Err(OpError::Conflict(m)) if m.contains("k-1")));
+    for bad in ["", "has space", &"x".repeat(256)] {
+        assert!(matches!(
+            t.c.submit(req(1, 0), Some(bad.to_string()), at(5), &mut t.fx),
+            Err(OpError::BadRequest(_))
+        ));
+    }
+    assert_eq!(t.c.last_seq(), 1);
+}
+
+#[test]
+fn placement_launches_on_the_worker_and_reports_run_it_to_the_end() {
+    let mut t = T::new();
+    t.register("w1", 2, 0);
+    t.take();
+    let id = t.submit(1, 0, 1);
+    assert_eq!(t.place(1), 1);
+    let fx = t.take();
+    assert_eq!(launches(&fx), [(id.0.clone(), "w1".into(), 1)]);
+    assert_eq!(t.app(&id).state, AppState::Launching);
+    assert_eq!(t.c.worker(&w("w1")).unwrap().used_cores, 1);
+    assert_eq!(
+        t.report("w1", &id, 1, AppState::Running, 2),
+        ReportOutcome::Done
+    );
+    assert_eq!(
+        t.report("w1", &id, 1, AppState::Running, 2),
+        ReportOutcome::Done,
+        "repeat"
+    );
+    let mut fin = rep(&id, 1, AppState::Finished);
+    fin.exit_code = Some(0);
+    fin.details.insert("pid".into(), "7".into());
+    assert_eq!(
+        t.c.report(&w("w1"), &fin, at(3), &mut t.fx),
+        ReportOutcome::Done
+    );
+    let app = t.app(&id);
+    assert_eq!((app.state, app.exit_code), (AppState::Finished, Some(0)));
+    assert_eq!(app.details["pid"], "7");
+    assert_eq!(
+        t.c.worker(&w("w1")).unwrap().used_cores,
+        0,
+        "resources freed"
+    );
+    t.c.check_invariants().unwrap();
+}
+
+#[test]
+fn stale_illegal_and_unregistered_reports_change_nothing() {
+    let mut t = T::new();
+    t.register("w1", 2, 0);
+    let id = t.running("w1", 1);
+    let before = t.app(&id);
+    assert!(matches!(
+        t.report("w1", &id, 9, AppState::Running, 2),
+        ReportOutcome::Kill(_)
+    ));
+    assert!(matches!(
+        t.report("w2", &id, 1, AppState::Finished, 2),
+        ReportOutcome::NotRegistered(_)
+    ));
+    assert!(
+        matches!(t.report("w1", &id, 1, AppState::Submitted, 2), ReportOutcome::Refused(m) if m.contains("illegal"))
+    );
+    let stranger = AppId("app-20231114221320-0099".into());
+    assert!(matches!(
+        t.report("w1", &stranger, 1, AppState::Running, 2),
+        ReportOutcome::Kill(_)
+    ));
+    assert_eq!(
+        t.report("w1", &stranger, 1, AppState::Finished, 2),
+        ReportOutcome::Done
+    );
+    assert_eq!(t.app(&id), before);
+}
+
+#[test]
+fn fifo_without_head_of_line_blocking_and_reasons_computed_on_read() {
+    let mut t = T::new();
+    let big = t.submit(3, 0, 0);
+    let small = t.submit(1, 0, 1);
+    assert_eq!(
+        t.c.wait_reason(&t.app(&big)),
+        "waiting for an ALIVE worker (needs 3 cores and 0 MiB)"
+    );
+    t.register("w", 2, 2);
+    assert_eq!(t.place(2), 1);
+    assert_eq!(t.app(&small).state, AppState::Launching);
+    assert_eq!(t.app(&big).state, AppState::Submitted);
+    assert_eq!(
+        t.c.wait_reason(&t.app(&big)),
+        "cannot be placed: needs 3 cores and 0 MiB but the largest ALIVE worker has 2 cores and 4096 MiB"
+    );
+    let mid = t.submit(2, 0, 3);
+    assert_eq!(t.place(3), 0);
+    assert_eq!(
+        t.c.wait_reason(&t.app(&mid)),
+        "waiting for resources: needs 2 cores and 0 MiB free on one worker"
+    );
+    // The stored record carries no wait message: nothing is written per round.
+    assert_eq!(t.app(&mid).message, None);
+}
+
+#[test]
+fn spreads_to_the_most_free_cores_like_the_reference_policy() {
+    let mut t = T::new();
+    t.register("w1", 2, 0);
+    t.register("w2", 3, 0);
+    let ids: Vec<AppId> = (0..3).map(|i| t.submit(1, 0, i)).collect();
+    t.take();
+    assert_eq!(t.place(5), 3);
+    let placed: Vec<String> = launches(&t.take()).into_iter().map(|l| l.1).collect();
+    assert_eq!(placed, ["w2", "w1", "w2"]);
+    assert_eq!(t.app(&ids[1]).worker_id, Some(w("w1")));
+}
+
+#[test]
+fn a_silent_worker_dies_its_apps_move_and_it_is_forgotten_later() {
+    let mut t = T::new();
+    t.register("w1", 2, 0);
+    let id = t.running("w1", 1);
+    t.register("w2", 2, 2);
+    t.take();
+    t.c.expire_workers(&[(w("w1"), 10_050)], at(11_000), &mut t.fx);
+    let fx = t.take();
+    assert!(fx.liveness.contains(&LiveChange::Forget(w("w1"))));
+    assert!(fx
+        .events
+        .iter()
+        .any(|e| matches!(e, EventBody::WorkerLost { .. })));
+    let app = t.app(&id);
+    assert_eq!(app.state, AppState::Relaunching);
+    assert!(app
+        .message
+        .as_deref()
+        .unwrap()
+        .starts_with("worker w1 lost: no heartbeat for 10s"));
+    assert_eq!(
+        t.c.worker(&w("w1")).unwrap().record.state,
+        WorkerState::Dead
+    );
+    assert_eq!(t.place(11_000), 1);
+    let app = t.app(&id);
+    assert_eq!((app.attempt, app.worker_id.clone()), (2, Some(w("w2"))));
+    // Forgotten an hour later (the default), not before.
+    t.c.expire(at(11_000 + 3_500_000), &mut t.fx);
+    assert!(t.c.worker(&w("w1")).is_some());
+    t.take();
+    t.c.expire(at(11_000 + 3_700_000), &mut t.fx);
+    assert!(t.c.worker(&w("w1")).is_none());
+    let fx = t.take();
+    assert_eq!(
+        fx.workers.get(&w("w1")),
+        Some(&None),
+        "the record is deleted"
+    );
+    assert!(
+        t.c.known_kinds().contains(&"process".to_string()),
+        "w2 still provides it"
+    );
+}
+
+#[test]
+fn recovery_marks_apps_unknown_and_loses_those_nobody_reports() {
+    let mut t = T::new();
+    t.register("w1", 4, 0);
+    let kept = t.running("w1", 1);
+    let lost = t.running("w1", 2);
+    let waiting = t.submit(9, 0, 3);
+    let apps: Vec<App> = [&kept, &lost, &waiting]
+        .iter()
+        .map(|i| (*t.app(i)).clone())
+        .collect();
+    let workers: Vec<WorkerRecord> = t.c.workers().map(|w| (*w.record).clone()).collect();
+    let mut fx = Effects::default();
+    let mut c = Cluster::recover(rules(), workers, apps, 3, at(100_000), &mut fx);
+    c.check_invariants().unwrap();
+    assert!(fx.liveness.contains(&LiveChange::Watch(w("w1"))));
+    let state = |c: &Cluster, id: &AppId| match c.lookup(id) {
+        Lookup::Found(a) => a.state,
+        o => panic!("{o:?}"),
+    };
+    assert_eq!(state(&c, &kept), AppState::Unknown);
+    assert_eq!(state(&c, &waiting), AppState::Submitted);
+    assert_eq!(
+        c.worker(&w("w1")).unwrap().record.state,
+        WorkerState::Unknown
+    );
+    // w1 comes back with only `kept`, still running.
+    let kill = c
+        .register(
+            reg("w1", 4, vec![rep(&kept, 1, AppState::Running)]),
+            at(101_000),
+            &mut fx,
+        )
+        .unwrap();
+    assert!(kill.is_empty());
+    assert_eq!(state(&c, &kept), AppState::Running);
+    assert_eq!(
+        state(&c, &lost),
+        AppState::Relaunching,
+        "w1 no longer has it"
+    );
+    // The deadline passes: nothing else is UNKNOWN.
+    c.check_recovery(at(110_001), &mut fx);
+    assert_eq!(c.recovery_deadline_ms(), None);
+    c.check_invariants().unwrap();
+    assert_eq!(c.last_seq(), 3, "the sequence continues");
+}
+
+#[test]
+fn the_recovery_deadline_loses_apps_whose_worker_never_came_back() {
+    let mut t = T::new();
+    t.register("w1", 2, 0);
+    let id = t.running("w1", 1);
+    let apps = vec![(*t.app(&id)).clone()];
+    let workers: Vec<WorkerRecord> = t.c.workers().map(|w| (*w.record).clone()).collect();
+    let mut fx = Effects::default();
+    let mut c = Cluster::recover(rules(), workers, apps, 1, at(0), &mut fx);
+    c.check_recovery(at(10_000), &mut fx);
+    assert!(
+        matches!(c.lookup(&id), Lookup::Found(a) if a.state == AppState::Unknown),
+        "not yet"
+    );
+    // Worker expiry and the deadline in the same tick: lost once, one retry spent.
+    c.expire_workers(&[(w("w1"), 10_001)], at(10_001), &mut fx);
+    c.check_recovery(at(10_001), &mut fx);
+    let Lookup::Found(app) = c.lookup(&id) else {
+        panic!()
+    };
+    assert_eq!((app.state, app.retries), (AppState::Relaunching, 1));
+}
+
+#[test]
+fn reconciliation_kills_strangers_and_requeues_launches_that_never_arrived() {
+    let mut t = T::new();
+    t.register("w1", 2, 0);
+    let running = t.running("w1", 1);
+    let launching = t.submit(1, 0, 2);
+    assert_eq!(t.place(2), 1);
+    let stranger = AppId("app-20231114221320-0042".into());
+    let kill =
+        t.c.register(
+            reg("w1", 2, vec![rep(&stranger, 1, AppState::Running)]),
+            at(3),
+            &mut t.fx,
+        )
+        .unwrap();
+    assert_eq!(kill, [(stranger, 1)]);
+    let r = t.app(&running);
+    assert_eq!(r.state, AppState::Relaunching);
+    assert!(r
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("re-registered without attempt 1"));
+    let l = t.app(&launching);
+    assert_eq!(
+        (l.state, l.retries),
+        (AppState::Relaunching, 0),
+        "no retry for a launch never received"
+    );
+    t.c.check_invariants().unwrap();
+}
+
+#[test]
+fn kills_end_waiting_apps_at_once_and_others_through_the_worker() {
+    let mut t = T::new();
+    let waiting = t.submit(1, 0, 0);
+    let killed = t.c.kill(&waiting, None, at(1), &mut t.fx).unwrap();
+    assert_eq!(killed.state, AppState::Killed);
+    assert!(
+        matches!(t.c.kill(&waiting, None, at(1), &mut t.fx), Err(OpError::Conflict(m)) if m.contains("already ended KILLED"))
+    );
+    assert!(matches!(
+        t.c.kill(&AppId("app-x".into()), None, at(1), &mut t.fx),
+        Err(OpError::NotFound(_))
+    ));
+    t.register("w1", 2, 2);
+    let id = t.running("w1", 3);
+    t.take();
+    let app =
+        t.c.kill(&id, Some("enough".into()), at(4), &mut t.fx)
+            .unwrap();
+    assert_eq!((app.state, app.kill_requested), (AppState::Running, true));
+    assert_eq!(kills(&t.take()), [(id.0.clone(), 1)]);
+    // Not confirmed: sent again after the resend interval, not before.
+    t.c.resend_kills(at(3_000), &mut t.fx);
+    assert!(kills(&t.take()).is_empty());
+    t.c.resend_kills(at(5_004), &mut t.fx);
+    assert_eq!(kills(&t.take()), [(id.0.clone(), 1)]);
+    // The worker dies first: KILLED, not relaunched.
+    t.c.expire_workers(&[(w("w1"), 10_001)], at(20_000), &mut t.fx);
+    assert_eq!(t.app(&id).state, AppState::Killed);
+    t.c.resend_kills(at(40_000), &mut t.fx);
+    assert!(kills(&t.take()).is_empty(), "nothing pending any more");
+}
+
+#[test]
+fn a_failed_launch_requeues_without_a_retry_and_avoids_the_worker_until_heard() {
+    let mut t = T::new();
+    t.register("w1", 2, 0);
+    let id = t.submit(1, 0, 1);
+    assert_eq!(t.place(1), 1);
+    t.take();
+    t.c.launch_failed(&w("w1"), &id, 1, "connection refused", at(2), &mut t.fx);
+    let fx = t.take();
+    assert!(fx.liveness.contains(&LiveChange::Suspect(w("w1"))));
+    let app = t.app(&id);
+    assert_eq!((app.state, app.retries), (AppState::Relaunching, 0));
+    assert!(app
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("connection refused"));
+    assert_eq!(t.place(3), 0, "w1 is suspect");
+    t.c.worker_heard(&w("w1"));
+    assert_eq!(t.place(4), 1);
+    assert_eq!(t.app(&id).attempt, 2);
+}
+
+#[test]
+fn a_missed_kill_loses_the_attempt_and_a_shutdown_drains_the_worker() {
+    let mut t = T::new();
+    t.register("w1", 2, 0);
+    let id = t.running("w1", 1);
+    t.c.kill_missed(&w("w1"), &id, 1, "no such attempt", at(2), &mut t.fx);
+    assert_eq!(t.app(&id).state, AppState::Relaunching);
+    assert_eq!(t.place(3), 1);
+    let mut down = rep(&id, 2, AppState::Killed);
+    down.worker_shutdown = true;
+    t.report("w1", &id, 2, AppState::Running, 4);
+    assert_eq!(
+        t.c.report(&w("w1"), &down, at(5), &mut t.fx),
+        ReportOutcome::Done
+    );
+    let app = t.app(&id);
+    assert_eq!(app.state, AppState::Failed, "retries used up");
+    let again = t.submit(1, 0, 6);
+    assert_eq!(t.place(6), 0, "a draining worker gets nothing");
+    t.register("w1", 2, 7);
+    assert_eq!(t.place(7), 1, "until it registers again");
+    assert_eq!(t.app(&again).state, AppState::Launching);
+}
+
+#[test]
+fn retention_removes_the_oldest_terminal_apps_by_count_and_age() {
+    let mut t = T::new();
+    t.c = Cluster::new(Rules {
+        retain_finished: 2,
+        retain_finished_for: chrono::Duration::seconds(100),
+        ..rules()
+    });
+    let ids: Vec<AppId> = (0..4).map(|i| t.submit(1, 0, i)).collect();
+    for (i, id) in ids.iter().enumerate() {
+        t.c.kill(id, None, at(1_000 * (i as u64 + 1)), &mut t.fx)
+            .unwrap();
+    }
+    let live = t.submit(1, 0, 5_000);
+    t.take();
+    assert!(t.c.expiry_due(at(5_000)));
+    assert_eq!(t.c.expire(at(5_000), &mut t.fx), 2);
+    let fx = t.take();
+    assert!(matches!(fx.apps.get(&1), Some(AppWrite::Delete(a)) if *a == ids[0]));
+    assert!(fx.events.iter().any(|e| e.type_name() == "app.expired"));
+    assert_eq!(t.c.lookup(&ids[0]), Lookup::Expired);
+    assert!(matches!(t.c.lookup(&ids[2]), Lookup::Found(_)));
+    assert!(matches!(
+        t.c.kill(&ids[1], None, at(5_000), &mut t.fx),
+        Err(OpError::Expired(_))
+    ));
+    assert_eq!(
+        t.c.lookup(&AppId("app-20231114221320-0999".into())),
+        Lookup::NotFound
+    );
+    assert!(!t.c.expiry_due(at(5_000)));
+    // By age: 100 s after they ended.
+    assert_eq!(t.c.expire(at(103_500), &mut t.fx), 1);
+    assert_eq!(t.c.expire(at(104_500), &mut t.fx), 1);
+    assert!(
+        matches!(t.c.lookup(&live), Lookup::Found(_)),
+        "waiting apps are never expired"
+    );
+    t.c.check_invariants().unwrap();
+}
+
+#[test]
+fn expired_apps_free_their_idempotency_key() {
+    let mut t = T::new();
+    t.c = Cluster::new(Rules {
+        retain_finished: 0,
+        ..rules()
+    });
+    let first =
+        t.c.submit(req(1, 0), Some("k".into()), at(0), &mut t.fx)
+            .unwrap();
+    t.c.kill(&first.app.id, None, at(1), &mut t.fx).unwrap();
+    t.c.expire(at(2), &mut t.fx);
+    let second =
+        t.c.submit(req(1, 0), Some("k".into()), at(3), &mut t.fx)
+            .unwrap();
+    assert!(second.created);
+    assert_ne!(second.app.id, first.app.id);
+}
+
+#[test]
+fn pages_go_newest_first_with_a_cursor() {
+    let mut t = T::new();
+    let ids: Vec<AppId> = (0..5).map(|i| t.submit(1, 0, i)).collect();
+    t.c.kill(&ids[1], None, at(9), &mut t.fx).unwrap();
+    let page = t.c.page(None, None, 2);
+    assert_eq!(page.apps.iter().map(|a| a.seq).collect::<Vec<_>>(), [5, 4]);
+    assert_eq!(page.next.as_ref(), Some(&ids[3]));
+    let page = t.c.page(None, page.next.and_then(|n| n.seq()), 2);
+    assert_eq!(page.apps.iter().map(|a| a.seq).collect::<Vec<_>>(), [3, 2]);
+    let page = t.c.page(None, page.next.and_then(|n| n.seq()), 2);
+    assert_eq!(page.apps.iter().map(|a| a.seq).collect::<Vec<_>>(), [1]);
+    assert_eq!(page.next, None);
+    let submitted = t.c.page(Some(AppState::Submitted), None, 10);
+    assert_eq!(
+        submitted.apps.iter().map(|a| a.seq).collect::<Vec<_>>(),
+        [5, 4, 3, 1]
+    );
+    let exact = t.c.page(Some(AppState::Killed), None, 1);
+    assert_eq!(
+        (exact.apps.len(), exact.next),
+        (1, None),
+        "no next page when nothing is left"
+    );
+}
+
+/// A small deterministic generator (xorshift), so the randomized checks need no crate.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn incremental_placement_decides_exactly_as_the_reference_policy() {
+    for seed in 1..=40u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut t = T::new();
+        let nworkers = 1 + rng.below(6);
+        for i in 0..nworkers {
+            let mut r = reg(&format!("w{i}"), 1 + rng.below(8) as u32, vec![]);
+            r.memory_mb = 512 * (1 + rng.below(4));
+            if rng.below(4) == 0 {
+                r.kinds.push("spark".into());
+            }
+            t.c.register(r, at(0), &mut t.fx).unwrap();
+        }
+        for round in 0..6u64 {
+            for _ in 0..rng.below(15) {
+                let mut r = req(1 + rng.below(4) as i64, 256 * rng.below(5) as i64);
+                if rng.below(5) == 0 {
+                    r.kind = "spark".into();
+                }
+                let _ = t.c.submit(r, None, at(round), &mut t.fx);
+            }
+            // The reference decides on the same state.
+            let waiting: Vec<App> =
+                t.c.apps
+                    .values()
+                    .filter(|a| a.state.is_waiting())
+                    .map(|a| (**a).clone())
+                    .collect();
+            let refs: Vec<&App> = waiting.iter().collect();
+            let caps: Vec<Capacity> =
+                t.c.workers()
+                    .filter(|w| w.placeable())
+                    .map(|w| Capacity {
+                        id: w.record.id.clone(),
+                        cores: w.record.cores,
+                        memory_mb: w.record.memory_mb,
+                        free_cores: w.free().0,
+                        free_memory_mb: w.free().1,
+                        kinds: w.record.kinds.clone(),
+                    })
+                    .collect();
+            let expected: Vec<(String, String)> = schedule::place(&refs, &caps)
+                .into_iter()
+                .filter_map(|d| match d {
+                    Decision::Place { app, worker } => Some((app.0, worker.0)),
+                    Decision::Wait { .. } => None,
+                })
+                .collect();
+            t.take();
+            t.place(round);
+            let got: Vec<(String, String)> = launches(&t.take())
+                .into_iter()
+                .map(|(a, w, _)| (a, w))
+                .collect();
+            assert_eq!(got, expected, "seed {seed} round {round}");
+            // Some apps end, freeing capacity for the next round.
+            let running: Vec<Arc<App>> =
+                t.c.apps
+                    .values()
+                    .filter(|a| a.state == AppState::Launching)
+                    .cloned()
+                    .collect();
+            for a in running {
+                if rng.below(2) == 0 {
+                    let wid = a.worker_id.clone().unwrap();
+                    t.c.report(
+                        &wid,
+                        &rep(&a.id, a.attempt, AppState::Finished),
+                        at(round),
+                        &mut t.fx,
+                    );
+                }
+            }
+            t.c.check_invariants().unwrap();
+        }
+    }
+}
+
+#[test]
+fn ten_thousand_waiting_apps_of_mixed_shapes_keep_fifo_per_shape_and_never_starve() {
+    let mut t = T::new();
+    let mut rng = Rng(7);
+    let shapes = [(1, 0), (2, 512), (4, 1024), (1, 2048), (3, 0), (8, 0)];
+    let mut by_shape: BTreeMap<(i64, i64), Vec<u64>> = BTreeMap::new();
+    for i in 0..10_000u64 {
+        let (c, m) = shapes[rng.below(shapes.len() as u64) as usize];
+        let id = t.submit(c, m, i);
+        by_shape.entry((c, m)).or_default().push(id.seq().unwrap());
+    }
+    t.register("w1", 8, 0);
+    t.register("w2", 4, 0);
+    let mut order: BTreeMap<(i64, i64), Vec<u64>> = BTreeMap::new();
+    let mut now = 10_000;
+    let mut rounds = 0;
+    while t.c.queued() > 0 {
+        rounds += 1;
+        assert!(rounds < 20_000, "starvation: {} still queued", t.c.queued());
+        t.take();
+        t.c.place(at(now), &mut t.fx);
+        let placed = launches(&t.take());
+        assert!(!placed.is_empty(), "a placeable app was left waiting");
+        for (id, wid, attempt) in placed {
+            let app = t.app(&AppId(id.clone()));
+            order
+                .entry((app.cores as i64, app.memory_mb as i64))
+                .or_default()
+                .push(app.seq);
+            // Every app runs to the end at once, freeing its worker.
+            t.c.report(
+                &w(&wid),
+                &rep(&app.id, attempt, AppState::Finished),
+                at(now),
+                &mut t.fx,
+            );
+        }
+        now += 1;
+    }
+    assert_eq!(order, by_shape, "each shape is placed in submission order");
+    t.c.check_invariants().unwrap();
+}
+
+#[test]
+fn a_clone_is_an_independent_snapshot() {
+    let mut t = T::new();
+    let id = t.submit(1, 0, 0);
+    let snapshot = t.c.clone();
+    t.c.kill(&id, None, at(1), &mut t.fx).unwrap();
+    assert!(matches!(snapshot.lookup(&id), Lookup::Found(a) if a.state == AppState::Submitted));
+    assert_eq!(snapshot.queued(), 1);
+    assert_eq!(t.c.queued(), 0);
+}
