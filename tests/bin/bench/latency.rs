@@ -4,7 +4,8 @@
 //! read on its own thread) delivers the app's change to RUNNING: no polling interval in it.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -30,9 +31,9 @@ pub(crate) struct LatencyArgs {
 
 /// Reads an SSE stream and sends `(app_id, when)` for every change to RUNNING. Ends when the
 /// stream does (the master stops) or the receiver is gone.
-fn read_running(body: impl std::io::Read, tx: mpsc::Sender<(String, Instant)>) {
+fn read_running(body: impl BufRead, tx: mpsc::Sender<(String, Instant)>) {
     let mut data = String::new();
-    for line in BufReader::new(body).lines() {
+    for line in body.lines() {
         let Ok(line) = line else { return };
         if let Some(d) = line.strip_prefix("data:") {
             data.push_str(d.trim_start());
@@ -62,23 +63,43 @@ fn latency_run(a: &LatencyArgs) -> Vec<(Duration, Duration)> {
     let api = s.masters[0].api.clone();
     api.wait_alive_workers(1, T);
 
-    // No timeout: the stream stays open for the whole run.
-    let client = reqwest::blocking::Client::builder()
-        .timeout(None)
-        .build()
-        .expect("http client");
-    let url = format!("{}/api/v1/events?type=app_state_changed", api.base);
-    let stream = client
-        .get(&url)
-        .header("accept", "text/event-stream")
-        .send()
-        .and_then(|r| r.error_for_status())
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    // The headers are out, so the stream's starting point is fixed: every later event comes.
+    // A plain HTTP/1.0 request on a socket of our own (no chunked encoding: the body is the
+    // stream itself), so the run can close it at the end: the master waits for open
+    // connections before it exits.
+    let addr = api.base.trim_start_matches("http://").to_string();
+    let mut sock = TcpStream::connect(&addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    write!(
+        sock,
+        "GET /api/v1/events?type=app_state_changed HTTP/1.0\r\nHost: {addr}\r\n\
+         Accept: text/event-stream\r\n\r\n"
+    )
+    .expect("send the event stream request");
+    let mut reader = BufReader::new(sock.try_clone().expect("dup socket"));
+    let mut status = String::new();
+    reader.read_line(&mut status).expect("read the status line");
+    assert!(status.contains(" 200"), "GET /api/v1/events: {status}");
+    // Skip the headers: once they are out, the stream's starting point is fixed and every
+    // later event comes.
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("read the headers");
+        if line.trim().is_empty() {
+            break;
+        }
+    }
     let (tx, rx) = mpsc::channel();
-    // The reader ends when the master stops (end of stream) at the end of the run; it is not
-    // joined, since a read may block until then.
-    std::thread::spawn(move || read_running(stream, tx));
+    let reader = std::thread::spawn(move || read_running(reader, tx));
+    // Closes the stream (and so ends the reader) however the run ends.
+    struct Close(TcpStream, Option<std::thread::JoinHandle<()>>);
+    impl Drop for Close {
+        fn drop(&mut self) {
+            let _ = self.0.shutdown(Shutdown::Both);
+            if let Some(h) = self.1.take() {
+                let _ = h.join();
+            }
+        }
+    }
+    let _close = Close(sock, Some(reader));
 
     let mut early: HashMap<String, Instant> = HashMap::new();
     let mut wait_running = |id: &str| -> Instant {
