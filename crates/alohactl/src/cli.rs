@@ -102,8 +102,8 @@ pub struct EventsArgs {
     #[arg(long)]
     pub kind: Option<String>,
 
-    /// Only these event types (app_state_changed, app_relaunched, worker_joined, worker_lost,
-    /// leader_changed); repeat or comma-separate.
+    /// Only these event types (app_state_changed, app_relaunched, app.expired, worker_joined,
+    /// worker_lost, leader_changed); repeat or comma-separate.
     #[arg(long = "type", value_delimiter = ',')]
     pub types: Vec<String>,
 }

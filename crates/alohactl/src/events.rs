@@ -108,6 +108,12 @@ pub fn describe(e: &Event) -> String {
             memory_mb,
         } => format!("{worker_id} at {address} ({cores} cores, {memory_mb} MiB)"),
         EventBody::WorkerLost { worker_id, message } => format!("{worker_id}: {message}"),
+        EventBody::AppExpired {
+            app_id,
+            name,
+            state,
+            ..
+        } => format!("{app_id} {name:?} ended {state}, removed by the retention"),
         EventBody::LeaderChanged {
             role,
             leader,
@@ -260,6 +266,15 @@ mod tests {
         assert_eq!(
             describe(&e),
             "    12 2026-01-02T03:04:05Z app_state_changed app-1 \"n\" RUNNING -> FINISHED attempt 1 on w1: exited with code 0\n"
+        );
+        let e: Event = serde_json::from_value(serde_json::json!({
+            "seq": 13, "at": "2026-01-02T03:04:06Z", "type": "app.expired",
+            "app_id": "app-1", "name": "n", "kind": "process", "state": "FINISHED"
+        }))
+        .unwrap();
+        assert_eq!(
+            describe(&e),
+            "    13 2026-01-02T03:04:06Z app.expired       app-1 \"n\" ended FINISHED, removed by the retention\n"
         );
     }
 }
