@@ -12,16 +12,9 @@ use serde_json::Value;
 use crate::cli::{Cli, Command, ListArgs, Output, SubmitArgs};
 use crate::client::{segment, Client, Served};
 use crate::error::CtlError;
+use crate::io::{print, Io};
 use crate::output;
 use crate::wait::{self, SystemClock};
-
-/// Where commands write: results to `out`, warnings to `err`.
-pub struct Io<'a> {
-    /// Results.
-    pub out: &'a mut dyn Write,
-    /// Warnings.
-    pub err: &'a mut dyn Write,
-}
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli, io: &mut Io<'_>) -> Result<(), CtlError> {
@@ -151,12 +144,6 @@ fn cluster(client: &Client, format: Output, io: &mut Io<'_>) -> Result<(), CtlEr
 
 fn app_path(id: &str) -> String {
     format!("/api/v1/apps/{}", segment(id))
-}
-
-pub(crate) fn print(io: &mut Io<'_>, text: &str) -> Result<(), CtlError> {
-    io.out.write_all(text.as_bytes())?;
-    io.out.flush()?;
-    Ok(())
 }
 
 /// Reads `--spec-file`; `-` is `stdin`.

@@ -9,8 +9,8 @@ use aloha_core::{Event, EventBody};
 
 use crate::cli::{EventsArgs, Output};
 use crate::client::{api_error, Client};
-use crate::commands::{print, Io};
 use crate::error::CtlError;
+use crate::io::{print, Io};
 
 /// One SSE message.
 #[derive(Debug, Default, PartialEq)]

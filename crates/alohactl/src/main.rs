@@ -7,6 +7,8 @@
 //! - `cli`: the command line (clap) and the parsers of its values. Parsing only.
 //! - `client`: the blocking HTTP client; failover across masters and following the leader.
 //! - `commands`: one function per subcommand, and building a submission from flags.
+//! - `events`: `alohactl events`, reading the Server-Sent Events stream across masters.
+//! - `io`: where commands write (`Io`) and `print`; shared by `commands` and `events`.
 //! - `wait`: `submit --wait`, polling an app until it ends (time injected for tests).
 //! - `output`: every table and line printed, as pure functions of API data.
 //! - `error`: the one error type and its exit codes.
@@ -19,6 +21,7 @@ mod client;
 mod commands;
 mod error;
 mod events;
+mod io;
 mod output;
 mod wait;
 
@@ -36,7 +39,7 @@ fn main() -> ExitCode {
     let (mut out, mut err) = (stdout.lock(), stderr.lock());
     let result = commands::run(
         cli,
-        &mut commands::Io {
+        &mut io::Io {
             out: &mut out,
             err: &mut err,
         },
