@@ -59,6 +59,10 @@ pub enum Output {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Submit an app (a command after `--` becomes a process spec).
+    ///
+    /// Each submission carries an idempotency key (a fresh random one, or --idempotency-key), so
+    /// when a master times out or loses the connection the same submission is sent to the other
+    /// masters without risk of a second app.
     Submit(SubmitArgs),
     /// Show one app in detail, with its history.
     Status {
@@ -147,6 +151,16 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub wait: bool,
 
+    /// Send this idempotency key (visible ASCII, at most 255 characters) instead of a fresh
+    /// random one, so that rerunning this command cannot create a second app.
+    ///
+    /// The master creates at most one app per key: repeating the same submission with the same
+    /// key (even after a master restart or failover) returns the app the first one created; the
+    /// same key with a different submission is refused (HTTP 409). A script that may rerun
+    /// `submit` after an uncertain failure should pass its own key.
+    #[arg(long, value_name = "KEY", value_parser = parse_idempotency_key)]
+    pub idempotency_key: Option<String>,
+
     /// How often `--wait` asks for the app's state.
     #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
@@ -205,6 +219,29 @@ pub fn parse_app_id(s: &str) -> Result<String, String> {
         "." | ".." => Err(format!("{s:?} is not an app id")),
         _ => Ok(s.to_string()),
     }
+}
+
+/// The longest `--idempotency-key` accepted.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// An idempotency key: 1 to [`MAX_IDEMPOTENCY_KEY_LEN`] visible ASCII characters, so that it
+/// travels unchanged in an HTTP header.
+pub fn parse_idempotency_key(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("an idempotency key must not be empty".into());
+    }
+    if s.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(format!(
+            "an idempotency key must be at most {MAX_IDEMPOTENCY_KEY_LEN} characters (got {})",
+            s.len()
+        ));
+    }
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "idempotency key {s:?} must be visible ASCII characters only (no spaces)"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 /// Parses `KEY=VALUE`; the value may be empty and may contain `=`.
@@ -474,6 +511,20 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         for bad in ["", "5", "5x", "-1s", "0ms", "s", "nans", "1e400s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn idempotency_keys() {
+        assert_eq!(submit(&["--name", "x"]).idempotency_key, None);
+        let s = submit(&["--name", "x", "--idempotency-key", "nightly-2026-12-03"]);
+        assert_eq!(s.idempotency_key.as_deref(), Some("nightly-2026-12-03"));
+        let longest = "k".repeat(MAX_IDEMPOTENCY_KEY_LEN);
+        assert_eq!(parse_idempotency_key(&longest), Ok(longest.clone()));
+        for bad in ["", " k", "a b", "k\n", "clé", &format!("{longest}k")] {
+            assert!(parse_idempotency_key(bad).is_err(), "{bad:?}");
+            let err = parse(&["submit", "--name", "x", "--idempotency-key", bad]).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::ValueValidation, "{bad:?}");
         }
     }
 

@@ -5,9 +5,12 @@
 //! request, so in HA mode it follows the leader by itself. The master that answered last is
 //! asked first next time, so `submit --wait` does not knock on dead doors at every poll.
 //!
-//! A request that is not idempotent (POST) is only repeated elsewhere when it provably never
-//! reached a master (the connection was not established) or was refused with 503; a POST that
-//! timed out or lost its connection may have been applied, and is reported as such.
+//! A request that is not idempotent (a POST such as kill) is only repeated elsewhere when it
+//! provably never reached a master (the connection was not established) or was refused with 503;
+//! a POST that timed out or lost its connection may have been applied, and is reported as such.
+//! A POST that carries an `Idempotency-Key` (a submission) is safe to repeat: the master answers a
+//! repeat of the same key and body with the app the first one created. So it is resent, with the
+//! same key, to the other masters after a timeout or a lost connection too, like a GET.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -15,7 +18,7 @@ use std::time::Duration;
 
 use aloha_core::api::ErrorBody;
 use reqwest::blocking::Client as Http;
-use reqwest::header::CONTENT_TYPE;
+use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -30,6 +33,17 @@ const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How much of an unexpected body is quoted in an error message.
 const SNIPPET_CHARS: usize = 160;
+
+/// The header that makes a submission safe to repeat (see `docs/rest-api.md`).
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// A fresh idempotency key: 128 random bits from the operating system, as 32 hex digits.
+pub fn fresh_idempotency_key() -> Result<String, CtlError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| CtlError::Internal(format!("cannot make an idempotency key: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
 
 /// A response body both as served (for `--output json`) and decoded (for tables and logic).
 #[derive(Debug, Clone)]
@@ -55,6 +69,8 @@ struct Request<'a> {
     path: &'a str,
     query: &'a [(&'a str, String)],
     body: Option<Vec<u8>>,
+    /// Sent as `Idempotency-Key`; makes a POST safe to repeat.
+    idempotency_key: Option<&'a str>,
 }
 
 /// An HTTP answer from one master, not yet judged.
@@ -128,24 +144,41 @@ impl Client {
             path,
             query,
             body: None,
+            idempotency_key: None,
         })
     }
 
-    /// `POST path` with an optional JSON body, decoded as `T`.
+    /// `POST path` with an optional JSON body, decoded as `T`. Not repeated on another master
+    /// once it may have reached one.
     pub fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: Option<&B>,
     ) -> Result<Served<T>, CtlError> {
-        let body = body
-            .map(serde_json::to_vec)
-            .transpose()
-            .map_err(|e| CtlError::Internal(format!("cannot encode the request: {e}")))?;
         self.call(&Request {
             method: Method::POST,
             path,
             query: &[],
-            body,
+            body: body.map(encode).transpose()?,
+            idempotency_key: None,
+        })
+    }
+
+    /// `POST path` with a JSON body and an `Idempotency-Key: key` header, decoded as `T`. The
+    /// master applies it at most once per key, so it is resent with the same key to the other
+    /// masters after a timeout or a lost connection.
+    pub fn post_idempotent<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        key: &str,
+    ) -> Result<Served<T>, CtlError> {
+        self.call(&Request {
+            method: Method::POST,
+            path,
+            query: &[],
+            body: Some(encode(body)?),
+            idempotency_key: Some(key),
         })
     }
 
@@ -175,13 +208,16 @@ impl Client {
 
     /// Sends `req` until a master gives an answer other than 503, following one leader hint.
     /// If every master refused with 503, the last refusal is returned (as an answer, so that it
-    /// becomes an API error with the master's own words).
+    /// becomes an API error with the master's own words). A keyed request that may have reached
+    /// a master without an answer, and got none elsewhere, is reported as uncertain.
     fn exchange(&self, req: &Request<'_>) -> Result<Answer, CtlError> {
         let mut queue = self.candidates();
         let mut tried: Vec<String> = Vec::new();
         let mut failures: Vec<(String, String)> = Vec::new();
         let mut unavailable: Option<Answer> = None;
         let mut followed_leader = false;
+        // The last master that may have applied a keyed request without answering.
+        let mut lost: Option<(String, String)> = None;
 
         while let Some(base) = queue.pop_front() {
             if tried.contains(&base) {
@@ -191,11 +227,18 @@ impl Client {
             match self.send(&base, req) {
                 Err(NoAnswer::NotConnected(why)) => failures.push((base, why)),
                 Err(NoAnswer::Lost(why)) if req.method == Method::GET => failures.push((base, why)),
+                // Safe to send elsewhere; but the error, if no one answers, must say it may
+                // have been applied.
+                Err(NoAnswer::Lost(why)) if req.idempotency_key.is_some() => {
+                    lost = Some((join(&base, req.path), why.clone()));
+                    failures.push((base, why));
+                }
                 Err(NoAnswer::Lost(why)) => {
                     return Err(CtlError::Uncertain {
                         method: req.method.to_string(),
                         url: join(&base, req.path),
                         cause: why,
+                        idempotency_key: None,
                     })
                 }
                 Ok(answer) if answer.status == StatusCode::SERVICE_UNAVAILABLE => {
@@ -216,6 +259,16 @@ impl Client {
                 }
             }
         }
+        if let Some((url, cause)) = lost {
+            // No master confirmed it, but one may have applied it: only the key makes a
+            // later repeat safe, so the error names it.
+            return Err(CtlError::Uncertain {
+                method: req.method.to_string(),
+                url,
+                cause,
+                idempotency_key: req.idempotency_key.map(str::to_string),
+            });
+        }
         match unavailable {
             Some(answer) => Ok(answer),
             None => Err(CtlError::Unreachable { failures }),
@@ -232,6 +285,11 @@ impl Client {
             builder = builder
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.clone());
+        }
+        if let Some(key) = req.idempotency_key {
+            let value = HeaderValue::from_str(key)
+                .map_err(|_| NoAnswer::NotConnected(format!("invalid idempotency key {key:?}")))?;
+            builder = builder.header(IDEMPOTENCY_KEY, value);
         }
         let response = builder.send().map_err(|e| self.classify(&e))?;
         let status = response.status();
@@ -255,6 +313,11 @@ impl Client {
             NoAnswer::Lost(root_cause(e))
         }
     }
+}
+
+fn encode<B: Serialize>(body: &B) -> Result<Vec<u8>, CtlError> {
+    serde_json::to_vec(body)
+        .map_err(|e| CtlError::Internal(format!("cannot encode the request: {e}")))
 }
 
 /// `base` + `path` (which starts with `/`) + the query.
@@ -348,8 +411,9 @@ fn snippet(body: &[u8]) -> String {
     crate::output::truncate(&line, SNIPPET_CHARS)
 }
 
+/// The test server and client are also used by the `commands` tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use aloha_core::api::WorkerList;
     use std::io::{BufRead, BufReader, Read, Write};
@@ -360,23 +424,34 @@ mod tests {
 
     /// A request as the test server saw it.
     #[derive(Debug, Clone)]
-    struct Seen {
-        method: String,
-        target: String,
-        body: String,
+    pub(crate) struct Seen {
+        pub(crate) method: String,
+        pub(crate) target: String,
+        /// `(name, value)`, names in lower case.
+        pub(crate) headers: Vec<(String, String)>,
+        pub(crate) body: String,
+    }
+
+    impl Seen {
+        pub(crate) fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
     }
 
     /// A real HTTP/1.1 server on 127.0.0.1:0 that answers every request with `respond`'s
     /// canned `(status, body)`, or never answers when the status is 0. Stops on drop.
-    struct TestServer {
-        url: String,
+    pub(crate) struct TestServer {
+        pub(crate) url: String,
         seen: Arc<Mutex<Vec<Seen>>>,
         stop: Arc<AtomicBool>,
         thread: Option<JoinHandle<()>>,
     }
 
     impl TestServer {
-        fn start<F>(respond: F) -> TestServer
+        pub(crate) fn start<F>(respond: F) -> TestServer
         where
             F: Fn(&Seen) -> (u16, String) + Send + 'static,
         {
@@ -417,8 +492,21 @@ mod tests {
             }
         }
 
-        fn seen(&self) -> Vec<Seen> {
+        pub(crate) fn seen(&self) -> Vec<Seen> {
             self.seen.lock().unwrap().clone()
+        }
+
+        /// The requests seen, once there are at least `n`: a server that never answers may
+        /// record a request only after the client has given up on it.
+        fn seen_at_least(&self, n: usize) -> Vec<Seen> {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let seen = self.seen();
+                if seen.len() >= n || std::time::Instant::now() > deadline {
+                    return seen;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 
@@ -441,6 +529,7 @@ mod tests {
         let method = parts.next()?.to_string();
         let target = parts.next()?.to_string();
         let mut length = 0usize;
+        let mut headers = Vec::new();
         loop {
             let mut header = String::new();
             reader.read_line(&mut header).ok()?;
@@ -452,6 +541,7 @@ mod tests {
                 if name.eq_ignore_ascii_case("content-length") {
                     length = value.trim().parse().ok()?;
                 }
+                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
             }
         }
         let mut body = vec![0u8; length];
@@ -459,6 +549,7 @@ mod tests {
         Some(Seen {
             method,
             target,
+            headers,
             body: String::from_utf8_lossy(&body).into_owned(),
         })
     }
@@ -469,7 +560,7 @@ mod tests {
         format!("http://{}", listener.local_addr().unwrap())
     }
 
-    fn client(masters: &[&str], timeout: Duration) -> Client {
+    pub(crate) fn client(masters: &[&str], timeout: Duration) -> Client {
         let http = Http::builder().no_proxy().timeout(timeout).build().unwrap();
         Client::with_http(
             masters.iter().map(|m| m.to_string()).collect(),
@@ -633,6 +724,112 @@ mod tests {
         assert!(matches!(err, CtlError::Uncertain { .. }), "{err:?}");
         assert!(err.to_string().contains("may or may not have been applied"));
         assert_eq!(good.seen().len(), 1, "the submission must not be repeated");
+    }
+
+    #[test]
+    fn a_keyed_post_that_timed_out_is_resent_to_the_next_master_with_the_same_key() {
+        let silent = TestServer::start(|_| (0, String::new()));
+        // A repeat the master recognises answers 200 (not 201): success all the same.
+        let good = TestServer::start(|_| (200, r#"{"id":"app-1"}"#.into()));
+        let c = client(&[&silent.url, &good.url], Duration::from_millis(300));
+        let got: Served<Value> = c
+            .post_idempotent("/api/v1/apps", &serde_json::json!({"name": "x"}), "key-1")
+            .unwrap();
+        assert_eq!(got.raw, serde_json::json!({"id": "app-1"}));
+        let (first, second) = (silent.seen_at_least(1), good.seen());
+        assert_eq!((first.len(), second.len()), (1, 1));
+        for seen in [&first[0], &second[0]] {
+            assert_eq!(
+                (seen.method.as_str(), seen.target.as_str()),
+                ("POST", "/api/v1/apps")
+            );
+            assert_eq!(seen.header("Idempotency-Key"), Some("key-1"));
+            assert_eq!(seen.body, r#"{"name":"x"}"#);
+        }
+        assert_eq!(c.candidates().front(), Some(&good.url));
+    }
+
+    #[test]
+    fn a_keyed_post_refused_with_503_is_resent_with_the_same_key() {
+        let electing = TestServer::start(|_| (503, r#"{"error":"electing"}"#.into()));
+        let good = TestServer::start(|_| (201, r#"{"id":"app-1"}"#.into()));
+        let c = client(&[&electing.url, &good.url], Duration::from_secs(5));
+        let _: Served<Value> = c
+            .post_idempotent("/api/v1/apps", &serde_json::json!({}), "key-2")
+            .unwrap();
+        assert_eq!(electing.seen()[0].header("idempotency-key"), Some("key-2"));
+        assert_eq!(good.seen()[0].header("idempotency-key"), Some("key-2"));
+    }
+
+    #[test]
+    fn a_keyed_post_no_master_answered_is_uncertain_and_names_the_key() {
+        let (a, b) = (
+            TestServer::start(|_| (0, String::new())),
+            TestServer::start(|_| (0, String::new())),
+        );
+        let refused = dead_address();
+        let c = client(&[&a.url, &refused, &b.url], Duration::from_millis(300));
+        let err = c
+            .post_idempotent::<_, Value>("/api/v1/apps", &serde_json::json!({}), "key-3")
+            .unwrap_err();
+        match &err {
+            CtlError::Uncertain {
+                url,
+                idempotency_key,
+                ..
+            } => {
+                assert_eq!(url, &format!("{}/api/v1/apps", b.url));
+                assert_eq!(idempotency_key.as_deref(), Some("key-3"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            err.to_string()
+                .ends_with("(repeating it with --idempotency-key key-3 is safe)"),
+            "{err}"
+        );
+        assert_eq!((a.seen_at_least(1).len(), b.seen_at_least(1).len()), (1, 1));
+    }
+
+    #[test]
+    fn a_kill_that_timed_out_is_not_resent() {
+        let silent = TestServer::start(|_| (0, String::new()));
+        let good = TestServer::start(|_| (202, r#"{"id":"app-1"}"#.into()));
+        let c = client(&[&silent.url, &good.url], Duration::from_millis(300));
+        let err = c
+            .post::<(), Value>("/api/v1/apps/app-1/kill", None)
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                CtlError::Uncertain {
+                    idempotency_key: None,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err
+            .to_string()
+            .ends_with("it may or may not have been applied"));
+        assert!(good.seen().is_empty(), "the kill must not be repeated");
+        let seen = silent.seen_at_least(1);
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].target, "/api/v1/apps/app-1/kill");
+        assert_eq!(seen[0].header("idempotency-key"), None);
+    }
+
+    #[test]
+    fn fresh_idempotency_keys_are_32_hex_digits_and_differ() {
+        let (a, b) = (
+            fresh_idempotency_key().unwrap(),
+            fresh_idempotency_key().unwrap(),
+        );
+        for k in [&a, &b] {
+            assert_eq!(k.len(), 32, "{k}");
+            assert!(k.bytes().all(|c| c.is_ascii_hexdigit()), "{k}");
+        }
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use chrono::Utc;
 use serde_json::Value;
 
 use crate::cli::{Cli, Command, ListArgs, Output, SubmitArgs};
-use crate::client::{segment, Client, Served};
+use crate::client::{fresh_idempotency_key, segment, Client, Served};
 use crate::error::CtlError;
 use crate::io::{print, Io};
 use crate::output;
@@ -45,7 +45,14 @@ fn submit(
         None => args.spec.clone().map(|s| ("--spec".to_string(), s)),
     };
     let request = submit_request(args, spec_text)?;
-    let created: Served<App> = client.post("/api/v1/apps", Some(&request))?;
+    // One key per invocation: the retries inside this submission share it, so they cannot make
+    // a second app; a rerun of the command gets a new one unless the caller gives its own.
+    let key = match &args.idempotency_key {
+        Some(key) => key.clone(),
+        None => fresh_idempotency_key()?,
+    };
+    // 201 for a new app, 200 for a repeat of this key: both answer with the app.
+    let created: Served<App> = client.post_idempotent("/api/v1/apps", &request, &key)?;
 
     match (format, args.wait) {
         (Output::Json, false) => return print(io, &output::json(&created.raw)),
@@ -351,6 +358,66 @@ mod tests {
             err.to_string().starts_with("cannot read --spec-file "),
             "{err}"
         );
+    }
+
+    /// An app as the master serves it.
+    fn app_json() -> String {
+        serde_json::json!({
+            "id": "app-20240102030400-0001", "seq": 1, "name": "job", "kind": "process",
+            "spec": {}, "cores": 1, "memory_mb": 256, "max_retries": 0, "labels": {},
+            "state": "SUBMITTED", "worker_id": null, "attempt": 0, "retries": 0,
+            "exit_code": null, "message": null, "submitted_at": "2024-01-02T03:04:00Z",
+            "started_at": null, "finished_at": null,
+            "history": [{"state": "SUBMITTED", "at": "2024-01-02T03:04:00Z"}]
+        })
+        .to_string()
+    }
+
+    /// Runs `alohactl submit --name job <args>` against `client`; returns stdout.
+    fn run_submit(client: &Client, args: &[&str]) -> Result<String, CtlError> {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        submit(
+            client,
+            Output::Json,
+            &submit_args(args),
+            &mut Io {
+                out: &mut out,
+                err: &mut err,
+            },
+        )?;
+        Ok(String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn each_submit_sends_its_own_idempotency_key_unless_given_one() {
+        use crate::client::tests::{client, TestServer};
+        use std::time::Duration;
+
+        // 201 for the first, 200 (a recognised repeat) afterwards: both are success.
+        let count = std::sync::atomic::AtomicUsize::new(0);
+        let server = TestServer::start(move |_| {
+            let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            (if n == 0 { 201 } else { 200 }, app_json())
+        });
+        let c = client(&[&server.url], Duration::from_secs(5));
+        for _ in 0..2 {
+            let printed = run_submit(&c, &["--", "true"]).unwrap();
+            assert!(printed.contains("app-20240102030400-0001"), "{printed}");
+        }
+        run_submit(&c, &["--idempotency-key", "nightly-1", "--", "true"]).unwrap();
+
+        let keys: Vec<String> = server
+            .seen()
+            .iter()
+            .map(|s| s.header("idempotency-key").unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(keys.len(), 3);
+        for k in &keys[..2] {
+            assert_eq!(k.len(), 32, "{k}");
+            assert!(k.bytes().all(|b| b.is_ascii_hexdigit()), "{k}");
+        }
+        assert_ne!(keys[0], keys[1], "every invocation needs a fresh key");
+        assert_eq!(keys[2], "nightly-1");
     }
 
     #[test]

@@ -22,9 +22,13 @@ pub enum CtlError {
         failures: Vec<(String, String)>,
     },
 
-    /// A request that is not safe to repeat (a submission, a kill) was sent but no answer came
-    /// back, so it was not retried against another master.
-    #[error("{method} {url} failed: {cause}; it may or may not have been applied")]
+    /// A request that changes something was sent but no answer came back. Without an idempotency
+    /// key (a kill) it was not retried against another master; with one (a submission) every
+    /// master was tried and none answered.
+    #[error(
+        "{method} {url} failed: {cause}; it may or may not have been applied{}",
+        .idempotency_key.as_deref().map(retry_hint).unwrap_or_default()
+    )]
     Uncertain {
         /// `GET`, `POST`.
         method: String,
@@ -32,6 +36,8 @@ pub enum CtlError {
         url: String,
         /// Why no answer came.
         cause: String,
+        /// The request's idempotency key, with which repeating it is safe.
+        idempotency_key: Option<String>,
     },
 
     /// The master answered with an error status; `message` is its `error` string.
@@ -100,6 +106,10 @@ impl CtlError {
     }
 }
 
+fn retry_hint(key: &str) -> String {
+    format!(" (repeating it with --idempotency-key {key} is safe)")
+}
+
 fn status_text(status: StatusCode) -> String {
     match status.canonical_reason() {
         Some(reason) => format!("{} {reason}", status.as_u16()),
@@ -163,6 +173,18 @@ mod tests {
             message: None,
         };
         assert_eq!(e.to_string(), "app app-1 ended KILLED");
+
+        let e = CtlError::Uncertain {
+            method: "POST".into(),
+            url: "http://a:1/api/v1/apps".into(),
+            cause: "no answer within 10s".into(),
+            idempotency_key: Some("k1".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "POST http://a:1/api/v1/apps failed: no answer within 10s; it may or may not have been \
+             applied (repeating it with --idempotency-key k1 is safe)"
+        );
     }
 
     #[test]
