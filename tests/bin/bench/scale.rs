@@ -71,6 +71,7 @@ fn raise_fd_limit() -> u64 {
 }
 
 struct Results {
+    registration: Duration,
     idle: Option<IdleCpu>,
     apps: Option<AppsPhase>,
     rss: Option<(u64, u64)>,
@@ -82,6 +83,8 @@ struct Results {
 struct IdleCpu {
     window: Duration,
     cpu: Duration,
+    /// The bench's own CPU meanwhile (the simulated workers, the submitting clients).
+    bench_cpu: Duration,
     heartbeats: u64,
 }
 
@@ -92,6 +95,7 @@ struct AppsPhase {
     launches: u64,
     launch_span: Option<Duration>,
     cpu: Duration,
+    bench_cpu: Duration,
     master_finished: Option<f64>,
 }
 
@@ -106,6 +110,7 @@ fn scale_run(a: &ScaleArgs) -> Results {
         .build()
         .expect("tokio runtime");
     eprintln!("scale: registering {} simulated workers", a.workers);
+    let own = std::process::id() as i32;
     let t0 = Instant::now();
     let sim = rt
         .block_on(SimWorkers::start(
@@ -115,10 +120,11 @@ fn scale_run(a: &ScaleArgs) -> Results {
             a.heartbeat,
         ))
         .unwrap_or_else(|e| panic!("{e}"));
+    let registration = t0.elapsed();
     eprintln!(
         "scale: {} registered in {:.1} s",
         a.workers,
-        t0.elapsed().as_secs_f64()
+        registration.as_secs_f64()
     );
     // Runs with the simulation's tasks still going on the runtime's threads; stops them and
     // the runtime however it ends.
@@ -129,9 +135,11 @@ fn scale_run(a: &ScaleArgs) -> Results {
             std::thread::sleep(a.heartbeat);
             let hb0 = sim.counters.heartbeats.load(Ordering::Relaxed);
             let cpu0 = cpu_time(pid).expect("master CPU time");
+            let own0 = cpu_time(own).expect("own CPU time");
             let start = Instant::now();
             std::thread::sleep(a.idle);
             let cpu = cpu_time(pid).expect("master CPU time") - cpu0;
+            let bench_cpu = cpu_time(own).expect("own CPU time") - own0;
             let window = start.elapsed();
             let heartbeats = sim.counters.heartbeats.load(Ordering::Relaxed) - hb0;
             eprintln!(
@@ -143,11 +151,13 @@ fn scale_run(a: &ScaleArgs) -> Results {
             IdleCpu {
                 window,
                 cpu,
+                bench_cpu,
                 heartbeats,
             }
         });
         let apps = (a.apps > 0).then(|| {
             let cpu0 = cpu_time(pid).expect("master CPU time");
+            let own0 = cpu_time(own).expect("own CPU time");
             let start = Instant::now();
             let done = Arc::new(AtomicUsize::new(0));
             let mut submitter = {
@@ -192,6 +202,7 @@ fn scale_run(a: &ScaleArgs) -> Results {
             }
             let finished = start.elapsed();
             let cpu = cpu_time(pid).expect("master CPU time") - cpu0;
+            let bench_cpu = cpu_time(own).expect("own CPU time") - own0;
             let submitted = submitted.unwrap_or(finished);
             let master_finished = metric(&metrics(&api), "aloha_apps{state=\"FINISHED\"}");
             eprintln!(
@@ -206,6 +217,7 @@ fn scale_run(a: &ScaleArgs) -> Results {
                 launches: sim.counters.launches.load(Ordering::Relaxed),
                 launch_span: sim.launch_span().map(|(f, l)| l - f),
                 cpu,
+                bench_cpu,
                 master_finished,
             }
         });
@@ -222,6 +234,7 @@ fn scale_run(a: &ScaleArgs) -> Results {
     rt.shutdown_timeout(Duration::from_secs(5));
     let (idle, apps) = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
     Results {
+        registration,
         idle,
         apps,
         rss,
@@ -261,13 +274,14 @@ pub(crate) fn scale(a: &ScaleArgs, command_line: &str) -> Result<(), String> {
     );
     if let Some(i) = &r.idle {
         table.push_str(&format!(
-            "| phase | window | heartbeats | master CPU (of one core) |\n\
-             | --- | --- | --- | --- |\n\
-             | heartbeats only, no apps | {:.1} s | {} ({:.0}/s) | {} |\n\n",
+            "| phase | window | heartbeats | master CPU (of one core) | bench CPU |\n\
+             | --- | --- | --- | --- | --- |\n\
+             | heartbeats only, no apps | {:.1} s | {} ({:.0}/s) | {} | {} |\n\n",
             i.window.as_secs_f64(),
             i.heartbeats,
             i.heartbeats as f64 / i.window.as_secs_f64(),
             pct(i.cpu, i.window),
+            pct(i.bench_cpu, i.window),
         ));
     }
     if let Some(p) = &r.apps {
@@ -277,21 +291,23 @@ pub(crate) fn scale(a: &ScaleArgs, command_line: &str) -> Result<(), String> {
             .map(|s| format!("{:.0}/s", p.launches as f64 / s.as_secs_f64()))
             .unwrap_or_else(|| "—".into());
         table.push_str(&format!(
-            "| apps | all submitted | all FINISHED | apps/s | placements/s | master CPU (of one core) | master's FINISHED count |\n\
-             | --- | --- | --- | --- | --- | --- | --- |\n\
-             | {} | {:.1} s | {:.1} s | {:.0}/s | {placements} | {} | {} |\n\n",
+            "| apps | all submitted | all FINISHED | apps/s | placements/s | master CPU (of one core) | bench CPU | master's FINISHED count |\n\
+             | --- | --- | --- | --- | --- | --- | --- | --- |\n\
+             | {} | {:.1} s | {:.1} s | {:.0}/s | {placements} | {} | {} | {} |\n\n",
             a.apps,
             p.submitted.as_secs_f64(),
             p.finished.as_secs_f64(),
             a.apps as f64 / p.finished.as_secs_f64(),
             pct(p.cpu, p.finished),
+            pct(p.bench_cpu, p.finished),
             p.master_finished
                 .map(|f| format!("{f:.0}"))
                 .unwrap_or_else(|| "—".into()),
         ));
     }
     table.push_str(&format!(
-        "Master RSS at the end: {}. Heartbeat errors: {}, re-registrations: {}, failed reports: {}.\n",
+        "Registration of all workers: {:.1} s. Master RSS at the end: {}. Heartbeat errors: {}, re-registrations: {}, failed reports: {}.\n",
+        r.registration.as_secs_f64(),
         r.rss
             .map(|(now, peak)| format!("{} (peak {})", mib(now), mib(peak)))
             .unwrap_or_else(|| "—".into()),
