@@ -164,3 +164,24 @@ pub(crate) fn latency(a: &LatencyArgs, command_line: &str) -> Result<(), String>
     );
     report("latency", command_line, &table, a.write.as_deref())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_changes_are_read_from_the_stream() {
+        let stream = "id: 1\nevent: app_state_changed\n\
+            data: {\"seq\":1,\"type\":\"app_state_changed\",\"app_id\":\"a1\",\"new_state\":\"SUBMITTED\"}\n\n\
+            : keep-alive\n\n\
+            id: 2\nevent: app_state_changed\n\
+            data: {\"seq\":2,\"type\":\"app_state_changed\",\"app_id\":\"a1\",\"new_state\":\"RUNNING\"}\n\n\
+            id: 3\nevent: app_state_changed\n\
+            data: {\"seq\":3,\"type\":\"app_state_changed\",\"app_id\":\"a2\",\"new_state\":\"RUNNING\"}\n";
+        let (tx, rx) = mpsc::channel();
+        // The last event has no closing blank line: the stream ended mid-event.
+        read_running(stream.as_bytes(), tx);
+        let got: Vec<String> = rx.iter().map(|(id, _)| id).collect();
+        assert_eq!(got, vec!["a1".to_string()]);
+    }
+}
