@@ -22,6 +22,9 @@ pub struct ErrorBody {
 pub struct AppList {
     /// Apps, newest first.
     pub apps: Vec<App>,
+    /// The cursor for the next page (pass it as `after`), or null on the last page.
+    #[serde(default)]
+    pub next: Option<AppId>,
 }
 
 /// One worker in `GET /api/v1/workers`.

@@ -39,6 +39,14 @@ pub struct Config {
     /// Events older than this are deleted.
     #[serde(with = "humantime_serde")]
     pub event_max_age: Duration,
+    /// Most terminal apps (FINISHED, FAILED, KILLED, ERROR) kept; the oldest beyond are removed.
+    pub retain_finished: usize,
+    /// Terminal apps are removed this long after they ended.
+    #[serde(with = "humantime_serde")]
+    pub retain_finished_for: Duration,
+    /// DEAD workers are forgotten this long after they died.
+    #[serde(with = "humantime_serde")]
+    pub retain_dead_workers_for: Duration,
     /// Listener plugins (`[[listeners]]`).
     pub listeners: Vec<crate::listeners::ListenerSpec>,
     /// Log filter (tracing-subscriber `EnvFilter` syntax).
@@ -60,6 +68,9 @@ impl Default for Config {
             lease_ttl: Duration::from_secs(5),
             event_retention: 100_000,
             event_max_age: Duration::from_secs(7 * 24 * 3600),
+            retain_finished: 10_000,
+            retain_finished_for: Duration::from_secs(7 * 24 * 3600),
+            retain_dead_workers_for: Duration::from_secs(3600),
             listeners: Vec::new(),
             log: "info".into(),
         }
@@ -139,6 +150,15 @@ pub struct Args {
     /// Events older than this are deleted, e.g. "7d" [default: 7d].
     #[arg(long, env = "ALOHA_EVENT_MAX_AGE", value_parser = humantime::parse_duration)]
     pub event_max_age: Option<Duration>,
+    /// Most terminal apps kept; older ones are removed (with an app.expired event) [default: 10000].
+    #[arg(long, env = "ALOHA_RETAIN_FINISHED")]
+    pub retain_finished: Option<usize>,
+    /// Terminal apps are removed this long after they ended, e.g. "7d" [default: 7d].
+    #[arg(long, env = "ALOHA_RETAIN_FINISHED_FOR", value_parser = humantime::parse_duration)]
+    pub retain_finished_for: Option<Duration>,
+    /// DEAD workers are forgotten this long after they died, e.g. "1h" [default: 1h].
+    #[arg(long, env = "ALOHA_RETAIN_DEAD_WORKERS_FOR", value_parser = humantime::parse_duration)]
+    pub retain_dead_workers_for: Option<Duration>,
     /// Log filter, e.g. "info" or "aloha_master=debug" [default: info].
     #[arg(long, env = "ALOHA_LOG")]
     pub log: Option<String>,
@@ -210,6 +230,15 @@ impl Args {
         }
         if let Some(v) = self.event_max_age {
             cfg.event_max_age = v;
+        }
+        if let Some(v) = self.retain_finished {
+            cfg.retain_finished = v;
+        }
+        if let Some(v) = self.retain_finished_for {
+            cfg.retain_finished_for = v;
+        }
+        if let Some(v) = self.retain_dead_workers_for {
+            cfg.retain_dead_workers_for = v;
         }
         for l in &self.listeners {
             cfg.listeners

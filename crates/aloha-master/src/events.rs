@@ -17,16 +17,13 @@ use tokio::sync::Notify;
 
 use crate::store::{StateStore, StoreError, Txn};
 
-/// Prefix of event keys.
-pub const EVENTS: &str = "events/";
-/// The last event sequence number written.
-pub const EVENT_SEQ: &str = "meta/event_seq";
+pub use crate::store::keys::{EVENTS, EVENT_SEQ};
 /// Most events kept in memory.
 const TAIL: usize = 4096;
 
 /// The key of event `seq`.
 pub fn key(seq: u64) -> String {
-    format!("{EVENTS}{seq:020}")
+    crate::store::keys::event(seq)
 }
 
 /// How long and how many events are kept.

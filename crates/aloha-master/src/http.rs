@@ -3,88 +3,31 @@
 
 use std::sync::Arc;
 
-use aloha_core::api::{AppList, ErrorBody, WorkerList};
-use aloha_core::{AppState, SubmitError, SubmitRequest};
+use aloha_core::api::{AppList, WorkerList};
+use aloha_core::{AppState, SubmitRequest};
 use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::master::MasterError;
+pub use crate::error::ApiError;
+use crate::error::ApiResult;
+use crate::master::present;
 use crate::node::Node;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// `limit` when the client gives none.
-pub const DEFAULT_LIST_LIMIT: usize = 1000;
-
-/// An API error: a status and a message.
-pub struct ApiError {
-    status: StatusCode,
-    body: ErrorBody,
-}
-
-impl ApiError {
-    /// An error with `status` and `msg`.
-    pub fn new(status: StatusCode, msg: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            body: ErrorBody {
-                error: msg.into(),
-                leader: None,
-            },
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
-    }
-}
-
-impl From<MasterError> for ApiError {
-    fn from(e: MasterError) -> Self {
-        let status = match &e {
-            MasterError::Submit(SubmitError::UnknownKind { .. }) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
-            MasterError::Submit(_) | MasterError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            MasterError::AppNotFound(_) => StatusCode::NOT_FOUND,
-            MasterError::Conflict(_) => StatusCode::CONFLICT,
-            MasterError::NotLeader { leader } => {
-                return ApiError {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    body: ErrorBody {
-                        error: "not leader".into(),
-                        leader: leader.clone(),
-                    },
-                }
-            }
-            MasterError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        ApiError::new(status, e.to_string())
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        ApiError::new(r.status(), r.body_text())
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(r: QueryRejection) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, r.body_text())
-    }
-}
-
-type ApiResult<T> = Result<T, ApiError>;
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+/// The largest page; a larger `limit` is served as this.
+pub const MAX_LIST_LIMIT: usize = 1000;
+/// The header that makes a submission idempotent.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// The router, with the 1 MiB body limit and JSON errors for unknown routes and methods.
 pub fn router(node: Arc<Node>) -> Router {
@@ -140,19 +83,39 @@ async fn metrics(State(m): State<Arc<Node>>) -> impl IntoResponse {
     )
 }
 
+/// `POST /api/v1/apps`: 201 with the new app, or — for a repeat of an earlier request with
+/// the same `Idempotency-Key` — 200 with the app that request created (409 if the body
+/// differs).
 async fn submit(
     State(m): State<Arc<Node>>,
+    headers: HeaderMap,
     body: Result<Json<SubmitRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
+    let key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => {
+            let key = v.to_str().map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "Idempotency-Key must be visible ASCII",
+                )
+            })?;
+            aloha_core::cluster::check_idempotency_key(key)
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+            Some(key.to_string())
+        }
+    };
     let Json(req) = body?;
-    let app = m.leader_master().await?.submit(req).await?;
+    let master = m.leader_master().await?;
+    let s = master.submit(req, key).await?;
+    let app = present(&master.view().cluster, &s.app);
     let location = format!("/api/v1/apps/{}", app.id);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(app),
-    )
-        .into_response())
+    let status = if s.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, [(header::LOCATION, location)], Json(app)).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -160,6 +123,7 @@ async fn submit(
 struct ListQuery {
     state: Option<String>,
     limit: Option<usize>,
+    after: Option<String>,
 }
 
 async fn list(
@@ -181,9 +145,9 @@ async fn list(
             "limit must be at least 1",
         ));
     }
-    Ok(Json(AppList {
-        apps: m.apps(state, limit).await?,
-    }))
+    let after = q.after.as_deref().filter(|a| !a.is_empty());
+    let (apps, next) = m.apps(state, after, limit.min(MAX_LIST_LIMIT)).await?;
+    Ok(Json(AppList { apps, next }))
 }
 
 async fn show(State(m): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult<Response> {
@@ -209,8 +173,13 @@ async fn kill(
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid kill body: {e}")))?
             .reason
     };
-    let app = m.leader_master().await?.kill(&id, reason).await?;
-    Ok((StatusCode::ACCEPTED, Json(app)).into_response())
+    let master = m.leader_master().await?;
+    let app = master.kill(&id, reason).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(present(&master.view().cluster, &app)),
+    )
+        .into_response())
 }
 
 async fn workers(State(m): State<Arc<Node>>) -> ApiResult<Json<WorkerList>> {

@@ -5,22 +5,29 @@
 //!
 //! ## Layout
 //! - [`config`]: flags, env vars and the TOML file, merged into one [`Config`].
-//! - [`master`]: the state and every operation on it (submit, kill, register, report, schedule,
-//!   liveness), built on the pure decisions of `aloha-core`.
+//! - [`engine`]: the single writer: batches operations, applies them through the pure
+//!   `aloha_core::cluster::Cluster`, commits each batch in one store transaction (group
+//!   commit), then answers, publishes the read snapshot and events, and sends worker commands.
+//! - [`master`]: one leadership: recovery, and the handle requests go through (operations to
+//!   the engine, reads from the snapshot); [`liveness`]: heartbeats, apart from the engine.
 //! - [`node`]: the process's role (ALIVE, STANDBY, RECOVERING), leader election over etcd and
 //!   routing of requests to the active master; [`lease`]: the leader's lease and its deadline.
 //! - [`store`]: the [`store::StateStore`] trait with the redb (embedded), etcd and memory stores.
 //! - [`rpc`]: the gRPC MasterService workers call; [`worker_client`]: commands to workers.
 //! - [`events`]: the event log; [`listeners`]: listener plugins; [`stream`]: the SSE stream.
-//! - [`http`]: the REST API; [`metrics`]: Prometheus metrics.
+//! - [`http`]: the REST API and [`error`], its one error type; [`metrics`]: Prometheus
+//!   metrics.
 //! - [`clock`]: injected time.
 
 pub mod clock;
 pub mod config;
+pub mod engine;
+pub mod error;
 pub mod events;
 pub mod http;
 pub mod lease;
 pub mod listeners;
+pub mod liveness;
 pub mod master;
 pub mod metrics;
 pub mod node;

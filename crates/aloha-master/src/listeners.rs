@@ -111,7 +111,7 @@ pub fn load(specs: &[ListenerSpec]) -> Result<Vec<LoadedListener>, String> {
 }
 
 fn cursor_key(name: &str) -> String {
-    format!("listeners/{name}/cursor")
+    crate::store::keys::listener_cursor(name)
 }
 
 struct Running {

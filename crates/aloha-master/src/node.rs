@@ -20,6 +20,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use aloha_core::api::{ClusterInfo, Role};
+use aloha_core::cluster::Lookup;
 use aloha_core::{App, AppId, AppState, WorkerRecord};
 use etcd_client::Client;
 use serde::{Deserialize, Serialize};
@@ -31,7 +32,7 @@ use crate::config::Config;
 use crate::events::EventLog;
 use crate::lease::{self, LeaseGuard};
 use crate::listeners::{Listeners, LoadedListener};
-use crate::master::{worker_infos, Master, MasterError};
+use crate::master::{present, worker_infos, Master, MasterError};
 use crate::metrics::Metrics;
 use crate::store::etcd::{cluster_prefix, EtcdStore, Fence};
 use crate::store::{keys, StateStore};
@@ -194,45 +195,82 @@ impl Node {
     // ------------------------------------------------------------------------------------
     // Reads: from the active master, else straight from the store (standby).
 
-    /// Apps, newest first.
+    /// A page of apps, newest first, optionally only in `state`, after the app `after`: from
+    /// the leader's snapshot, or on a standby from the store.
     pub async fn apps(
         &self,
         state: Option<AppState>,
+        after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<App>, MasterError> {
+    ) -> Result<(Vec<App>, Option<AppId>), MasterError> {
+        let after_seq = match after {
+            None => None,
+            Some(a) => Some(AppId(a.to_string()).seq().ok_or_else(|| {
+                MasterError::BadRequest(format!("after: {a:?} is not an app id"))
+            })?),
+        };
         if let Some(m) = self.active() {
-            return Ok(m.apps(state, limit).await);
+            let view = m.view();
+            let page = view.cluster.page(state, after_seq, limit);
+            let apps = page
+                .apps
+                .iter()
+                .map(|a| present(&view.cluster, a))
+                .collect();
+            return Ok((apps, page.next));
         }
         let mut apps: Vec<App> = self
             .stored_apps()
             .await?
             .into_iter()
             .filter(|a| state.is_none_or(|s| a.state == s))
+            .filter(|a| after_seq.is_none_or(|s| a.seq < s))
             .collect();
         apps.sort_by_key(|a| std::cmp::Reverse(a.seq));
+        let next = (apps.len() > limit).then(|| apps[limit - 1].id.clone());
         apps.truncate(limit);
-        Ok(apps)
+        Ok((apps, next))
     }
 
     /// One app.
     pub async fn app(&self, id: &str) -> Result<App, MasterError> {
+        let app_id = AppId(id.to_string());
         if let Some(m) = self.active() {
-            return m.app(id).await;
+            let view = m.view();
+            return match view.cluster.lookup(&app_id) {
+                Lookup::Found(a) => Ok(present(&view.cluster, &a)),
+                Lookup::Expired => Err(MasterError::AppExpired(id.to_string())),
+                Lookup::NotFound => Err(MasterError::AppNotFound(id.to_string())),
+            };
         }
-        match self.reader.get(&keys::app(&AppId(id.to_string()))).await? {
+        match self.reader.get(&keys::app(&app_id)).await? {
             Some(v) => serde_json::from_slice(&v).map_err(|e| {
                 MasterError::Store(crate::store::StoreError::Backend(format!(
                     "corrupt app {id}: {e}"
                 )))
             }),
-            None => Err(MasterError::AppNotFound(id.to_string())),
+            None => {
+                // Every sequence number up to the stored one was an app: a well-formed id
+                // within it was removed by the retention.
+                let last = match self.reader.get(keys::APP_SEQ).await? {
+                    Some(v) => std::str::from_utf8(&v)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .unwrap_or(0),
+                    None => 0,
+                };
+                match app_id.seq() {
+                    Some(s) if s >= 1 && s <= last => Err(MasterError::AppExpired(id.to_string())),
+                    _ => Err(MasterError::AppNotFound(id.to_string())),
+                }
+            }
         }
     }
 
     /// Workers with their usage.
     pub async fn workers(&self) -> Result<Vec<aloha_core::api::WorkerInfo>, MasterError> {
         if let Some(m) = self.active() {
-            return Ok(m.workers().await);
+            return Ok(m.workers());
         }
         let apps = self.stored_apps().await?;
         let workers: Vec<WorkerRecord> = self
@@ -258,7 +296,7 @@ impl Node {
     /// Renders metrics (with state gauges when leading).
     pub async fn render_metrics(&self) -> String {
         match self.active() {
-            Some(m) => m.render_metrics().await,
+            Some(m) => m.render_metrics(),
             None => self.metrics.render(),
         }
     }

@@ -1,12 +1,16 @@
-//! The gRPC MasterService workers call.
+//! The gRPC MasterService workers call. Wire types stop here: requests are converted to the
+//! core's [`Registration`] and [`WorkerReport`], answers back to `pb` types.
 
 use std::sync::Arc;
 
+use aloha_core::cluster::{Registration, ReportOutcome, WorkerReport};
+use aloha_core::{AppId, AppState, WorkerId};
 use aloha_proto as pb;
 use aloha_proto::master_service_server::MasterService;
 use tonic::{Request, Response, Status};
+use tracing::warn;
 
-use crate::master::MasterError;
+use crate::master::{HeartbeatAnswer, MasterError};
 use crate::node::Node;
 
 /// Adapts [`Master`] to the generated tonic trait.
@@ -35,6 +39,48 @@ fn status(e: MasterError) -> Status {
     }
 }
 
+/// A report from the wire; `Err` when its state names no [`AppState`].
+pub fn report_from_wire(r: &pb::AppStateReport) -> Result<WorkerReport, String> {
+    let state: AppState = r
+        .state
+        .parse()
+        .map_err(|e: aloha_core::state::ParseStateError| e.to_string())?;
+    Ok(WorkerReport {
+        app: AppId(r.app_id.clone()),
+        attempt: r.attempt,
+        state,
+        exit_code: r.exit_code,
+        message: Some(r.message.clone()).filter(|m| !m.is_empty()),
+        worker_shutdown: r.worker_shutdown,
+        details: r.details.clone().into_iter().collect(),
+    })
+}
+
+/// A registration from the wire. Listed apps whose state is unreadable are left out (and
+/// logged): they cannot be reconciled, and the worker is told to kill nothing it did not list.
+pub fn registration_from_wire(req: pb::RegisterWorkerRequest) -> Registration {
+    let apps = req
+        .apps
+        .iter()
+        .filter_map(|r| match report_from_wire(r) {
+            Ok(rep) => Some(rep),
+            Err(e) => {
+                warn!(worker_id = %req.worker_id, app_id = %r.app_id, "refused listed app: {e}");
+                None
+            }
+        })
+        .collect();
+    Registration {
+        id: WorkerId(req.worker_id),
+        address: req.address,
+        cores: req.cores,
+        memory_mb: req.memory_mb,
+        kinds: req.kinds,
+        plugin_errors: req.plugin_errors,
+        apps,
+    }
+}
+
 #[tonic::async_trait]
 impl MasterService for MasterRpc {
     async fn register_worker(
@@ -50,11 +96,30 @@ impl MasterService for MasterRpc {
                 ..Default::default()
             }));
         };
-        master
-            .register_worker(req.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(status)
+        let reg = registration_from_wire(req.into_inner());
+        match master.register_worker(reg).await {
+            Ok(kill) => Ok(Response::new(pb::RegisterWorkerResponse {
+                accepted: true,
+                leader_rpc_address: master.config().rpc_url(),
+                epoch: master.epoch(),
+                heartbeat_interval_ms: master.config().heartbeat_interval().as_millis() as u64,
+                kill: kill
+                    .into_iter()
+                    .map(|(app, attempt)| pb::AppRef {
+                        app_id: app.0,
+                        attempt,
+                    })
+                    .collect(),
+                message: String::new(),
+            })),
+            Err(MasterError::NotLeader { .. }) => Ok(Response::new(pb::RegisterWorkerResponse {
+                accepted: false,
+                leader_rpc_address: self.leader_rpc(),
+                message: "not leader".into(),
+                ..Default::default()
+            })),
+            Err(e) => Err(status(e)),
+        }
     }
 
     async fn heartbeat(
@@ -69,9 +134,20 @@ impl MasterService for MasterRpc {
                 ..Default::default()
             }));
         };
-        Ok(Response::new(
-            master.heartbeat(&req.into_inner().worker_id).await,
-        ))
+        let answer = master.heartbeat(&req.into_inner().worker_id).await;
+        Ok(Response::new(match answer {
+            HeartbeatAnswer::NotLeader => pb::HeartbeatResponse {
+                accepted: false,
+                leader_rpc_address: self.leader_rpc(),
+                ..Default::default()
+            },
+            HeartbeatAnswer::Ok | HeartbeatAnswer::Reregister => pb::HeartbeatResponse {
+                reregister: answer == HeartbeatAnswer::Reregister,
+                accepted: true,
+                leader_rpc_address: master.config().rpc_url(),
+                epoch: master.epoch(),
+            },
+        }))
     }
 
     async fn report_app_state(
@@ -86,10 +162,34 @@ impl MasterService for MasterRpc {
                 message: "not leader".into(),
             }));
         };
-        master
-            .report(req.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(status)
+        let r = req.into_inner();
+        let report = match report_from_wire(&r) {
+            Ok(report) => report,
+            Err(e) => {
+                warn!(app_id = %r.app_id, worker_id = %r.worker_id, "refused report: {e}");
+                // Refused for good: the worker must not resend it.
+                return Ok(Response::new(pb::ReportAppStateResponse {
+                    accepted: true,
+                    kill: false,
+                    message: e,
+                }));
+            }
+        };
+        let answer = |accepted, kill, message| {
+            Ok(Response::new(pb::ReportAppStateResponse {
+                accepted,
+                kill,
+                message,
+            }))
+        };
+        match master.report(WorkerId(r.worker_id.clone()), report).await {
+            Ok(ReportOutcome::Done) => answer(true, false, String::new()),
+            Ok(ReportOutcome::Kill(m)) => answer(true, true, m),
+            Ok(ReportOutcome::Refused(m)) => answer(true, false, m),
+            // Keep the report on the worker: it re-registers and lists the app.
+            Ok(ReportOutcome::NotRegistered(m)) => answer(false, false, m),
+            Err(MasterError::NotLeader { .. }) => answer(false, false, "not leader".into()),
+            Err(e) => Err(status(e)),
+        }
     }
 }

@@ -21,16 +21,17 @@ use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
-use crate::http::ApiError;
+use crate::error::ApiError;
 use crate::node::Node;
 
 /// Event types a filter may name.
-pub const TYPES: [&str; 5] = [
+pub const TYPES: [&str; 6] = [
     "app_state_changed",
     "app_relaunched",
     "worker_joined",
     "worker_lost",
     "leader_changed",
+    "app.expired",
 ];
 
 /// Query parameters of the stream.

@@ -268,6 +268,15 @@ impl StateStore for EtcdStore {
     fn kind(&self) -> &'static str {
         "etcd"
     }
+
+    fn max_txn_ops(&self) -> Option<usize> {
+        // etcd's default --max-txn-ops.
+        Some(128)
+    }
+
+    fn ambiguous_failures(&self) -> bool {
+        true
+    }
 }
 
 /// The smallest key greater than every key starting with `prefix`.

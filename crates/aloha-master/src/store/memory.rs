@@ -97,6 +97,10 @@ impl StateStore for MemoryStore {
     fn kind(&self) -> &'static str {
         "memory"
     }
+
+    fn max_txn_ops(&self) -> Option<usize> {
+        self.max_ops
+    }
 }
 
 #[cfg(test)]

@@ -110,6 +110,15 @@ pub trait StateStore: Send + Sync + 'static {
     async fn txn(&self, txn: Txn) -> Result<bool, StoreError>;
     /// A short name for logs and the cluster API (`embedded`, `etcd`, `memory`).
     fn kind(&self) -> &'static str;
+    /// Most compares and writes one transaction may hold (`None`: no limit).
+    fn max_txn_ops(&self) -> Option<usize> {
+        None
+    }
+    /// Whether a failed `txn` may still have been applied (a timeout against a remote store):
+    /// then the writer can no longer know what the store holds.
+    fn ambiguous_failures(&self) -> bool {
+        false
+    }
 }
 
 /// Key layout, in one place.
@@ -124,6 +133,22 @@ pub mod keys {
     pub const APP_SEQ: &str = "meta/app_seq";
     /// The last epoch a master started with (single-node mode).
     pub const EPOCH: &str = "meta/epoch";
+    /// Prefix of event records (`events/<seq, 20 digits>`).
+    pub const EVENTS: &str = "events/";
+    /// The last event sequence number written.
+    pub const EVENT_SEQ: &str = "meta/event_seq";
+    /// Prefix of listener cursors (`listeners/<name>/cursor`).
+    pub const LISTENERS: &str = "listeners/";
+
+    /// Key of event `seq` (zero-padded, so key order is sequence order).
+    pub fn event(seq: u64) -> String {
+        format!("{EVENTS}{seq:020}")
+    }
+
+    /// Key of a listener's cursor.
+    pub fn listener_cursor(name: &str) -> String {
+        format!("{LISTENERS}{name}/cursor")
+    }
 
     /// Key of an app record.
     pub fn app(id: &AppId) -> String {

@@ -1,0 +1,704 @@
+//! The engine: the one task that owns the cluster state and writes it.
+//!
+//! REST and gRPC handlers send an [`Op`] on a channel and await its reply. The engine takes
+//! whatever is queued (group commit), applies each operation through the pure
+//! [`Cluster`] of `aloha-core`, runs the timers when they are due and a placement round when
+//! something may be placed, and writes every resulting change — records, events, sequence
+//! numbers — in **one** store transaction (split only where the store limits a transaction, as
+//! etcd does). Only once that is durable does it publish the new read snapshot, answer the
+//! callers, hand the events to the log and the listeners, and send the commands to workers.
+//! If the write fails, it puts back the cluster it cloned before the batch (persistent maps:
+//! the clone is a few pointer copies), so memory never holds what the store does not, and
+//! every operation of the batch gets the error.
+//!
+//! Readers never wait for the engine: they read the last published [`View`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aloha_core::cluster::{
+    AppWrite, Cluster, Command, Effects, Now, OpError, Registration, ReportOutcome, Submitted,
+    WorkerReport,
+};
+use aloha_core::{App, AppId, Event, EventBody, SubmitRequest, WorkerId};
+use aloha_proto as pb;
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tracing::{debug, error, info, warn};
+
+use crate::clock::Clock;
+use crate::events::EventLog;
+use crate::listeners::Listeners;
+use crate::liveness::LiveTable;
+use crate::metrics::Metrics;
+use crate::store::{keys, StateStore, StoreError, Txn};
+use crate::worker_client::WorkerConnector;
+
+/// Most operations taken into one batch.
+const MAX_BATCH: usize = 4096;
+/// Most operations one batch takes on a store that limits transactions (etcd): each makes a
+/// record and an event or two, so a batch fits one transaction of etcd's default 128 ops.
+const MAX_BATCH_LIMITED: usize = 30;
+/// Most bytes of values one transaction carries on a limited store (etcd's default request
+/// limit is 1.5 MiB).
+const MAX_TXN_BYTES: usize = 1024 * 1024;
+
+/// What the readers see: the cluster as of the last durable batch.
+pub struct View {
+    /// The cluster.
+    pub cluster: Cluster,
+    /// The leadership's epoch.
+    pub epoch: u64,
+}
+
+/// Why an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The cluster refused it; nothing changed.
+    #[error(transparent)]
+    Refused(#[from] OpError),
+    /// The store failed; nothing of the batch was acknowledged.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The engine stopped (this master no longer leads).
+    #[error("not leader")]
+    Stopped,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
+
+/// An operation for the engine.
+pub enum Op {
+    /// `POST /api/v1/apps`.
+    Submit {
+        /// The request.
+        req: SubmitRequest,
+        /// Its `Idempotency-Key`.
+        key: Option<String>,
+        /// The answer.
+        reply: Reply<Submitted>,
+    },
+    /// `POST /api/v1/apps/{id}/kill`.
+    Kill {
+        /// App.
+        id: AppId,
+        /// Why.
+        reason: Option<String>,
+        /// The answer.
+        reply: Reply<Arc<App>>,
+    },
+    /// A worker registers.
+    Register {
+        /// The registration.
+        reg: Registration,
+        /// The attempts it must kill.
+        reply: Reply<Vec<(AppId, u32)>>,
+    },
+    /// A worker reports an app's state.
+    Report {
+        /// The worker.
+        worker: WorkerId,
+        /// The report.
+        report: WorkerReport,
+        /// The answer.
+        reply: Reply<ReportOutcome>,
+    },
+    /// A suspect worker heartbeated.
+    Heard(WorkerId),
+    /// Run the timers now (they also run on their own every tick).
+    Tick {
+        /// Answered once the batch is durable.
+        reply: Reply<()>,
+    },
+    /// A launch failed.
+    LaunchFailed {
+        /// Worker.
+        worker: WorkerId,
+        /// App.
+        app: AppId,
+        /// Attempt.
+        attempt: u32,
+        /// Why.
+        why: String,
+    },
+    /// A worker does not run an attempt it was told to kill.
+    KillMissed {
+        /// Worker.
+        worker: WorkerId,
+        /// App.
+        app: AppId,
+        /// Attempt.
+        attempt: u32,
+        /// Why.
+        why: String,
+    },
+}
+
+/// What the engine and the master handle share.
+pub struct Shared {
+    /// The last published view.
+    pub view: ArcSwap<View>,
+    /// Heartbeats.
+    pub live: LiveTable,
+    fenced: AtomicBool,
+    fenced_notify: Notify,
+    /// The listeners, once attached.
+    pub listeners: std::sync::OnceLock<Arc<Listeners>>,
+}
+
+impl Shared {
+    /// Shares `view`.
+    pub fn new(view: View) -> Arc<Shared> {
+        Arc::new(Shared {
+            view: ArcSwap::from_pointee(view),
+            live: LiveTable::default(),
+            fenced: AtomicBool::new(false),
+            fenced_notify: Notify::new(),
+            listeners: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Whether a write was refused by the leadership fence (or could not be told apart from
+    /// one): this master must stop acting.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::SeqCst)
+    }
+
+    /// Marks the master fenced.
+    pub fn mark_fenced(&self, epoch: u64, why: &str) {
+        if !self.fenced.swap(true, Ordering::SeqCst) {
+            error!(epoch, "{why}: stepping down");
+            self.fenced_notify.notify_waiters();
+        }
+    }
+
+    /// Resolves once fenced.
+    pub async fn fenced(&self) {
+        loop {
+            let notified = self.fenced_notify.notified();
+            if self.is_fenced() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The engine task's state.
+pub struct Engine {
+    /// The cluster (the engine's own; readers see published clones).
+    pub cluster: Cluster,
+    /// The last event sequence number written.
+    pub last_event_seq: u64,
+    /// The epoch.
+    pub epoch: u64,
+    /// The store (fenced in HA mode).
+    pub store: Arc<dyn StateStore>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The event log.
+    pub events: Arc<EventLog>,
+    /// Commands to workers.
+    pub connector: Arc<dyn WorkerConnector>,
+    /// What it shares with the master handle.
+    pub shared: Arc<Shared>,
+    /// Operations.
+    pub rx: mpsc::Receiver<Op>,
+    /// For command results (launch failed, kill missed).
+    pub tx: mpsc::Sender<Op>,
+    /// How often the timers run.
+    pub tick_every: Duration,
+}
+
+/// An operation's outcome, held until the batch is durable.
+enum Pending {
+    Submit(Reply<Submitted>, Result<Submitted, OpError>),
+    Kill(Reply<Arc<App>>, Result<Arc<App>, OpError>),
+    Register(Reply<Vec<(AppId, u32)>>, Result<Vec<(AppId, u32)>, OpError>),
+    Report(Reply<ReportOutcome>, ReportOutcome),
+    Tick(Reply<()>),
+}
+
+impl Pending {
+    fn answer(self, failed: Option<&StoreError>) {
+        let err = |e: &StoreError| EngineError::Store(copy_err(e));
+        match self {
+            Pending::Submit(tx, r) => {
+                let _ = tx.send(match failed {
+                    Some(e) => Err(err(e)),
+                    None => r.map_err(EngineError::from),
+                });
+            }
+            Pending::Kill(tx, r) => {
+                let _ = tx.send(match failed {
+                    Some(e) => Err(err(e)),
+                    None => r.map_err(EngineError::from),
+                });
+            }
+            Pending::Register(tx, r) => {
+                let _ = tx.send(match failed {
+                    Some(e) => Err(err(e)),
+                    None => r.map_err(EngineError::from),
+                });
+            }
+            Pending::Report(tx, r) => {
+                let _ = tx.send(match failed {
+                    Some(e) => Err(err(e)),
+                    None => Ok(r),
+                });
+            }
+            Pending::Tick(tx) => {
+                let _ = tx.send(match failed {
+                    Some(e) => Err(err(e)),
+                    None => Ok(()),
+                });
+            }
+        }
+    }
+}
+
+fn copy_err(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::Fenced => StoreError::Fenced,
+        StoreError::Backend(m) => StoreError::Backend(m.clone()),
+    }
+}
+
+fn json(v: &impl serde::Serialize) -> Vec<u8> {
+    // Serializing our own plain data types cannot fail (no maps with non-string keys).
+    serde_json::to_vec(v).expect("domain types serialize to JSON")
+}
+
+impl Engine {
+    fn now(&self) -> Now {
+        Now {
+            wall: self.clock.now(),
+            mono_ms: self.clock.mono_ms(),
+        }
+    }
+
+    fn limited(&self) -> bool {
+        self.store.max_txn_ops().is_some()
+    }
+
+    /// Runs until `stop` is set or the master is fenced. The timers run every `tick_every`,
+    /// also under a constant stream of operations.
+    pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let max = if self.limited() {
+            MAX_BATCH_LIMITED
+        } else {
+            MAX_BATCH
+        };
+        let mut next_tick = tokio::time::Instant::now() + self.tick_every;
+        loop {
+            if self.shared.is_fenced() || *stop.borrow() {
+                break;
+            }
+            let mut batch = Vec::new();
+            if !self.cluster.can_place() {
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => break,
+                    op = self.rx.recv() => match op {
+                        Some(op) => batch.push(op),
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(next_tick) => {}
+                }
+            }
+            while batch.len() < max {
+                match self.rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            let now = tokio::time::Instant::now();
+            let tick = now >= next_tick;
+            if tick {
+                next_tick = now + self.tick_every;
+            }
+            self.run_batch(batch, tick).await;
+        }
+        // Whatever is still queued learns that this master no longer leads.
+        self.rx.close();
+        while let Ok(op) = self.rx.try_recv() {
+            refuse(op);
+        }
+    }
+
+    /// Applies one batch, commits it, and acts on it.
+    pub async fn run_batch(&mut self, batch: Vec<Op>, mut tick: bool) {
+        let before = self.cluster.clone();
+        let now = self.now();
+        let mut fx = Effects::default();
+        let mut pending = Vec::with_capacity(batch.len());
+        let mut submitted = 0u64;
+        for op in batch {
+            match op {
+                Op::Submit { req, key, reply } => {
+                    let r = self.cluster.submit(req, key, now, &mut fx);
+                    if r.as_ref().is_ok_and(|s| s.created) {
+                        submitted += 1;
+                    }
+                    pending.push(Pending::Submit(reply, r));
+                }
+                Op::Kill { id, reason, reply } => {
+                    let r = self.cluster.kill(&id, reason, now, &mut fx);
+                    pending.push(Pending::Kill(reply, r));
+                }
+                Op::Register { reg, reply } => {
+                    let r = self.cluster.register(reg, now, &mut fx);
+                    pending.push(Pending::Register(reply, r));
+                }
+                Op::Report {
+                    worker,
+                    report,
+                    reply,
+                } => {
+                    let r = self.cluster.report(&worker, &report, now, &mut fx);
+                    if let ReportOutcome::Refused(m) = &r {
+                        error!(app_id = %report.app, worker_id = %worker, "refused illegal report: {m}");
+                    }
+                    pending.push(Pending::Report(reply, r));
+                }
+                Op::Heard(worker) => self.cluster.worker_heard(&worker),
+                Op::Tick { reply } => {
+                    tick = true;
+                    pending.push(Pending::Tick(reply));
+                }
+                Op::LaunchFailed {
+                    worker,
+                    app,
+                    attempt,
+                    why,
+                } => {
+                    warn!(app_id = %app, worker_id = %worker, "launch on worker {worker} failed: {why}");
+                    self.cluster
+                        .launch_failed(&worker, &app, attempt, &why, now, &mut fx)
+                }
+                Op::KillMissed {
+                    worker,
+                    app,
+                    attempt,
+                    why,
+                } => self
+                    .cluster
+                    .kill_missed(&worker, &app, attempt, &why, now, &mut fx),
+            }
+        }
+        if tick {
+            let timeout = self.cluster.rules().worker_timeout_ms;
+            let silent = self.shared.live.expired(now.mono_ms, timeout);
+            for (w, silence) in &silent {
+                warn!(worker_id = %w, silence_ms = silence, "worker lost: no heartbeat");
+            }
+            self.cluster.expire_workers(&silent, now, &mut fx);
+            self.cluster.check_recovery(now, &mut fx);
+            self.cluster.resend_kills(now, &mut fx);
+            if self.cluster.expiry_due(now) {
+                let n = self.cluster.expire(now, &mut fx);
+                debug!(removed = n, "retention");
+            }
+        }
+        if self.cluster.can_place() {
+            self.cluster.place(now, &mut fx);
+        }
+        match self.commit_effects(fx, now).await {
+            Ok(()) => {
+                self.metrics.submitted.inc_by(submitted);
+                for p in pending {
+                    p.answer(None);
+                }
+            }
+            Err(e) => {
+                warn!(
+                    "store commit failed, {} operations refused: {e}",
+                    pending.len()
+                );
+                self.cluster = before;
+                for p in pending {
+                    p.answer(Some(&e));
+                }
+            }
+        }
+    }
+
+    /// Commits `fx`; once durable, publishes the view, updates the liveness table, hands the
+    /// events to the log and the listeners, and sends the commands. On failure nothing of it
+    /// happened (the caller restores the cluster).
+    pub async fn commit_effects(&mut self, fx: Effects, now: Now) -> Result<(), StoreError> {
+        let events = self.commit(&fx, now).await?;
+        self.shared.view.store(Arc::new(View {
+            cluster: self.cluster.clone(),
+            epoch: self.epoch,
+        }));
+        self.shared.live.apply(&fx.liveness, now.mono_ms, now.wall);
+        if !events.is_empty() {
+            for e in &events {
+                if let EventBody::AppStateChanged { new_state, .. } = &e.body {
+                    self.metrics.transition(*new_state);
+                }
+            }
+            self.events.published(&events);
+            if let Some(l) = self.shared.listeners.get() {
+                l.publish(&events);
+            }
+        }
+        self.dispatch(fx.commands);
+        Ok(())
+    }
+
+    /// Writes the effects: one transaction, or chunks where the store limits transactions.
+    async fn commit(&mut self, fx: &Effects, now: Now) -> Result<Vec<Arc<Event>>, StoreError> {
+        if fx.writes_nothing() {
+            return Ok(Vec::new());
+        }
+        if self.shared.is_fenced() {
+            return Err(StoreError::Fenced);
+        }
+        let mut seq = self.last_event_seq;
+        let events: Vec<Arc<Event>> = fx
+            .events
+            .iter()
+            .map(|body| {
+                seq += 1;
+                Arc::new(Event {
+                    seq,
+                    at: now.wall,
+                    body: body.clone(),
+                })
+            })
+            .collect();
+        let mut ops: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+        for w in fx.apps.values() {
+            match w {
+                AppWrite::Put(app) => ops.push((keys::app(&app.id), Some(json(app.as_ref())))),
+                AppWrite::Delete(id) => ops.push((keys::app(id), None)),
+            }
+        }
+        for (id, w) in &fx.workers {
+            ops.push((keys::worker(id), w.as_ref().map(|r| json(r.as_ref()))));
+        }
+        for e in &events {
+            ops.push((crate::events::key(e.seq), Some(json(e.as_ref()))));
+        }
+        let mut meta: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+        if let Some(s) = fx.last_seq {
+            meta.push((keys::APP_SEQ.to_string(), Some(s.to_string().into_bytes())));
+        }
+        if !events.is_empty() {
+            meta.push((
+                crate::events::EVENT_SEQ.to_string(),
+                Some(seq.to_string().into_bytes()),
+            ));
+        }
+        let chunks = chunk(ops, meta, self.store.max_txn_ops());
+        let timer = self.metrics.store_txn_timer();
+        for (i, txn) in chunks.into_iter().enumerate() {
+            let r = self.store.txn(txn).await;
+            let r = match r {
+                Ok(true) => Ok(()),
+                // Our only compares are the fence's: the store changed under us.
+                Ok(false) | Err(StoreError::Fenced) => Err(StoreError::Fenced),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                if matches!(e, StoreError::Fenced) {
+                    self.shared
+                        .mark_fenced(self.epoch, "a write was refused by the leadership fence");
+                } else if i > 0 || self.store.ambiguous_failures() {
+                    // Part of the change may be in the store: memory can no longer be kept
+                    // equal to it. Step down; the next leadership recovers from the store.
+                    self.shared.mark_fenced(
+                        self.epoch,
+                        &format!("a commit failed in a way that may have applied part of it ({e})"),
+                    );
+                }
+                return Err(e);
+            }
+        }
+        drop(timer);
+        self.last_event_seq = seq;
+        Ok(events)
+    }
+
+    fn dispatch(&self, commands: Vec<Command>) {
+        for cmd in commands {
+            let connector = self.connector.clone();
+            let metrics = self.metrics.clone();
+            let tx = self.tx.clone();
+            let epoch = self.epoch;
+            tokio::spawn(async move { send(connector, metrics, tx, epoch, cmd).await });
+        }
+    }
+}
+
+/// Answers an operation the engine will never run.
+pub fn refuse(op: Op) {
+    match op {
+        Op::Submit { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
+        Op::Kill { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
+        Op::Register { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
+        Op::Report { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
+        Op::Tick { reply } => drop(reply.send(Err(EngineError::Stopped))),
+        Op::Heard(_) | Op::LaunchFailed { .. } | Op::KillMissed { .. } => {}
+    }
+}
+
+/// Splits writes into transactions of at most `max_ops` operations and about
+/// [`MAX_TXN_BYTES`] (one when the store has no limit); the sequence numbers go in the last.
+fn chunk(
+    ops: Vec<(String, Option<Vec<u8>>)>,
+    meta: Vec<(String, Option<Vec<u8>>)>,
+    max_ops: Option<usize>,
+) -> Vec<Txn> {
+    let put = |t: &mut Txn, (k, v): (String, Option<Vec<u8>>)| match v {
+        Some(v) => {
+            t.put(k, v);
+        }
+        None => {
+            t.delete(k);
+        }
+    };
+    let Some(max) = max_ops else {
+        let mut t = Txn::default();
+        for op in ops.into_iter().chain(meta) {
+            put(&mut t, op);
+        }
+        return vec![t];
+    };
+    // Leave room for the fence's compare and the meta keys.
+    let max = max.saturating_sub(1 + meta.len()).max(1);
+    let mut out = vec![Txn::default()];
+    let mut bytes = 0usize;
+    for op in ops {
+        let size = op.0.len() + op.1.as_ref().map_or(0, Vec::len);
+        let cur = out.last_mut().expect("never empty");
+        if !cur.ops.is_empty() && (cur.ops.len() >= max || bytes + size > MAX_TXN_BYTES) {
+            out.push(Txn::default());
+            bytes = 0;
+        }
+        bytes += size;
+        put(out.last_mut().expect("never empty"), op);
+    }
+    let last = out.last_mut().expect("never empty");
+    for op in meta {
+        put(last, op);
+    }
+    out
+}
+
+async fn send(
+    connector: Arc<dyn WorkerConnector>,
+    metrics: Arc<Metrics>,
+    tx: mpsc::Sender<Op>,
+    epoch: u64,
+    cmd: Command,
+) {
+    match cmd {
+        Command::Launch {
+            worker,
+            address,
+            app,
+        } => {
+            let attempt = app.attempt;
+            let req = pb::LaunchAppRequest {
+                epoch,
+                app_id: app.id.0.clone(),
+                attempt,
+                description_json: app.description_json(),
+            };
+            info!(app_id = %app.id, worker_id = %worker, attempt, "placing app");
+            let timer = metrics.rpc_timer("launch_app");
+            let res = connector.launch(&address, req).await;
+            drop(timer);
+            let why = match res {
+                Ok(r) if r.accepted => {
+                    debug!(app_id = %app.id, worker_id = %worker, "launch accepted");
+                    return;
+                }
+                Ok(r) => format!("refused: {}", r.message),
+                Err(e) => e,
+            };
+            let _ = tx
+                .send(Op::LaunchFailed {
+                    worker,
+                    app: app.id.clone(),
+                    attempt,
+                    why,
+                })
+                .await;
+        }
+        Command::Kill {
+            worker,
+            address,
+            app,
+            attempt,
+            reason,
+        } => {
+            let req = pb::KillAppRequest {
+                epoch,
+                app_id: app.0.clone(),
+                attempt,
+                reason,
+            };
+            let timer = metrics.rpc_timer("kill_app");
+            let res = connector.kill(&address, req).await;
+            drop(timer);
+            match res {
+                Ok(r) if r.accepted => {
+                    debug!(app_id = %app, worker_id = %worker, "kill accepted")
+                }
+                Ok(r) => {
+                    let _ = tx
+                        .send(Op::KillMissed {
+                            worker,
+                            app,
+                            attempt,
+                            why: r.message,
+                        })
+                        .await;
+                }
+                // Transport errors: resent by the tick until the worker answers or is lost.
+                Err(e) => warn!(app_id = %app, worker_id = %worker, "kill not delivered: {e}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ops(n: usize) -> Vec<(String, Option<Vec<u8>>)> {
+        (0..n)
+            .map(|i| (format!("k{i}"), Some(vec![0; 10])))
+            .collect()
+    }
+
+    #[test]
+    fn unlimited_stores_get_one_transaction_with_the_sequence_last() {
+        let t = chunk(ops(1000), vec![("meta".into(), Some(vec![1]))], None);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].ops.len(), 1001);
+    }
+
+    #[test]
+    fn limited_stores_get_chunks_under_the_limit() {
+        let meta = vec![("m1".into(), Some(vec![1])), ("m2".into(), Some(vec![1]))];
+        let t = chunk(ops(300), meta, Some(128));
+        assert!(t.iter().all(|t| t.ops.len() < 128), "room for the fence");
+        assert_eq!(t.iter().map(|t| t.ops.len()).sum::<usize>(), 302);
+        assert!(
+            matches!(&t.last().unwrap().ops.last().unwrap(), crate::store::Op::Put { key, .. } if key == "m2")
+        );
+        let big: Vec<_> = (0..3)
+            .map(|i| (format!("b{i}"), Some(vec![0; 700 * 1024])))
+            .collect();
+        assert_eq!(chunk(big, vec![], Some(128)).len(), 3, "by bytes too");
+    }
+}
