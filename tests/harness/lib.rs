@@ -281,6 +281,20 @@ impl Api {
         )
     }
 
+    /// POST with a JSON body and extra headers, or an error when the master is unreachable.
+    pub fn try_post_with(
+        &self,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Result<Resp, String> {
+        let mut req = self.client.post(format!("{}{path}", self.base)).json(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Self::finish(req.send())
+    }
+
     /// POST raw bytes with a content type.
     pub fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> Resp {
         Self::finish(

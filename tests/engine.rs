@@ -1,0 +1,214 @@
+//! The engine's client-visible contract on the real binaries: idempotent submissions across a
+//! SIGKILL restart and an HA failover on a real etcd, paging with a cursor, and the retention
+//! of finished apps.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use aloha_e2e::etcd::EtcdCluster;
+use aloha_e2e::{free_port, wait_for, Api, Cluster, MasterOpts, MasterProc, Resp};
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(40);
+
+fn body(name: &str, cores: u32) -> Value {
+    json!({"name": name, "kind": "process", "spec": {"command": ["true"]}, "cores": cores})
+}
+
+fn submit_keyed(api: &Api, key: &str, body: &Value) -> Resp {
+    api.try_post_with("/api/v1/apps", body, &[("Idempotency-Key", key)])
+        .unwrap_or_else(|e| panic!("POST with key {key}: {e}"))
+}
+
+#[test]
+fn an_idempotent_submission_is_answered_with_the_first_app_after_a_sigkill_restart() {
+    let mut c = Cluster::start("2s", &[]);
+    let api = c.api().clone();
+    let first = submit_keyed(&api, "order-17", &body("pay", 64));
+    assert_eq!(first.status, 201, "{:?}", first.body);
+    let id = first.body["id"].as_str().unwrap().to_string();
+    assert_eq!(first.body["idempotency_key"], "order-17");
+    let again = submit_keyed(&api, "order-17", &body("pay", 64));
+    assert_eq!(
+        (again.status, again.body["id"].as_str()),
+        (200, Some(id.as_str()))
+    );
+
+    let log_dir = c.dir.path().to_path_buf();
+    c.master.restart_hard(&log_dir);
+    let after = submit_keyed(&api, "order-17", &body("pay", 64));
+    assert_eq!(after.status, 200, "{:?}", after.body);
+    assert_eq!(
+        after.body["id"],
+        id.as_str(),
+        "the same app, not a second one"
+    );
+    let other = submit_keyed(&api, "order-17", &body("pay", 2));
+    assert_eq!(other.status, 409, "{:?}", other.body);
+    assert!(other.body["error"].as_str().unwrap().contains("order-17"));
+    let bad = submit_keyed(&api, "has space", &body("pay", 1));
+    assert_eq!(bad.status, 400, "{:?}", bad.body);
+    let listed = api.get("/api/v1/apps").body["apps"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(listed, 1, "one app for all those requests");
+}
+
+#[test]
+fn an_idempotent_submission_is_answered_with_the_first_app_after_an_ha_failover() {
+    let dir = tempfile::Builder::new()
+        .prefix("aloha-idem-ha-")
+        .tempdir()
+        .unwrap();
+    let etcd = EtcdCluster::start(1, dir.path());
+    let mut masters: Vec<MasterProc> = (0..2)
+        .map(|i| {
+            let opts = MasterOpts {
+                http_port: free_port(),
+                rpc_port: free_port(),
+                state_dir: dir.path().join(format!("m{i}")),
+                worker_timeout: "3s".into(),
+                etcd: Some((etcd.endpoints(), "2s".into())),
+            };
+            MasterProc::start(&format!("m{i}"), opts, dir.path())
+        })
+        .collect();
+    let role = |m: &MasterProc| -> Option<String> {
+        let r = m.api.try_get("/api/v1/cluster").ok()?;
+        r.body["role"].as_str().map(str::to_string)
+    };
+    let leader = wait_for("a leader", T, || {
+        masters
+            .iter()
+            .position(|m| role(m).as_deref() == Some("ALIVE"))
+    });
+    let first = submit_keyed(
+        &masters[leader].api,
+        "nightly-2026-12-03",
+        &body("rollup", 64),
+    );
+    assert_eq!(first.status, 201, "{:?}", first.body);
+    let id = first.body["id"].as_str().unwrap().to_string();
+
+    masters[leader].proc.kill9();
+    let other = 1 - leader;
+    let api = masters[other].api.clone();
+    let again = wait_for("the standby to take over and answer", T, || {
+        let r = api
+            .try_post_with(
+                "/api/v1/apps",
+                &body("rollup", 64),
+                &[("Idempotency-Key", "nightly-2026-12-03")],
+            )
+            .ok()?;
+        (r.status != 503).then_some(r)
+    });
+    assert_eq!(again.status, 200, "{:?}", again.body);
+    assert_eq!(again.body["id"], id.as_str());
+    let conflict = submit_keyed(&api, "nightly-2026-12-03", &body("rollup", 1));
+    assert_eq!(conflict.status, 409, "{:?}", conflict.body);
+    drop(masters);
+    drop(etcd);
+}
+
+#[test]
+fn apps_page_newest_first_with_a_cursor() {
+    let c = Cluster::start("2s", &[]);
+    let api = c.api();
+    let ids: Vec<String> = (0..7)
+        .map(|i| {
+            api.submit(body(&format!("a{i}"), 64))["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/api/v1/apps?limit=3&after={a}"),
+            None => "/api/v1/apps?limit=3".to_string(),
+        };
+        let r = api.get(&path);
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        pages += 1;
+        let apps = r.body["apps"].as_array().unwrap();
+        assert!(apps.len() <= 3);
+        seen.extend(apps.iter().map(|a| a["id"].as_str().unwrap().to_string()));
+        assert!(
+            r.body.as_object().unwrap().contains_key("next"),
+            "next is always there"
+        );
+        match r.body["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let mut expected = ids.clone();
+    expected.reverse();
+    assert_eq!(seen, expected, "newest first, each app once");
+    // The default page is 100; a larger limit is served as 1000.
+    assert_eq!(
+        api.get("/api/v1/apps").body["apps"]
+            .as_array()
+            .unwrap()
+            .len(),
+        7
+    );
+    let r = api.get("/api/v1/apps?limit=5000");
+    assert_eq!(r.status, 200);
+    let r = api.get("/api/v1/apps?after=not-an-id");
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    // A waiting app says why, computed when read.
+    let app = api.app(&ids[0]);
+    assert!(
+        app["message"]
+            .as_str()
+            .unwrap()
+            .contains("waiting for an ALIVE worker"),
+        "{app}"
+    );
+}
+
+#[test]
+fn finished_apps_beyond_the_retention_expire_and_answer_404() {
+    let c = Cluster::start_with("2s", &[("w1", 2)], |_| {
+        vec!["--retain-finished".into(), "2".into()]
+    });
+    let api = c.api();
+    // One after the other: an older app may expire as soon as two newer ones have finished.
+    let ids: Vec<String> = (0..5)
+        .map(|i| {
+            let id = api.submit_cmd(&format!("t{i}"), &["true"], json!({}));
+            api.wait_state(&id, "FINISHED", T);
+            id
+        })
+        .collect();
+    // The retention runs with the engine's timers (at most every second).
+    let gone = wait_for("three apps to expire", T, || {
+        let gone: Vec<&String> = ids
+            .iter()
+            .filter(|id| api.get(&format!("/api/v1/apps/{id}")).status == 404)
+            .collect();
+        (gone.len() == 3).then(|| gone.into_iter().cloned().collect::<HashSet<String>>())
+    });
+    let oldest: HashSet<String> = ids[..3].iter().cloned().collect();
+    assert_eq!(gone, oldest, "the oldest are removed first");
+    let r = api.get(&format!("/api/v1/apps/{}", ids[0]));
+    assert_eq!(r.body["error"], format!("app {} expired", ids[0]));
+    let r = api.get("/api/v1/apps/app-20991231000000-999999");
+    assert_eq!(r.body["error"], "app app-20991231000000-999999 not found");
+    let events = api.get("/api/v1/events?after=0&follow=false&type=app.expired");
+    assert_eq!(events.status, 200);
+    let listed: Vec<String> = api.get("/api/v1/apps").body["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, [ids[4].clone(), ids[3].clone()]);
+}
