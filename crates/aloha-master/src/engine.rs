@@ -316,6 +316,9 @@ impl Engine {
                     Err(_) => break,
                 }
             }
+            if !batch.is_empty() {
+                self.metrics.engine_batch.observe(batch.len() as f64);
+            }
             let now = tokio::time::Instant::now();
             let tick = now >= next_tick;
             if tick {

@@ -452,6 +452,9 @@ impl Master {
                 .set_workers(s, workers.get(&s).copied().unwrap_or(0));
         }
         self.metrics.queue_length.set(c.queued() as i64);
+        self.metrics
+            .engine_queue
+            .set((self.tx.max_capacity() - self.tx.capacity()) as i64);
         self.metrics.render()
     }
 
@@ -539,13 +542,16 @@ pub fn worker_infos<'a>(
 }
 
 /// An app as the API serves it: a waiting app's message says why it waits, computed from the
-/// workers as they are now (it is never written to the store).
-pub fn present(cluster: &Cluster, app: &App) -> App {
-    let mut out = app.clone();
+/// workers as they are now (it is never written to the store). Other apps are served as they
+/// are, without a copy.
+pub fn present<'a>(cluster: &Cluster, app: &'a App) -> std::borrow::Cow<'a, App> {
     if app.state.is_waiting() {
+        let mut out = app.clone();
         out.message = Some(cluster.wait_reason(app));
+        std::borrow::Cow::Owned(out)
+    } else {
+        std::borrow::Cow::Borrowed(app)
     }
-    out
 }
 
 /// Bumps the single-node epoch counter: every start of an embedded master is a new epoch.

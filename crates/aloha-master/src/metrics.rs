@@ -53,6 +53,10 @@ pub struct Metrics {
     listener_failed: Family<ListenerLabel, Counter>,
     /// SSE clients connected.
     pub event_streams: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Operations per engine batch (one store commit each).
+    pub engine_batch: Histogram,
+    /// Operations waiting for the engine.
+    pub engine_queue: Gauge<i64, std::sync::atomic::AtomicI64>,
 }
 
 fn latency() -> Histogram {
@@ -132,6 +136,18 @@ impl Metrics {
         );
         let submitted = Counter::<u64, AtomicU64>::default();
         registry.register("apps_submitted", "Accepted submissions", submitted.clone());
+        let engine_batch = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        registry.register(
+            "engine_batch_operations",
+            "Operations applied per engine batch (each batch is one store commit)",
+            engine_batch.clone(),
+        );
+        let engine_queue = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register(
+            "engine_queue",
+            "Operations waiting for the engine",
+            engine_queue.clone(),
+        );
         Metrics {
             registry,
             apps,
@@ -147,6 +163,8 @@ impl Metrics {
             listener_delivered,
             listener_failed,
             event_streams,
+            engine_batch,
+            engine_queue,
         }
     }
 

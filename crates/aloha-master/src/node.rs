@@ -215,7 +215,7 @@ impl Node {
             let apps = page
                 .apps
                 .iter()
-                .map(|a| present(&view.cluster, a))
+                .map(|a| present(&view.cluster, a).into_owned())
                 .collect();
             return Ok((apps, page.next));
         }
@@ -238,7 +238,7 @@ impl Node {
         if let Some(m) = self.active() {
             let view = m.view();
             return match view.cluster.lookup(&app_id) {
-                Lookup::Found(a) => Ok(present(&view.cluster, &a)),
+                Lookup::Found(a) => Ok(present(&view.cluster, &a).into_owned()),
                 Lookup::Expired => Err(MasterError::AppExpired(id.to_string())),
                 Lookup::NotFound => Err(MasterError::AppNotFound(id.to_string())),
             };
