@@ -120,7 +120,11 @@ pub(crate) fn wait_all_finished(api: &Api, total: usize) {
             let n = metric(&m, &format!("aloha_apps{{state=\"{bad}\"}}")).unwrap_or(0.0);
             assert!(n == 0.0, "{n} apps ended {bad}");
         }
-        let done = metric(&m, "aloha_apps{state=\"FINISHED\"}").unwrap_or(0.0);
+        // The counter, where the master has it: the gauge holds only the finished apps the
+        // master retains (10,000 by default), so it stops short of a larger run.
+        let done = metric(&m, "aloha_app_transitions_total{state=\"FINISHED\"}")
+            .or_else(|| metric(&m, "aloha_apps{state=\"FINISHED\"}"))
+            .unwrap_or(0.0);
         if done > last.0 {
             last = (done, Instant::now());
         }
