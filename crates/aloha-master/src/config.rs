@@ -2,7 +2,7 @@
 //! `ALOHA_*` environment variables and flags. Every key is documented in `config/master.toml`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -164,35 +164,20 @@ pub struct Args {
     pub log: Option<String>,
 }
 
-/// A configuration that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// File.
-        path: String,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this config.
-    #[error("invalid config file {path}: {message}")]
-    Parse {
-        /// File.
-        path: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// A value is out of range.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
+/// What can be wrong with a configuration; shared with the other daemon.
+pub use aloha_daemon::ConfigError;
+
+impl aloha_daemon::DaemonConfig for Config {
+    fn log_filter(&self) -> &str {
+        &self.log
+    }
 }
 
 impl Args {
     /// Merges defaults, the config file and the flags/env.
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let mut cfg = match &self.config {
-            Some(path) => load_file(path)?,
+            Some(path) => aloha_daemon::load_toml(path)?,
             None => Config::default(),
         };
         if let Some(v) = self.http_addr {
@@ -277,20 +262,10 @@ impl Args {
     }
 }
 
-fn load_file(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.display().to_string(),
-        message: e.message().to_string(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn flags_override_the_file_which_overrides_defaults() {
@@ -318,7 +293,10 @@ mod tests {
     #[test]
     fn the_shipped_example_config_parses_to_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/master.toml");
-        assert_eq!(load_file(&path).unwrap(), Config::default());
+        assert_eq!(
+            aloha_daemon::load_toml::<Config>(&path).unwrap(),
+            Config::default()
+        );
     }
 
     #[test]
@@ -326,7 +304,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("m.toml");
         std::fs::write(&file, "worker_timout = \"30s\"\n").unwrap();
-        let err = load_file(&file).unwrap_err().to_string();
+        let err = aloha_daemon::load_toml::<Config>(&file)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field"), "{err}");
         let args = Args::try_parse_from(["aloha-master", "--worker-timeout", "1ms"]).unwrap();
         assert!(args.into_config().is_err());

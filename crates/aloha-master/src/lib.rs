@@ -117,7 +117,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let http_task = tokio::spawn(async move { http.await });
     let rpc_task = tokio::spawn(rpc);
-    shutdown_signal().await;
+    aloha_daemon::shutdown_signal().await;
     info!("shutting down");
     let _ = stop_tx.send(true);
     // Resign first (HA) so a standby takes over while we finish.
@@ -126,30 +126,4 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     http_task.await??;
     rpc_task.await??;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = ctrl_c.await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
-}
-
-/// Sets up logging to stderr with the configured filter (`RUST_LOG` wins when set).
-pub fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -100,35 +100,20 @@ pub struct Args {
     pub log: Option<String>,
 }
 
-/// A configuration that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// File.
-        path: String,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// The file is not valid.
-    #[error("invalid config file {path}: {message}")]
-    Parse {
-        /// File.
-        path: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// A value is out of range.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
+/// What can be wrong with a configuration; shared with the other daemon.
+pub use aloha_daemon::ConfigError;
+
+impl aloha_daemon::DaemonConfig for Config {
+    fn log_filter(&self) -> &str {
+        &self.log
+    }
 }
 
 impl Args {
     /// Merges defaults, the config file and the flags/env.
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let mut cfg = match &self.config {
-            Some(path) => load_file(path)?,
+            Some(path) => aloha_daemon::load_toml(path)?,
             None => Config::default(),
         };
         if !self.masters.is_empty() {
@@ -175,17 +160,6 @@ impl Args {
     }
 }
 
-fn load_file(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.display().to_string(),
-        message: e.message().to_string(),
-    })
-}
-
 /// The machine's cores.
 pub fn machine_cores() -> u32 {
     std::thread::available_parallelism()
@@ -210,6 +184,7 @@ pub fn machine_memory_mb() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn masters_are_repeatable_and_normalised() {
@@ -231,7 +206,7 @@ mod tests {
     #[test]
     fn the_shipped_example_config_parses_to_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/worker.toml");
-        let mut cfg = load_file(&path).unwrap();
+        let mut cfg = aloha_daemon::load_toml::<Config>(&path).unwrap();
         // The example documents a process plugin table; everything else is default.
         assert!(cfg.plugins.contains_key("process"));
         cfg.plugins.clear();

@@ -114,7 +114,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let session = session::Session::new(worker.clone(), cfg.masters.clone());
     let session_task = tokio::spawn(session.run(stop_rx));
 
-    shutdown_signal().await;
+    aloha_daemon::shutdown_signal().await;
     info!("shutting down: stopping apps");
     worker.shutdown_all();
     if !worker.wait_apps_stopped(cfg.shutdown_timeout).await {
@@ -140,30 +140,4 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     server.await??;
     info!("stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = ctrl_c.await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
-}
-
-/// Sets up logging to stderr with the configured filter (`RUST_LOG` wins when set).
-pub fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
 }
