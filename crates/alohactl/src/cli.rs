@@ -70,7 +70,12 @@ pub enum Command {
         #[arg(value_parser = parse_app_id)]
         id: String,
     },
-    /// List apps, newest first.
+    /// List apps, newest first, one page at a time.
+    ///
+    /// The master serves at most `--limit` apps a request (its default 100, at most 1000). When
+    /// there are more, the table is followed by a line on stderr, `more: alohactl list ... --after
+    /// <id>`, naming the command for the next page (stderr, so a piped table stays only rows); in
+    /// JSON the page's `next` says the same. `--all` fetches every page.
     List(ListArgs),
     /// Ask the cluster to stop an app.
     Kill {
@@ -177,9 +182,19 @@ pub struct ListArgs {
     #[arg(long, value_parser = parse_state)]
     pub state: Option<AppState>,
 
-    /// At most this many apps.
+    /// At most this many apps a page (with --all, a request) [master's default: 100; it serves
+    /// at most 1000].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: Option<u32>,
+
+    /// Start after this app (exclusive): the `next` of the previous page.
+    #[arg(long, value_name = "ID", value_parser = parse_app_id)]
+    pub after: Option<String>,
+
+    /// Fetch every page, following `next` until the last; JSON output is then one object,
+    /// `{"apps": [...], "next": null}`.
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// Normalizes a master address: `host:port` gets `http://`, a trailing `/` goes. Only plain HTTP
@@ -392,6 +407,17 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        let cli = parse(&["list", "--after", " app-20240102030405-0007 ", "--all"]).unwrap();
+        match cli.command {
+            Command::List(l) => {
+                assert_eq!(l.after.as_deref(), Some("app-20240102030405-0007"));
+                assert!(l.all);
+                assert_eq!((l.state, l.limit), (None, None));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["list", "--after", ""]).is_err());
+        assert!(parse(&["list", "--after", ".."]).is_err());
         assert!(parse(&["list", "--state", "RUN"]).is_err());
         assert!(parse(&["list", "--limit", "0"]).is_err());
         assert!(parse(&["--output", "yaml", "list"]).is_err());

@@ -1,11 +1,11 @@
 //! One function per subcommand: build the request, call the API, print the result.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::path::Path;
 
 use aloha_core::api::{AppList, ClusterInfo, WorkerList};
-use aloha_core::{App, SubmitRequest};
+use aloha_core::{App, AppId, SubmitRequest};
 use chrono::Utc;
 use serde_json::Value;
 
@@ -96,6 +96,26 @@ fn status(client: &Client, format: Output, id: &str, io: &mut Io<'_>) -> Result<
 }
 
 fn list(client: &Client, format: Output, args: &ListArgs, io: &mut Io<'_>) -> Result<(), CtlError> {
+    let apps = fetch_apps(client, args)?;
+    match format {
+        Output::Table => {
+            print(io, &output::app_list(&apps.data.apps))?;
+            if let Some(next) = &apps.data.next {
+                // On stderr: the rows on stdout stay clean for a pipe.
+                io.err.write_all(
+                    output::more_apps(args.state, args.limit, next.as_str()).as_bytes(),
+                )?;
+                io.err.flush()?;
+            }
+            Ok(())
+        }
+        Output::Json => print(io, &output::json(&apps.raw)),
+    }
+}
+
+/// One page of apps, as served; with `--all`, every page from `--after` on, joined into one
+/// list whose `next` is null.
+fn fetch_apps(client: &Client, args: &ListArgs) -> Result<Served<AppList>, CtlError> {
     let mut query = Vec::new();
     if let Some(state) = args.state {
         query.push(("state", state.as_str().to_string()));
@@ -103,14 +123,54 @@ fn list(client: &Client, format: Output, args: &ListArgs, io: &mut Io<'_>) -> Re
     if let Some(limit) = args.limit {
         query.push(("limit", limit.to_string()));
     }
-    let apps: Served<AppList> = client.get("/api/v1/apps", &query)?;
-    print(
-        io,
-        &match format {
-            Output::Table => output::app_list(&apps.data.apps),
-            Output::Json => output::json(&apps.raw),
-        },
-    )
+    let page_query = |after: Option<&str>| {
+        let mut q = query.clone();
+        q.extend(after.map(|a| ("after", a.to_string())));
+        q
+    };
+    let first: Served<AppList> = client.get("/api/v1/apps", &page_query(args.after.as_deref()))?;
+    if !args.all {
+        return Ok(first);
+    }
+
+    let mut raw_apps = Vec::new();
+    let mut apps = Vec::new();
+    // Cursors already followed: a master that hands one back twice would loop forever.
+    let mut followed: HashSet<AppId> = args.after.iter().cloned().map(AppId).collect();
+    let mut page = first;
+    loop {
+        raw_apps.extend(served_apps(&page));
+        apps.append(&mut page.data.apps);
+        let Some(next) = page.data.next.take() else {
+            break;
+        };
+        if !followed.insert(next.clone()) {
+            return Err(CtlError::Internal(format!(
+                "the master gave the page cursor {} twice; stopped listing to avoid a loop",
+                output::clean(next.as_str())
+            )));
+        }
+        page = client.get("/api/v1/apps", &page_query(Some(next.as_str())))?;
+    }
+    let raw = serde_json::json!({ "apps": raw_apps, "next": null });
+    Ok(Served {
+        raw,
+        data: AppList { apps, next: None },
+    })
+}
+
+/// The apps of a page as the master sent them (fields this alohactl does not know included).
+fn served_apps(page: &Served<AppList>) -> Vec<Value> {
+    match page.raw.get("apps").and_then(Value::as_array) {
+        Some(items) => items.clone(),
+        // Not reached: the page decoded as an AppList, so `apps` is an array.
+        None => page
+            .data
+            .apps
+            .iter()
+            .filter_map(|a| serde_json::to_value(a).ok())
+            .collect(),
+    }
 }
 
 fn kill(client: &Client, format: Output, id: &str, io: &mut Io<'_>) -> Result<(), CtlError> {
@@ -362,15 +422,19 @@ mod tests {
 
     /// An app as the master serves it.
     fn app_json() -> String {
+        app_value("app-20240102030400-0001").to_string()
+    }
+
+    /// The app `id`, as the master serves it.
+    fn app_value(id: &str) -> Value {
         serde_json::json!({
-            "id": "app-20240102030400-0001", "seq": 1, "name": "job", "kind": "process",
+            "id": id, "seq": 1, "name": "job", "kind": "process",
             "spec": {}, "cores": 1, "memory_mb": 256, "max_retries": 0, "labels": {},
             "state": "SUBMITTED", "worker_id": null, "attempt": 0, "retries": 0,
             "exit_code": null, "message": null, "submitted_at": "2024-01-02T03:04:00Z",
             "started_at": null, "finished_at": null,
             "history": [{"state": "SUBMITTED", "at": "2024-01-02T03:04:00Z"}]
         })
-        .to_string()
     }
 
     /// Runs `alohactl submit --name job <args>` against `client`; returns stdout.
@@ -427,5 +491,177 @@ mod tests {
             "/api/v1/apps/app-20240102030405-0007"
         );
         assert_eq!(app_path("../workers"), "/api/v1/apps/..%2Fworkers");
+    }
+
+    fn list_args(args: &[&str]) -> ListArgs {
+        let cli = Cli::try_parse_from(["alohactl", "list"].into_iter().chain(args.iter().copied()))
+            .unwrap();
+        match cli.command {
+            Command::List(l) => l,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Runs `alohactl list <args>`; returns stdout and stderr.
+    fn run_list(
+        client: &Client,
+        format: Output,
+        args: &[&str],
+    ) -> Result<(String, String), CtlError> {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        list(
+            client,
+            format,
+            &list_args(args),
+            &mut Io {
+                out: &mut out,
+                err: &mut err,
+            },
+        )?;
+        Ok((
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        ))
+    }
+
+    /// A master holding apps `a5` (newest) to `a1`, serving pages of `limit` (default 2) after
+    /// the `after` cursor, as `GET /api/v1/apps` does.
+    fn paging_master() -> crate::client::tests::TestServer {
+        crate::client::tests::TestServer::start(|seen| {
+            let ids = ["a5", "a4", "a3", "a2", "a1"];
+            let url = reqwest::Url::parse(&format!("http://x{}", seen.target)).unwrap();
+            let param = |name: &str| {
+                url.query_pairs()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.into_owned())
+            };
+            let limit: usize = param("limit").map_or(2, |l| l.parse().unwrap());
+            let start =
+                param("after").map_or(0, |a| ids.iter().position(|id| *id == a).unwrap() + 1);
+            let page = &ids[start..(start + limit).min(ids.len())];
+            let next = (start + limit < ids.len()).then(|| page[page.len() - 1]);
+            let apps: Vec<Value> = page.iter().map(|id| app_value(id)).collect();
+            (
+                200,
+                serde_json::json!({"apps": apps, "next": next}).to_string(),
+            )
+        })
+    }
+
+    fn targets(server: &crate::client::tests::TestServer) -> Vec<String> {
+        server.seen().into_iter().map(|s| s.target).collect()
+    }
+
+    #[test]
+    fn a_page_with_more_names_the_next_command_on_stderr() {
+        use std::time::Duration;
+        let server = paging_master();
+        let c = crate::client::tests::client(&[&server.url], Duration::from_secs(5));
+
+        let (out, err) = run_list(&c, Output::Table, &["--state", "submitted"]).unwrap();
+        assert!(
+            out.contains("a5") && out.contains("a4") && !out.contains("a3"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("more"),
+            "the hint is not part of the table: {out}"
+        );
+        assert_eq!(err, "more: alohactl list --state SUBMITTED --after a4\n");
+
+        // The hint's command gives the next page; the last page has no hint.
+        let (out, err) = run_list(&c, Output::Table, &["--after", "a2"]).unwrap();
+        assert!(out.contains("a1") && !out.contains("a2"), "{out}");
+        assert_eq!(err, "");
+        assert_eq!(
+            targets(&server),
+            ["/api/v1/apps?state=SUBMITTED", "/api/v1/apps?after=a2"]
+        );
+    }
+
+    #[test]
+    fn json_pages_are_printed_as_served() {
+        use std::time::Duration;
+        let server = paging_master();
+        let c = crate::client::tests::client(&[&server.url], Duration::from_secs(5));
+        let (out, err) = run_list(&c, Output::Json, &["--limit", "3", "--after", "a5"]).unwrap();
+        let got: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            got,
+            serde_json::json!({"apps": [app_value("a4"), app_value("a3"), app_value("a2")], "next": "a2"})
+        );
+        assert_eq!(err, "", "JSON carries `next` itself");
+        assert_eq!(targets(&server), ["/api/v1/apps?limit=3&after=a5"]);
+    }
+
+    #[test]
+    fn all_follows_next_to_the_last_page() {
+        use std::time::Duration;
+        let server = paging_master();
+        let c = crate::client::tests::client(&[&server.url], Duration::from_secs(5));
+
+        let (out, err) = run_list(&c, Output::Json, &["--all"]).unwrap();
+        let got: Value = serde_json::from_str(&out).unwrap();
+        let all: Vec<Value> = ["a5", "a4", "a3", "a2", "a1"]
+            .iter()
+            .map(|id| app_value(id))
+            .collect();
+        assert_eq!(got, serde_json::json!({"apps": all, "next": null}));
+        assert_eq!(err, "");
+        assert_eq!(
+            targets(&server),
+            [
+                "/api/v1/apps",
+                "/api/v1/apps?after=a4",
+                "/api/v1/apps?after=a2"
+            ]
+        );
+
+        // From a cursor, in a table, with the page size given: one table, no hint.
+        let (out, err) = run_list(
+            &c,
+            Output::Table,
+            &["--all", "--after", "a4", "--limit", "1"],
+        )
+        .unwrap();
+        let rows: Vec<&str> = out
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        assert_eq!(rows, ["a3", "a2", "a1"], "{out}");
+        assert_eq!(err, "");
+        assert_eq!(
+            targets(&server)[3..],
+            [
+                "/api/v1/apps?limit=1&after=a4",
+                "/api/v1/apps?limit=1&after=a3",
+                "/api/v1/apps?limit=1&after=a2"
+            ]
+        );
+    }
+
+    #[test]
+    fn all_stops_when_a_master_repeats_a_cursor() {
+        use std::time::Duration;
+        let server = crate::client::tests::TestServer::start(|_| {
+            let apps = [app_value("a2")];
+            (
+                200,
+                serde_json::json!({"apps": apps, "next": "a2"}).to_string(),
+            )
+        });
+        let c = crate::client::tests::client(&[&server.url], Duration::from_secs(5));
+        let err = run_list(&c, Output::Json, &["--all"]).unwrap_err();
+        assert!(err.to_string().contains("cursor a2 twice"), "{err}");
+        assert_eq!(
+            targets(&server),
+            ["/api/v1/apps", "/api/v1/apps?after=a2"],
+            "the first page, then a2 once"
+        );
+        // Also when the repeated cursor is the one the listing started from.
+        let err = run_list(&c, Output::Json, &["--all", "--after", "a2"]).unwrap_err();
+        assert!(err.to_string().contains("cursor a2 twice"), "{err}");
+        assert_eq!(targets(&server).len(), 3);
     }
 }

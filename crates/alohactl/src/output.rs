@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use aloha_core::api::{ClusterInfo, Role, WorkerInfo};
-use aloha_core::{App, HistoryEntry};
+use aloha_core::{App, AppState, HistoryEntry};
 use chrono::{DateTime, Utc};
 use comfy_table::{presets, ContentArrangement, Table};
 use serde_json::Value;
@@ -132,6 +132,20 @@ pub fn app_list(apps: &[App]) -> String {
             })
             .collect(),
     )
+}
+
+/// The line after a `list` page that is not the last: the command that shows the next one.
+/// Printed on stderr, so a piped table holds only rows.
+pub fn more_apps(state: Option<AppState>, limit: Option<u32>, next: &str) -> String {
+    let mut line = "more: alohactl list".to_string();
+    if let Some(state) = state {
+        line.push_str(&format!(" --state {}", state.as_str()));
+    }
+    if let Some(limit) = limit {
+        line.push_str(&format!(" --limit {limit}"));
+    }
+    line.push_str(&format!(" --after {}\n", clean(next)));
+    line
 }
 
 /// `workers`: one row per worker, then any plugin that failed to load.
