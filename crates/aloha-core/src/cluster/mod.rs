@@ -320,6 +320,18 @@ pub struct Cluster {
     pending_kills: OrdMap<u64, u64>,
     last_seq: u64,
     recovery_deadline_ms: Option<u64>,
+    /// What the ALIVE workers offer, per kind, for the "waiting for ..." reason: recomputed
+    /// when a worker record changes (rare), so reading a waiting app costs no walk over
+    /// thousands of workers.
+    offers: Arc<Offers>,
+}
+
+/// The ALIVE workers' total capacities, per kind.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Offers {
+    alive: usize,
+    /// Distinct (cores, memory) totals of the ALIVE workers providing each kind.
+    by_kind: BTreeMap<String, std::collections::BTreeSet<(u32, u64)>>,
 }
 
 fn shape(app: &App) -> Shape {
@@ -356,7 +368,26 @@ impl Cluster {
             pending_kills: OrdMap::new(),
             last_seq: 0,
             recovery_deadline_ms: None,
+            offers: Arc::default(),
         }
+    }
+
+    /// Recomputes [`Offers`] (after a worker record changed).
+    fn refresh_offers(&mut self) {
+        let mut o = Offers::default();
+        for w in self.workers.values() {
+            if w.record.state != WorkerState::Alive {
+                continue;
+            }
+            o.alive += 1;
+            for k in &w.record.kinds {
+                o.by_kind
+                    .entry(k.clone())
+                    .or_default()
+                    .insert((w.record.cores, w.record.memory_mb));
+            }
+        }
+        self.offers = Arc::new(o);
     }
 
     /// Rebuilds the cluster from stored records after a (re)start or a failover, and applies
@@ -413,6 +444,7 @@ impl Cluster {
             }
         }
         c.recovery_deadline_ms = Some(now.mono_ms + c.rules.worker_timeout_ms);
+        c.refresh_offers();
         c
     }
 
@@ -518,31 +550,18 @@ impl Cluster {
     /// Why a waiting app is not placed, computed from the workers as they are now.
     pub fn wait_reason(&self, app: &App) -> String {
         let need = format!("{} cores and {} MiB", app.cores, app.memory_mb);
-        let alive: Vec<&Worker> = self
-            .workers
-            .values()
-            .filter(|w| w.record.state == WorkerState::Alive)
-            .collect();
-        if alive.is_empty() {
+        if self.offers.alive == 0 {
             return format!("waiting for an ALIVE worker (needs {need})");
         }
-        let candidates: Vec<&&Worker> = alive
-            .iter()
-            .filter(|w| w.record.kinds.contains(&app.kind))
-            .collect();
-        if candidates.is_empty() {
+        let Some(totals) = self.offers.by_kind.get(&app.kind) else {
             return format!("waiting: no ALIVE worker provides kind {:?}", app.kind);
-        }
-        if !candidates
+        };
+        if !totals
             .iter()
-            .any(|w| w.record.cores >= app.cores && w.record.memory_mb >= app.memory_mb)
+            .any(|(c, m)| *c >= app.cores && *m >= app.memory_mb)
         {
-            let max_cores = candidates.iter().map(|w| w.record.cores).max().unwrap_or(0);
-            let max_mem = candidates
-                .iter()
-                .map(|w| w.record.memory_mb)
-                .max()
-                .unwrap_or(0);
+            let max_cores = totals.iter().map(|t| t.0).max().unwrap_or(0);
+            let max_mem = totals.iter().map(|t| t.1).max().unwrap_or(0);
             return format!(
                 "cannot be placed: needs {need} but the largest ALIVE worker has {max_cores} cores and {max_mem} MiB"
             );
@@ -753,6 +772,7 @@ impl Cluster {
             .unwrap_or_else(|| Worker::new((*record).clone()));
         w.record = record.clone();
         self.index_worker(old.as_ref(), &w);
+        self.refresh_offers();
         fx.workers.insert(id.clone(), Some(record));
     }
 
@@ -771,6 +791,7 @@ impl Cluster {
         }
         fx.workers.insert(id.clone(), None);
         fx.liveness.push(LiveChange::Forget(id.clone()));
+        self.refresh_offers();
     }
 
     // ------------------------------------------------------------------------------------
@@ -1361,6 +1382,11 @@ impl Cluster {
                     on.len()
                 ));
             }
+        }
+        let mut fresh = self.clone();
+        fresh.refresh_offers();
+        if fresh.offers != self.offers {
+            return Err("the ALIVE workers' offers are stale".into());
         }
         let terminal = self.apps.values().filter(|a| a.state.is_terminal()).count();
         if terminal != self.terminal.len() {
