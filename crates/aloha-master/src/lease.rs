@@ -1,18 +1,19 @@
-//! The leader's lease: a keep-alive task and a local deadline.
+//! The leader's lease and its local deadline.
 //!
 //! etcd expires a lease `ttl` after the last keep-alive it processed. The master cannot see
 //! that moment, so it keeps its own, earlier deadline: `sent_at + ttl - margin` for the newest
 //! keep-alive that etcd answered, where `sent_at` is when the request left (before etcd saw it).
 //! Past that deadline the master stops acting as leader even if nothing told it so: a paused
 //! process or a slow etcd cannot make it write after a successor may have been elected.
+//!
+//! The guard is the same for every [`crate::election::Election`]; the etcd keep-alive that
+//! renews it lives in [`crate::election::etcd`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::Client;
 use tokio::sync::Notify;
-use tracing::{debug, warn};
 
 /// Whether this master may still act on its lease.
 pub struct LeaseGuard {
@@ -82,50 +83,6 @@ impl LeaseGuard {
             }
         }
     }
-}
-
-/// Keeps `lease` alive every `ttl / 3` until the guard is lost; declares it lost when etcd says
-/// the lease expired or the local deadline passes without a good answer.
-pub async fn keep_alive(client: Client, lease: i64, ttl: Duration, guard: Arc<LeaseGuard>) {
-    let every = (ttl / 3).max(Duration::from_millis(100));
-    let mut client = client;
-    let mut stream_pair = None;
-    while guard.valid() {
-        if stream_pair.is_none() {
-            match tokio::time::timeout(every, client.lease_keep_alive(lease)).await {
-                Ok(Ok(pair)) => stream_pair = Some(pair),
-                Ok(Err(e)) => debug!("lease keep-alive stream: {e}"),
-                Err(_) => debug!("lease keep-alive stream: timed out"),
-            }
-        }
-        if let Some((keeper, stream)) = stream_pair.as_mut() {
-            let sent = Instant::now();
-            let answered = tokio::time::timeout(every, async {
-                keeper.keep_alive().await?;
-                stream.message().await
-            })
-            .await;
-            match answered {
-                Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
-                    guard.renewed(sent, Duration::from_secs(resp.ttl() as u64));
-                }
-                Ok(Ok(Some(_))) => {
-                    warn!(lease, "etcd says the lease expired");
-                    guard.lose();
-                    return;
-                }
-                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
-                    debug!(lease, "lease keep-alive failed; reconnecting");
-                    stream_pair = None;
-                }
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = guard.lost() => {}
-        }
-    }
-    guard.lose();
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod election;
 pub mod engine;
 pub mod error;
 pub mod events;

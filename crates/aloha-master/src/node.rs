@@ -3,56 +3,43 @@
 //!
 //! Single-node mode: one [`Master`] over the embedded store, ALIVE from start to stop.
 //!
-//! HA mode (etcd): STANDBY → (elected) → RECOVERING → ALIVE, and back to STANDBY whenever the
-//! lease is lost, a write is fenced, or etcd is unreachable for longer than the lease:
+//! HA mode: STANDBY → (elected) → RECOVERING → ALIVE, and back to STANDBY whenever the lease
+//! is lost, a write is fenced, or the election backend is unreachable for longer than the
+//! lease. The loop below is written against the [`Election`] trait (etcd in production,
+//! memory in the unit tests at the end of this file):
 //!
-//! 1. grant a lease and keep it alive on its own task with a local deadline ([`crate::lease`]);
-//! 2. register as a member and campaign with the etcd election API (blocks while another
-//!    master leads; meanwhile this node follows the leader's address for redirects);
-//! 3. elected: the leader key's create revision is the epoch; a fenced store is built around it
-//!    and the state is recovered (RECOVERING); then ALIVE and scheduling;
+//! 1. take a candidacy: a lease kept alive with a local deadline ([`crate::lease`]) and a
+//!    membership;
+//! 2. campaign (blocks while another master leads; meanwhile this node follows the leader's
+//!    address for redirects);
+//! 3. elected: the leadership's epoch and fenced store; the state is recovered through that
+//!    store (RECOVERING); then ALIVE and scheduling;
 //! 4. on loss of the lease, a fenced write or shutdown: stop acting at once, drop the master,
-//!    resign (on shutdown, so a standby takes over immediately) and start again at 1.
+//!    resign (so a standby takes over immediately) and start again at 1.
 //!
 //! Standbys serve reads from the store and answer mutations with 503 and the leader's address.
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aloha_core::api::{ClusterInfo, Role};
 use aloha_core::cluster::Lookup;
 use aloha_core::{App, AppId, AppState, WorkerRecord};
-use etcd_client::Client;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::clock::SystemClock;
 use crate::config::Config;
+use crate::election::etcd::EtcdElection;
+use crate::election::{Candidacy, Election, ElectionError, Leadership};
 use crate::events::EventLog;
-use crate::lease::{self, LeaseGuard};
 use crate::listeners::{Listeners, LoadedListener};
 use crate::master::{present, worker_infos, Master, MasterError};
 use crate::metrics::Metrics;
-use crate::store::etcd::{cluster_prefix, EtcdStore, Fence};
 use crate::store::{keys, StateStore};
 use crate::worker_client::WorkerConnector;
 
-/// HTTP/2 keep-alive pings to etcd: etcd closes connections that ping more often than its
-/// `--grpc-keepalive-min-time` (5 s by default), so stay above it.
-const ETCD_KEEPALIVE: Duration = Duration::from_secs(10);
-
-/// Where the leader is, as published in its election value.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LeaderInfo {
-    /// Its HTTP URL.
-    pub http: String,
-    /// Its gRPC URL.
-    pub rpc: String,
-    /// Its epoch (the leader key's create revision).
-    #[serde(default)]
-    pub epoch: u64,
-}
+pub use crate::election::LeaderInfo;
 
 /// The role, the leader and the active master of this process.
 pub struct Node {
@@ -304,84 +291,74 @@ impl Node {
     // ------------------------------------------------------------------------------------
     // HA mode
 
-    /// Starts an HA node: connects to etcd and campaigns in the background until `stop`.
+    /// Starts an HA node over etcd: connects and campaigns in the background until `stop`.
     pub async fn ha(
         cfg: Config,
         connector: Arc<dyn WorkerConnector>,
         listeners: Vec<LoadedListener>,
         stop: watch::Receiver<bool>,
     ) -> anyhow::Result<(Arc<Node>, tokio::task::JoinHandle<()>)> {
-        let opts = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(Duration::from_secs(5))
-            .with_keep_alive(ETCD_KEEPALIVE, Duration::from_secs(5));
-        let connect = |opts: etcd_client::ConnectOptions| {
-            let endpoints = cfg.etcd_endpoints.clone();
-            async move {
-                Client::connect(&endpoints, Some(opts)).await.map_err(|e| {
-                    anyhow::anyhow!("cannot reach etcd at {}: {e}", endpoints.join(","))
-                })
-            }
-        };
-        let client = connect(opts).await?;
-        // Campaigning blocks for as long as another master leads: no request timeout there
-        // (dead connections are still detected by the HTTP/2 keep-alive).
-        let campaigner = connect(
-            etcd_client::ConnectOptions::new()
-                .with_connect_timeout(Duration::from_secs(2))
-                .with_keep_alive(ETCD_KEEPALIVE, Duration::from_secs(5)),
+        let election = EtcdElection::connect(
+            &cfg.etcd_endpoints,
+            &cfg.cluster_name,
+            Self::me(&cfg),
+            cfg.lease_ttl,
         )
         .await?;
-        let store = EtcdStore::new(client.clone(), &cfg.cluster_name);
-        let reader: Arc<dyn StateStore> = Arc::new(store.clone());
+        Ok(Node::elected_by(
+            cfg,
+            Arc::new(election),
+            connector,
+            listeners,
+            stop,
+        ))
+    }
+
+    /// Starts an HA node over any [`Election`]: campaigns in the background until `stop`.
+    pub fn elected_by(
+        cfg: Config,
+        election: Arc<dyn Election>,
+        connector: Arc<dyn WorkerConnector>,
+        listeners: Vec<LoadedListener>,
+        stop: watch::Receiver<bool>,
+    ) -> (Arc<Node>, tokio::task::JoinHandle<()>) {
+        let reader = election.store();
         let node = Node::new(
-            cfg.clone(),
+            cfg,
             reader.clone(),
             Arc::new(Metrics::new()),
             Role::Standby,
             EventLog::new(reader),
             listeners,
         );
-        let task = tokio::spawn(
-            node.clone()
-                .ha_loop(client, campaigner, store, connector, stop),
-        );
-        Ok((node, task))
+        let task = tokio::spawn(node.clone().ha_loop(election, connector, stop));
+        (node, task)
     }
 
-    fn election_name(&self) -> String {
-        format!("{}election", cluster_prefix(&self.cfg.cluster_name))
-    }
-
-    fn members_prefix(&self) -> String {
-        format!("{}members/", cluster_prefix(&self.cfg.cluster_name))
+    /// What this master publishes as leader and member.
+    fn me(cfg: &Config) -> LeaderInfo {
+        LeaderInfo {
+            http: cfg.http_url(),
+            rpc: cfg.rpc_url(),
+            epoch: 0,
+        }
     }
 
     async fn ha_loop(
         self: Arc<Self>,
-        client: Client,
-        campaigner: Client,
-        store: EtcdStore,
+        election: Arc<dyn Election>,
         connector: Arc<dyn WorkerConnector>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let ttl = self.cfg.lease_ttl;
-        let me = LeaderInfo {
-            http: self.cfg.http_url(),
-            rpc: self.cfg.rpc_url(),
-            epoch: 0,
-        };
-        let follower = tokio::spawn(self.clone().follow_leader(client.clone(), stop.clone()));
+        let follower = tokio::spawn(self.clone().follow_leader(election.clone(), stop.clone()));
         let mut backoff = Duration::from_millis(200);
         while !*stop.borrow() {
             self.set_role(Role::Standby);
-            // 1. A lease, kept alive on its own task.
-            let sent = Instant::now();
-            let mut c = client.clone();
-            let lease = match c.lease_grant(ttl.as_secs().max(1) as i64, None).await {
-                Ok(l) => l.id(),
+            // 1. A lease, kept alive on its own task, and a membership.
+            let mut candidacy = match election.candidacy().await {
+                Ok(c) => c,
                 Err(e) => {
-                    warn!("etcd: cannot grant a lease: {e}; retrying in {backoff:?}");
+                    warn!("{e}; retrying in {backoff:?}");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = stop.changed() => {}
@@ -391,118 +368,108 @@ impl Node {
                 }
             };
             backoff = Duration::from_millis(200);
-            let guard = LeaseGuard::new(ttl, sent);
-            let keeper = tokio::spawn(lease::keep_alive(client.clone(), lease, ttl, guard.clone()));
-            let value = serde_json::to_vec(&me).expect("leader info serializes");
-            let member_key = format!("{}{}", self.members_prefix(), self.cfg.http_url());
-            let _ = c
-                .put(
-                    member_key,
-                    value.clone(),
-                    Some(etcd_client::PutOptions::new().with_lease(lease)),
-                )
-                .await;
+            let guard = candidacy.guard();
 
             // 2. Campaign until elected, the lease is lost, or we are asked to stop.
-            let mut cc = campaigner.clone();
-            let elected = tokio::select! {
-                r = cc.campaign(self.election_name(), value, lease) => r,
-                _ = guard.lost() => {
-                    warn!("lease lost while campaigning");
-                    keeper.abort();
-                    continue;
-                }
-                _ = stop.changed() => {
-                    keeper.abort();
-                    let _ = c.lease_revoke(lease).await;
-                    break;
-                }
+            let campaigned = tokio::select! {
+                r = candidacy.campaign() => Campaigned::Done(r),
+                _ = guard.lost() => Campaigned::LeaseLost,
+                _ = stop.changed() => Campaigned::Stopping,
             };
-            let key = match elected {
-                Ok(mut r) => match r.take_leader() {
-                    Some(k) => k,
-                    None => {
-                        error!("etcd campaign returned no leader key");
-                        keeper.abort();
-                        continue;
-                    }
-                },
-                Err(e) => {
-                    warn!("etcd campaign failed: {e}");
-                    keeper.abort();
-                    let _ = c.lease_revoke(lease).await;
+            let leadership = match campaigned {
+                Campaigned::Done(Ok(l)) => l,
+                Campaigned::Done(Err(e)) => {
+                    warn!("{e}");
+                    candidacy.resign().await;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
-            };
-
-            // 3. Elected: recover under the fence, then lead.
-            let epoch = key.rev() as u64;
-            self.set_role(Role::Recovering);
-            write(
-                &self.leader,
-                Some(LeaderInfo {
-                    epoch,
-                    ..me.clone()
-                }),
-            );
-            info!(epoch, lease, "elected leader; recovering state");
-            let fenced = store.fenced(Fence {
-                leader_key: key.key().to_vec(),
-                revision: key.rev(),
-                guard: guard.clone(),
-            });
-            let master = match Master::recover(
-                self.cfg.clone(),
-                Arc::new(fenced),
-                connector.clone(),
-                Arc::new(SystemClock::default()),
-                epoch,
-                self.metrics.clone(),
-                self.events.clone(),
-            )
-            .await
-            {
-                Ok(m) => m,
-                Err(e) => {
-                    error!("recovery failed: {e}; resigning");
-                    self.step_down(&mut c, key, lease, &keeper).await;
+                Campaigned::LeaseLost => {
+                    // Dropping the candidacy stops its keep-alive; the lease is gone anyway.
+                    warn!("lease lost while campaigning");
                     continue;
                 }
-            };
-            let listeners = match self.start_listeners(&master) {
-                Ok(l) => l,
-                Err(e) => {
-                    error!("cannot start listeners: {e}; resigning");
-                    self.step_down(&mut c, key, lease, &keeper).await;
-                    continue;
+                Campaigned::Stopping => {
+                    candidacy.resign().await;
+                    break;
                 }
             };
-            let (loops_stop_tx, loops_stop_rx) = watch::channel(false);
-            let loops = tokio::spawn(master.clone().run_loops(loops_stop_rx));
-            write(&self.active, Some(master.clone()));
-            self.set_role(Role::Alive);
-            info!(epoch, "ALIVE: scheduling");
 
-            // 4. Lead until the lease or the fence is lost, or we stop.
-            let shutting_down = tokio::select! {
-                _ = guard.lost() => { warn!(epoch, "lease lost: stepping down"); false }
-                _ = master.fenced() => { warn!(epoch, "fenced: stepping down"); false }
-                _ = stop.changed() => { info!(epoch, "shutting down: resigning"); true }
-            };
-            guard.lose();
-            write(&self.active, None);
-            self.set_role(Role::Standby);
-            let _ = loops_stop_tx.send(true);
-            let _ = loops.await;
-            stop_listeners(listeners).await;
-            self.step_down(&mut c, key, lease, &keeper).await;
+            // 3 and 4.
+            let shutting_down = self.lead(leadership, &connector, &mut stop).await;
+            self.step_down(candidacy).await;
             if shutting_down {
                 break;
             }
         }
         self.set_role(Role::Standby);
         follower.abort();
+    }
+
+    /// Recovers under the leadership's fence and leads until the lease or the fence is lost or
+    /// `stop` changes; then stops acting at once. Returns whether we are shutting down.
+    async fn lead(
+        &self,
+        leadership: Leadership,
+        connector: &Arc<dyn WorkerConnector>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let Leadership {
+            epoch,
+            guard,
+            store,
+        } = leadership;
+        self.set_role(Role::Recovering);
+        write(
+            &self.leader,
+            Some(LeaderInfo {
+                epoch,
+                ..Self::me(&self.cfg)
+            }),
+        );
+        info!(epoch, "elected leader; recovering state");
+        let master = match Master::recover(
+            self.cfg.clone(),
+            store,
+            connector.clone(),
+            Arc::new(SystemClock::default()),
+            epoch,
+            self.metrics.clone(),
+            self.events.clone(),
+        )
+        .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                error!("recovery failed: {e}; resigning");
+                return false;
+            }
+        };
+        let listeners = match self.start_listeners(&master) {
+            Ok(l) => l,
+            Err(e) => {
+                error!("cannot start listeners: {e}; resigning");
+                return false;
+            }
+        };
+        let (loops_stop_tx, loops_stop_rx) = watch::channel(false);
+        let loops = tokio::spawn(master.clone().run_loops(loops_stop_rx));
+        write(&self.active, Some(master.clone()));
+        self.set_role(Role::Alive);
+        info!(epoch, "ALIVE: scheduling");
+
+        let shutting_down = tokio::select! {
+            _ = guard.lost() => { warn!(epoch, "lease lost: stepping down"); false }
+            _ = master.fenced() => { warn!(epoch, "fenced: stepping down"); false }
+            _ = stop.changed() => { info!(epoch, "shutting down: resigning"); true }
+        };
+        guard.lose();
+        write(&self.active, None);
+        self.set_role(Role::Standby);
+        let _ = loops_stop_tx.send(true);
+        let _ = loops.await;
+        stop_listeners(listeners).await;
+        shutting_down
     }
 
     /// Starts this leadership's listener threads and attaches them to `master`.
@@ -521,18 +488,8 @@ impl Node {
         Ok(Some(l))
     }
 
-    async fn step_down(
-        &self,
-        c: &mut Client,
-        key: etcd_client::LeaderKey,
-        lease: i64,
-        keeper: &tokio::task::JoinHandle<()>,
-    ) {
-        keeper.abort();
-        // Best effort: if etcd is unreachable the lease simply expires.
-        let resign = c.resign(Some(etcd_client::ResignOptions::new().with_leader(key)));
-        let _ = tokio::time::timeout(Duration::from_secs(2), resign).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), c.lease_revoke(lease)).await;
+    async fn step_down(&self, candidacy: Box<dyn Candidacy>) {
+        candidacy.resign().await;
         if read(&self.leader).is_some_and(|l| l.http == self.cfg.http_url()) {
             write(&self.leader, None);
         }
@@ -541,41 +498,21 @@ impl Node {
     /// Keeps `leader` and `members` current while this node does not lead, for redirects and
     /// for `GET /api/v1/cluster`. Polls with timeouts: etcd's observe would block while there is
     /// no leader.
-    async fn follow_leader(self: Arc<Self>, client: Client, mut stop: watch::Receiver<bool>) {
-        let mut c = client;
+    async fn follow_leader(
+        self: Arc<Self>,
+        election: Arc<dyn Election>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        const ASK: Duration = Duration::from_secs(2);
         loop {
             if self.role() == Role::Standby {
-                let name = self.election_name();
-                match tokio::time::timeout(Duration::from_secs(2), c.leader(name)).await {
-                    Ok(Ok(resp)) => {
-                        if let Some(kv) = resp.kv() {
-                            if let Ok(mut info) = serde_json::from_slice::<LeaderInfo>(kv.value()) {
-                                info.epoch = kv.create_revision() as u64;
-                                write(&self.leader, Some(info));
-                            }
-                        }
-                    }
-                    // "no leader" or etcd trouble: nobody to redirect to.
+                match tokio::time::timeout(ASK, election.leader()).await {
+                    Ok(Ok(leader)) => write(&self.leader, leader),
+                    // etcd trouble: nobody to redirect to.
                     Ok(Err(_)) | Err(_) => write(&self.leader, None),
                 }
             }
-            let opts = etcd_client::GetOptions::new()
-                .with_prefix()
-                .with_keys_only();
-            if let Ok(Ok(resp)) = tokio::time::timeout(
-                Duration::from_secs(2),
-                c.get(self.members_prefix(), Some(opts)),
-            )
-            .await
-            {
-                let prefix = self.members_prefix();
-                let mut members: Vec<String> = resp
-                    .kvs()
-                    .iter()
-                    .filter_map(|kv| kv.key_str().ok())
-                    .filter_map(|k| k.strip_prefix(&prefix).map(str::to_string))
-                    .collect();
-                members.sort();
+            if let Ok(Ok(members)) = tokio::time::timeout(ASK, election.members()).await {
                 write(&self.members, members);
             }
             tokio::select! {
@@ -586,10 +523,214 @@ impl Node {
     }
 }
 
+/// How a campaign ended.
+enum Campaigned {
+    Done(Result<Leadership, ElectionError>),
+    LeaseLost,
+    Stopping,
+}
+
 /// Stops listener threads off the runtime (a delivery in progress may take a while).
 pub async fn stop_listeners(listeners: Option<Arc<Listeners>>) {
     if let Some(l) = listeners {
         l.stop();
         let _ = tokio::task::spawn_blocking(move || drop(l)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Failover over the in-memory election: the same HA loop as over etcd, with the lease
+    //! loss simulated by revoking it.
+    use super::*;
+    use crate::election::memory::MemoryElectorate;
+    use crate::store::{StoreError, Txn};
+    use aloha_core::SubmitRequest;
+    use aloha_proto as pb;
+    use async_trait::async_trait;
+
+    /// No workers in these tests: apps stay SUBMITTED, nothing is ever sent.
+    struct NoWorkers;
+
+    #[async_trait]
+    impl WorkerConnector for NoWorkers {
+        async fn launch(
+            &self,
+            _: &str,
+            _: pb::LaunchAppRequest,
+        ) -> Result<pb::LaunchAppResponse, String> {
+            Err("no workers in this test".into())
+        }
+        async fn kill(
+            &self,
+            _: &str,
+            _: pb::KillAppRequest,
+        ) -> Result<pb::KillAppResponse, String> {
+            Err("no workers in this test".into())
+        }
+    }
+
+    struct Running {
+        node: Arc<Node>,
+        stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+        url: String,
+    }
+
+    fn start(electorate: &MemoryElectorate, port: u16) -> Running {
+        let cfg = Config {
+            http_addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            rpc_addr: format!("127.0.0.1:{}", port + 1).parse().unwrap(),
+            ..Config::default()
+        };
+        let url = cfg.http_url();
+        let election = electorate.join(Node::me(&cfg));
+        let (stop, stop_rx) = watch::channel(false);
+        let (node, task) =
+            Node::elected_by(cfg, election, Arc::new(NoWorkers), Vec::new(), stop_rx);
+        Running {
+            node,
+            stop,
+            task,
+            url,
+        }
+    }
+
+    async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting until {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn req(i: usize) -> SubmitRequest {
+        serde_json::from_value(serde_json::json!({
+            "name": format!("app{i}"), "kind": "process", "spec": {"command": ["true"]}
+        }))
+        .unwrap()
+    }
+
+    fn put(key: &str) -> Txn {
+        let mut t = Txn::default();
+        t.put(key, b"x".to_vec());
+        t
+    }
+
+    /// `a` leads, `b` is a standby that knows where `a` is.
+    async fn leader_and_standby(e: &MemoryElectorate) -> (Running, Running) {
+        let a = start(e, 17001);
+        wait_until("a is ALIVE", || a.node.role() == Role::Alive).await;
+        let b = start(e, 17003);
+        wait_until("b follows a", || {
+            b.node.leader().is_some_and(|l| l.http == a.url) && read(&b.node.members).len() == 2
+        })
+        .await;
+        assert_eq!(b.node.role(), Role::Standby);
+        assert!(b.node.active().is_none());
+        (a, b)
+    }
+
+    #[tokio::test]
+    async fn a_standby_takes_over_a_lost_lease_with_every_acknowledged_app_and_the_old_leader_stops(
+    ) {
+        let e = MemoryElectorate::new();
+        let (a, b) = leader_and_standby(&e).await;
+        let old = a.node.leader_master().await.unwrap();
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            ids.push(old.submit(req(i), None).await.unwrap().app.id.clone());
+        }
+        // The standby reads them from the store meanwhile.
+        let (listed, _) = b.node.apps(None, None, 100).await.unwrap();
+        assert_eq!(listed.len(), ids.len());
+
+        // The leader's lease is lost (it expired, as for a paused or partitioned leader).
+        assert_eq!(e.revoke_leader().unwrap().http, a.url);
+        wait_until("b is ALIVE", || b.node.role() == Role::Alive).await;
+        let new = b.node.active().unwrap();
+        assert!(new.epoch() > old.epoch());
+        assert_eq!(b.node.leader().unwrap().epoch, new.epoch());
+        for id in &ids {
+            let app = b.node.app(&id.0).await.unwrap();
+            assert_eq!(app.state, AppState::Submitted, "{id}");
+        }
+
+        // The old leader stops acting: no active master, STANDBY, its writes are refused and
+        // write nothing, and mutations there name the new leader.
+        wait_until("a is STANDBY", || a.node.role() == Role::Standby).await;
+        assert!(a.node.active().is_none());
+        assert!(matches!(
+            old.store().txn(put("late")).await,
+            Err(StoreError::Fenced)
+        ));
+        assert_eq!(e.store().get("late").await.unwrap(), None);
+        assert!(old.submit(req(99), None).await.is_err());
+        wait_until("a follows b", || {
+            a.node.leader().is_some_and(|l| l.http == b.url)
+        })
+        .await;
+        match a.node.leader_master().await {
+            Err(MasterError::NotLeader { leader }) => assert_eq!(leader, Some(b.url.clone())),
+            Err(other) => panic!("expected not leader, got {other}"),
+            Ok(_) => panic!("expected not leader, got a master"),
+        }
+        // ... and the new leader accepts them.
+        new.submit(req(5), None).await.unwrap();
+        let (listed, _) = a.node.apps(None, None, 100).await.unwrap();
+        assert_eq!(listed.len(), ids.len() + 1);
+        // The old leader campaigns again, as a standby.
+        wait_until("a is a member again", || {
+            e.leader().is_some_and(|l| l.http == b.url) && read(&a.node.members).len() == 2
+        })
+        .await;
+
+        for r in [a, b] {
+            r.stop.send(true).unwrap();
+            r.task.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_resigns_and_a_standby_is_elected_at_once() {
+        let e = MemoryElectorate::new();
+        let (a, b) = leader_and_standby(&e).await;
+        let id = a
+            .node
+            .leader_master()
+            .await
+            .unwrap()
+            .submit(req(0), None)
+            .await
+            .unwrap()
+            .app
+            .id
+            .clone();
+
+        a.stop.send(true).unwrap();
+        a.task.await.unwrap();
+        assert_eq!(a.node.role(), Role::Standby);
+        assert!(a.node.active().is_none());
+        // In memory a lease never expires on its own: only the resignation elects b.
+        tokio::time::timeout(Duration::from_secs(1), async {
+            while b.node.role() != Role::Alive {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("b elected at once after a resigned");
+        assert_eq!(b.node.app(&id.0).await.unwrap().state, AppState::Submitted);
+        assert_eq!(e.leader().unwrap().http, b.url);
+        wait_until("a left the members", || {
+            read(&b.node.members) == vec![b.url.clone()]
+        })
+        .await;
+
+        b.stop.send(true).unwrap();
+        b.task.await.unwrap();
+        assert_eq!(e.leader(), None);
     }
 }

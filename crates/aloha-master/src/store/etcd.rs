@@ -80,6 +80,18 @@ impl EtcdStore {
         }
     }
 
+    /// Connects to etcd at `endpoints` (with the master's timeouts) for cluster `cluster`,
+    /// unfenced: for tools and tests; the master gets its stores from its election.
+    pub async fn connect(endpoints: &[String], cluster: &str) -> Result<Self, StoreError> {
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(5));
+        let client = Client::connect(endpoints, Some(opts))
+            .await
+            .map_err(classify)?;
+        Ok(Self::new(client, cluster))
+    }
+
     /// The same store with every write fenced by `fence`.
     pub fn fenced(&self, fence: Fence) -> Self {
         EtcdStore {

@@ -10,7 +10,7 @@ pub mod etcd;
 mod memory;
 mod redb;
 
-pub use self::memory::MemoryStore;
+pub use self::memory::{FencedMemoryStore, Holds, MemoryStore};
 pub use self::redb::RedbStore;
 
 use async_trait::async_trait;
@@ -161,11 +161,14 @@ pub mod keys {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod contract {
-    //! The behaviour every store must have, run against each implementation.
+pub mod contract {
+    //! The behaviour every store must have, as a test suite run against each implementation:
+    //! memory and redb in their unit tests, etcd (unfenced and fenced) in the end-to-end test
+    //! `tests/store_etcd.rs`. Public for that test; not for production use.
     use super::*;
 
+    /// Checks `store` against the contract; panics at the first violation. `store` must be
+    /// empty (for etcd: a cluster name no one else uses).
     pub async fn check(store: &dyn StateStore) {
         assert_eq!(store.get("a/1").await.unwrap(), None);
         let mut t = Txn::default();
