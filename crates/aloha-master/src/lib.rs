@@ -10,8 +10,10 @@
 //!   commit), then answers, publishes the read snapshot and events, and sends worker commands.
 //! - [`master`]: one leadership: recovery, and the handle requests go through (operations to
 //!   the engine, reads from the snapshot); [`liveness`]: heartbeats, apart from the engine.
-//! - [`node`]: the process's role (ALIVE, STANDBY, RECOVERING), leader election over etcd and
-//!   routing of requests to the active master; [`lease`]: the leader's lease and its deadline.
+//! - [`node`]: the process's role (ALIVE, STANDBY, RECOVERING), the HA loop (campaign, recover,
+//!   lead, step down) and routing of requests to the active master; [`election`]: the
+//!   [`election::Election`] trait with the etcd and in-memory implementations; [`lease`]: the
+//!   leader's lease deadline.
 //! - [`store`]: the [`store::StateStore`] trait with the redb (embedded), etcd and memory stores.
 //! - [`rpc`]: the gRPC MasterService workers call; [`worker_client`]: commands to workers.
 //! - [`events`]: the event log; [`listeners`]: listener plugins; [`stream`]: the SSE stream.
