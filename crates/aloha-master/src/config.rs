@@ -22,6 +22,8 @@ pub struct Config {
     pub advertise_rpc: Option<String>,
     /// Where the embedded database lives (single-node mode).
     pub state_dir: PathBuf,
+    /// The embedded database's page cache, MiB (single-node mode).
+    pub redb_cache_mb: u64,
     /// A worker silent this long is declared DEAD.
     #[serde(with = "humantime_serde")]
     pub worker_timeout: Duration,
@@ -61,6 +63,7 @@ impl Default for Config {
             advertise_http: None,
             advertise_rpc: None,
             state_dir: PathBuf::from("./aloha-data/master"),
+            redb_cache_mb: crate::store::redb_default_cache_mb(),
             worker_timeout: Duration::from_secs(10),
             allowed_kinds: vec!["process".into(), "spark".into(), "flink".into()],
             etcd_endpoints: Vec::new(),
@@ -129,6 +132,9 @@ pub struct Args {
     /// Directory of the embedded state database [default: ./aloha-data/master].
     #[arg(long, env = "ALOHA_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Page cache of the embedded database, MiB [default: 64].
+    #[arg(long, env = "ALOHA_REDB_CACHE_MB")]
+    pub redb_cache_mb: Option<u64>,
     /// A worker silent this long is declared DEAD, e.g. "10s" [default: 10s].
     #[arg(long, env = "ALOHA_WORKER_TIMEOUT", value_parser = humantime::parse_duration)]
     pub worker_timeout: Option<Duration>,
@@ -194,6 +200,9 @@ impl Args {
         }
         if let Some(v) = self.state_dir {
             cfg.state_dir = v;
+        }
+        if let Some(v) = self.redb_cache_mb {
+            cfg.redb_cache_mb = v;
         }
         if let Some(v) = self.worker_timeout {
             cfg.worker_timeout = v;

@@ -66,7 +66,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut single_listeners = None;
     let (node, background) = if cfg.etcd_endpoints.is_empty() {
-        let store: Arc<dyn store::StateStore> = Arc::new(store::RedbStore::open(&cfg.state_dir)?);
+        let store: Arc<dyn store::StateStore> = Arc::new(store::RedbStore::open_with_cache(
+            &cfg.state_dir,
+            cfg.redb_cache_mb,
+        )?);
         let epoch = master::next_local_epoch(store.as_ref())
             .await
             .context("cannot start a new epoch")?;

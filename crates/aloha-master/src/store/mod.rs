@@ -13,6 +13,11 @@ mod redb;
 pub use self::memory::{FencedMemoryStore, Holds, MemoryStore};
 pub use self::redb::RedbStore;
 
+/// The embedded store's default page cache, MiB.
+pub fn redb_default_cache_mb() -> u64 {
+    self::redb::DEFAULT_CACHE_MB
+}
+
 use async_trait::async_trait;
 
 /// One write in a transaction.

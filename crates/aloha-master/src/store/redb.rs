@@ -44,16 +44,27 @@ pub enum OpenError {
     },
 }
 
+/// The default size of redb's page cache (redb's own default is 1 GiB).
+pub const DEFAULT_CACHE_MB: u64 = 64;
+
 impl RedbStore {
-    /// Opens (creating if needed) the database in `state_dir`.
+    /// Opens (creating if needed) the database in `state_dir`, with the default cache.
     pub fn open(state_dir: &Path) -> Result<Self, OpenError> {
+        Self::open_with_cache(state_dir, DEFAULT_CACHE_MB)
+    }
+
+    /// Opens (creating if needed) the database in `state_dir` with a page cache of
+    /// `cache_mb` MiB. The master keeps its whole state in memory and only writes here (reads
+    /// happen at start-up), so a small cache costs nothing and keeps the process small.
+    pub fn open_with_cache(state_dir: &Path, cache_mb: u64) -> Result<Self, OpenError> {
         let path = state_dir.join(DB_FILE);
         let other = |e: Box<dyn std::error::Error + Send + Sync>| OpenError::Other {
             file: path.display().to_string(),
             source: e,
         };
         std::fs::create_dir_all(state_dir).map_err(|e| other(Box::new(e)))?;
-        let db = match Database::create(&path) {
+        let cache = usize::try_from(cache_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+        let db = match Database::builder().set_cache_size(cache).create(&path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(OpenError::InUse {
