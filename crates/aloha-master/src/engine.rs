@@ -25,7 +25,7 @@ use aloha_core::{App, AppId, Event, EventBody, SubmitRequest, WorkerId};
 use aloha_proto as pb;
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, Notify};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, warn};
 
 use crate::clock::Clock;
 use crate::events::EventLog;
@@ -615,7 +615,7 @@ async fn send(
                 attempt,
                 description_json: app.description_json(),
             };
-            info!(app_id = %app.id, worker_id = %worker, attempt, "placing app");
+            debug!(app_id = %app.id, worker_id = %worker, attempt, "placing app");
             let timer = metrics.rpc_timer("launch_app");
             let res = connector.launch(&address, req).await;
             drop(timer);

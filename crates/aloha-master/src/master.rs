@@ -19,7 +19,7 @@ use aloha_core::{
     WorkerState,
 };
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -330,7 +330,7 @@ impl Master {
     ) -> Result<Submitted, MasterError> {
         let s = self.call(|reply| Op::Submit { req, key, reply }).await?;
         if s.created {
-            info!(app_id = %s.app.id, name = %s.app.name, kind = %s.app.kind, "app submitted");
+            debug!(app_id = %s.app.id, name = %s.app.name, kind = %s.app.kind, "app submitted");
         }
         Ok(s)
     }
