@@ -212,3 +212,79 @@ fn finished_apps_beyond_the_retention_expire_and_answer_404() {
         .collect();
     assert_eq!(listed, [ids[4].clone(), ids[3].clone()]);
 }
+
+#[test]
+fn a_standby_serves_reads_from_its_replica_also_without_an_etcd_quorum() {
+    let dir = tempfile::Builder::new()
+        .prefix("aloha-replica-")
+        .tempdir()
+        .unwrap();
+    let mut etcd = EtcdCluster::start(3, dir.path());
+    let masters: Vec<MasterProc> = (0..2)
+        .map(|i| {
+            let opts = MasterOpts {
+                http_port: free_port(),
+                rpc_port: free_port(),
+                state_dir: dir.path().join(format!("m{i}")),
+                worker_timeout: "3s".into(),
+                etcd: Some((etcd.endpoints(), "2s".into())),
+            };
+            MasterProc::start(&format!("m{i}"), opts, dir.path())
+        })
+        .collect();
+    let role = |m: &MasterProc| -> Option<String> {
+        let r = m.api.try_get("/api/v1/cluster").ok()?;
+        r.body["role"].as_str().map(str::to_string)
+    };
+    let leader = wait_for("a leader", T, || {
+        masters
+            .iter()
+            .position(|m| role(m).as_deref() == Some("ALIVE"))
+    });
+    let (lead, standby) = (&masters[leader].api, &masters[1 - leader].api);
+    let ids: Vec<String> = (0..20)
+        .map(|i| {
+            lead.submit(body(&format!("r{i}"), 64))["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    // The standby follows the leader's writes: the newest app and a kill show up there.
+    wait_for("the standby to list every app", T, || {
+        let r = standby.try_get("/api/v1/apps?limit=1000").ok()?;
+        (r.body["apps"].as_array()?.len() == ids.len()).then_some(())
+    });
+    assert_eq!(
+        lead.post(&format!("/api/v1/apps/{}/kill", ids[3]), &json!({}))
+            .status,
+        202
+    );
+    wait_for("the standby to see the kill", T, || {
+        let r = standby.try_get(&format!("/api/v1/apps/{}", ids[3])).ok()?;
+        (r.body["state"] == "KILLED").then_some(())
+    });
+    let page = standby.get("/api/v1/apps?limit=5");
+    assert_eq!(page.body["apps"][0]["id"], ids[19].as_str());
+    assert_eq!(page.body["next"], ids[15].as_str());
+    // Two of three etcd members gone: no quorum. The standby still answers at once, from the
+    // state it last saw (a read of etcd would hang).
+    etcd.kill_member(1);
+    etcd.kill_member(2);
+    for id in [&ids[0], &ids[3]] {
+        let t0 = std::time::Instant::now();
+        let r = standby
+            .try_get(&format!("/api/v1/apps/{id}"))
+            .expect("the standby answers");
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            t0.elapsed()
+        );
+    }
+    let r = standby.get("/api/v1/workers");
+    assert_eq!(r.status, 200);
+    drop(masters);
+    drop(etcd);
+}

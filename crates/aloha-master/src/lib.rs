@@ -13,7 +13,8 @@
 //! - [`node`]: the process's role (ALIVE, STANDBY, RECOVERING), the HA loop (campaign, recover,
 //!   lead, step down) and routing of requests to the active master; [`election`]: the
 //!   [`election::Election`] trait with the etcd and in-memory implementations; [`lease`]: the
-//!   leader's lease deadline.
+//!   leader's lease deadline; [`replica`]: a standby's read replica, followed through etcd's
+//!   watch.
 //! - [`store`]: the [`store::StateStore`] trait with the redb (embedded), etcd and memory stores.
 //! - [`rpc`]: the gRPC MasterService workers call; [`worker_client`]: commands to workers.
 //! - [`events`]: the event log; [`listeners`]: listener plugins; [`stream`]: the SSE stream.
@@ -34,6 +35,7 @@ pub mod liveness;
 pub mod master;
 pub mod metrics;
 pub mod node;
+pub mod replica;
 pub mod rpc;
 pub mod store;
 pub mod stream;

@@ -418,22 +418,9 @@ impl Master {
 
     /// Workers with their resource usage, by id.
     pub fn workers(&self) -> Vec<WorkerInfo> {
-        let view = self.view();
-        view.cluster
-            .workers()
-            .map(|w| {
-                let mut info = worker_info(&w.record, w.used_cores, w.used_memory_mb);
-                info.apps = w
-                    .apps
-                    .iter()
-                    .filter_map(|s| view.cluster.app_by_seq(*s).map(|a| a.id.clone()))
-                    .collect();
-                if let Some(t) = self.shared.live.last_heartbeat(&w.record.id) {
-                    info.last_heartbeat = t;
-                }
-                info
-            })
-            .collect()
+        cluster_workers(&self.view().cluster, |id| {
+            self.shared.live.last_heartbeat(id)
+        })
     }
 
     /// Refreshes the state gauges and renders every metric in the Prometheus text format.
@@ -495,6 +482,29 @@ impl Engine {
     pub async fn apply_recovery(&mut self, fx: Effects, now: Now) -> Result<(), StoreError> {
         self.commit_effects(fx, now).await
     }
+}
+
+/// The workers of `cluster` as the API shows them, with `last_heartbeat` from `heard` when it
+/// knows better than the record (heartbeats are not stored).
+pub fn cluster_workers(
+    cluster: &Cluster,
+    heard: impl Fn(&WorkerId) -> Option<chrono::DateTime<chrono::Utc>>,
+) -> Vec<WorkerInfo> {
+    cluster
+        .workers()
+        .map(|w| {
+            let mut info = worker_info(&w.record, w.used_cores, w.used_memory_mb);
+            info.apps = w
+                .apps
+                .iter()
+                .filter_map(|s| cluster.app_by_seq(*s).map(|a| a.id.clone()))
+                .collect();
+            if let Some(t) = heard(&w.record.id) {
+                info.last_heartbeat = t;
+            }
+            info
+        })
+        .collect()
 }
 
 /// A worker as the API shows it, from its record and usage.

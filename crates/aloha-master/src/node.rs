@@ -36,6 +36,7 @@ use crate::events::EventLog;
 use crate::listeners::{Listeners, LoadedListener};
 use crate::master::{present, worker_infos, Master, MasterError};
 use crate::metrics::Metrics;
+use crate::replica::{self, Replica};
 use crate::store::{keys, StateStore};
 use crate::worker_client::WorkerConnector;
 
@@ -54,6 +55,8 @@ pub struct Node {
     role: watch::Sender<Role>,
     leader: RwLock<Option<LeaderInfo>>,
     members: RwLock<Vec<String>>,
+    /// A standby's replica of the leader's state (HA over etcd), for reads.
+    replica: Arc<Replica>,
 }
 
 fn read<T: Clone>(l: &RwLock<T>) -> T {
@@ -85,6 +88,7 @@ impl Node {
             role,
             leader: RwLock::new(None),
             members: RwLock::new(Vec::new()),
+            replica: Arc::default(),
         })
     }
 
@@ -180,7 +184,17 @@ impl Node {
     }
 
     // ------------------------------------------------------------------------------------
-    // Reads: from the active master, else straight from the store (standby).
+    // Reads: from the active master's snapshot, else (a standby) from the replica, else
+    // straight from the store.
+
+    /// The state reads are served from: the leader's last durable batch, or a standby's
+    /// replica; `None` when neither is there (a standby still loading, single-node tests).
+    fn snapshot(&self) -> Option<Arc<aloha_core::cluster::Cluster>> {
+        if let Some(m) = self.active() {
+            return Some(Arc::new(m.view().cluster.clone()));
+        }
+        self.replica.get()
+    }
 
     /// A page of apps, newest first, optionally only in `state`, after the app `after`: from
     /// the leader's snapshot, or on a standby from the store.
@@ -196,13 +210,12 @@ impl Node {
                 MasterError::BadRequest(format!("after: {a:?} is not an app id"))
             })?),
         };
-        if let Some(m) = self.active() {
-            let view = m.view();
-            let page = view.cluster.page(state, after_seq, limit);
+        if let Some(cluster) = self.snapshot() {
+            let page = cluster.page(state, after_seq, limit);
             let apps = page
                 .apps
                 .iter()
-                .map(|a| present(&view.cluster, a).into_owned())
+                .map(|a| present(&cluster, a).into_owned())
                 .collect();
             return Ok((apps, page.next));
         }
@@ -222,10 +235,9 @@ impl Node {
     /// One app.
     pub async fn app(&self, id: &str) -> Result<App, MasterError> {
         let app_id = AppId(id.to_string());
-        if let Some(m) = self.active() {
-            let view = m.view();
-            return match view.cluster.lookup(&app_id) {
-                Lookup::Found(a) => Ok(present(&view.cluster, &a).into_owned()),
+        if let Some(cluster) = self.snapshot() {
+            return match cluster.lookup(&app_id) {
+                Lookup::Found(a) => Ok(present(&cluster, &a).into_owned()),
                 Lookup::Expired => Err(MasterError::AppExpired(id.to_string())),
                 Lookup::NotFound => Err(MasterError::AppNotFound(id.to_string())),
             };
@@ -258,6 +270,9 @@ impl Node {
     pub async fn workers(&self) -> Result<Vec<aloha_core::api::WorkerInfo>, MasterError> {
         if let Some(m) = self.active() {
             return Ok(m.workers());
+        }
+        if let Some(cluster) = self.replica.get() {
+            return Ok(crate::master::cluster_workers(&cluster, |_| None));
         }
         let apps = self.stored_apps().await?;
         let workers: Vec<WorkerRecord> = self
@@ -305,13 +320,19 @@ impl Node {
             cfg.lease_ttl,
         )
         .await?;
-        Ok(Node::elected_by(
-            cfg,
-            Arc::new(election),
-            connector,
-            listeners,
+        let (client, prefix) = (election.client(), election.prefix());
+        let rules = crate::master::rules(&cfg);
+        let (node, task) =
+            Node::elected_by(cfg, Arc::new(election), connector, listeners, stop.clone());
+        tokio::spawn(replica::follow(
+            client,
+            prefix,
+            rules,
+            node.replica.clone(),
+            node.role.subscribe(),
             stop,
-        ))
+        ));
+        Ok((node, task))
     }
 
     /// Starts an HA node over any [`Election`]: campaigns in the background until `stop`.

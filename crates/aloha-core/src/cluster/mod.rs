@@ -449,6 +449,68 @@ impl Cluster {
     }
 
     // ------------------------------------------------------------------------------------
+    // Mirroring: a standby's read replica follows the leader's writes as they are stored,
+    // without applying any rule of its own.
+
+    /// A cluster holding exactly the stored records (no recovery rules applied): a standby's
+    /// replica of what the leader wrote.
+    pub fn mirror(
+        rules: Rules,
+        workers: impl IntoIterator<Item = WorkerRecord>,
+        apps: impl IntoIterator<Item = App>,
+        last_seq: u64,
+    ) -> Cluster {
+        let mut c = Cluster::new(rules);
+        for w in workers {
+            c.index_worker(None, &Worker::new(w));
+        }
+        for app in apps {
+            c.mirror_app(app);
+        }
+        c.last_seq = c.last_seq.max(last_seq);
+        c.refresh_offers();
+        c
+    }
+
+    /// The leader wrote this app record.
+    pub fn mirror_app(&mut self, app: App) {
+        let old = self.apps.get(&app.seq).cloned();
+        let app = Arc::new(app);
+        self.reindex(old.as_deref(), Some(&app));
+        self.last_seq = self.last_seq.max(app.seq);
+        self.apps.insert(app.seq, app);
+    }
+
+    /// The leader deleted the record of app `id` (retention).
+    pub fn mirror_app_deleted(&mut self, id: &AppId) {
+        let Some(seq) = id.seq() else { return };
+        if let Some(old) = self.apps.remove(&seq) {
+            self.reindex(Some(&old), None);
+        }
+    }
+
+    /// The leader wrote this worker record.
+    pub fn mirror_worker(&mut self, record: WorkerRecord) {
+        let id = record.id.clone();
+        let old = self.workers.get(&id).cloned();
+        let mut w = old.clone().unwrap_or_else(|| Worker::new(record.clone()));
+        w.record = Arc::new(record);
+        self.index_worker(old.as_ref(), &w);
+        self.refresh_offers();
+    }
+
+    /// The leader deleted the record of worker `id`.
+    pub fn mirror_worker_deleted(&mut self, id: &WorkerId) {
+        let mut fx = Effects::default();
+        self.forget_worker(id, &mut fx);
+    }
+
+    /// The leader moved the app sequence number.
+    pub fn mirror_last_seq(&mut self, seq: u64) {
+        self.last_seq = self.last_seq.max(seq);
+    }
+
+    // ------------------------------------------------------------------------------------
     // Reads
 
     /// The rules.

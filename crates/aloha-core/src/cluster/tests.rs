@@ -771,3 +771,52 @@ fn a_clone_is_an_independent_snapshot() {
     assert_eq!(snapshot.queued(), 1);
     assert_eq!(t.c.queued(), 0);
 }
+
+#[test]
+fn a_mirror_follows_the_leaders_records_and_matches_it() {
+    let mut t = T::new();
+    t.register("w1", 2, 0);
+    let running = t.running("w1", 1);
+    let waiting = t.submit(4, 0, 2);
+    let fx = t.take();
+    // A replica built from the records written so far...
+    let mut m = Cluster::mirror(rules(), Vec::new(), Vec::new(), 0);
+    let apply = |m: &mut Cluster, fx: &Effects| {
+        for (id, w) in &fx.workers {
+            match w {
+                Some(r) => m.mirror_worker((**r).clone()),
+                None => m.mirror_worker_deleted(id),
+            }
+        }
+        for w in fx.apps.values() {
+            match w {
+                AppWrite::Put(a) => m.mirror_app((**a).clone()),
+                AppWrite::Delete(id) => m.mirror_app_deleted(id),
+            }
+        }
+        if let Some(s) = fx.last_seq {
+            m.mirror_last_seq(s);
+        }
+    };
+    apply(&mut m, &fx);
+    m.check_invariants().unwrap();
+    assert_eq!(m.lookup(&running), t.c.lookup(&running));
+    assert_eq!(m.queued(), 1);
+    assert_eq!(
+        m.wait_reason(&t.app(&waiting)),
+        t.c.wait_reason(&t.app(&waiting))
+    );
+    assert_eq!(m.worker(&w("w1")).unwrap().used_cores, 1);
+    // ...keeps following: an app ends, another expires, a worker dies.
+    t.c.kill(&waiting, None, at(3), &mut t.fx).unwrap();
+    t.report("w1", &running, 1, AppState::Finished, 4);
+    t.c.expire_workers(&[(w("w1"), 10_001)], at(20_000), &mut t.fx);
+    let fx = t.take();
+    apply(&mut m, &fx);
+    m.check_invariants().unwrap();
+    assert_eq!(m.count(AppState::Finished), 1);
+    assert_eq!(m.count(AppState::Killed), 1);
+    assert_eq!(m.worker(&w("w1")).unwrap().record.state, WorkerState::Dead);
+    assert_eq!(m.last_seq(), t.c.last_seq());
+    assert_eq!(m.page(None, None, 10), t.c.page(None, None, 10));
+}

@@ -80,6 +80,18 @@ impl EtcdElection {
     }
 }
 
+impl EtcdElection {
+    /// A client for other readers of the same etcd (the standby replica's watch).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The cluster's key prefix, `/aloha/<cluster>/`.
+    pub fn prefix(&self) -> String {
+        self.store.prefix().to_string()
+    }
+}
+
 fn unavailable(e: etcd_client::Error) -> ElectionError {
     ElectionError::Unavailable(format!("etcd: {e}"))
 }
