@@ -17,7 +17,8 @@
 //! 4. on loss of the lease, a fenced write or shutdown: stop acting at once, drop the master,
 //!    resign (so a standby takes over immediately) and start again at 1.
 //!
-//! Standbys serve reads from the store and answer mutations with 503 and the leader's address.
+//! Standbys serve reads from their replica of the leader's state ([`crate::replica`]) and
+//! answer mutations with 503 and the leader's address.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
