@@ -402,10 +402,12 @@ impl Engine {
             self.cluster.expire_workers(&silent, now, &mut fx);
             self.cluster.check_recovery(now, &mut fx);
             self.cluster.resend_kills(now, &mut fx);
-            if self.cluster.expiry_due(now) {
-                let n = self.cluster.expire(now, &mut fx);
-                debug!(removed = n, "retention");
-            }
+        }
+        // The retention runs in every batch that has something to remove (a bounded number
+        // each time), so it keeps up with any rate at which apps end.
+        if self.cluster.expiry_due(now) {
+            let n = self.cluster.expire(now, &mut fx);
+            debug!(removed = n, "retention");
         }
         if self.cluster.can_place() {
             self.cluster.place(now, &mut fx);

@@ -167,8 +167,13 @@ impl EventLog {
             let rows = self.store.scan_from(EVENTS, EVENTS, 500).await?;
             let mut txn = Txn::default();
             for (k, v) in &rows {
-                let e = decode(k, v)?;
-                if e.seq < keep_from_count || e.at < cutoff {
+                // The key holds the sequence number: events beyond the count go without being
+                // decoded; only the ones kept by the count are read for their age.
+                let by_count = k
+                    .strip_prefix(EVENTS)
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|seq| seq < keep_from_count);
+                if by_count || decode(k, v)?.at < cutoff {
                     txn.delete(k.clone());
                 } else {
                     break;

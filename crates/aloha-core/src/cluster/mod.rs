@@ -58,7 +58,7 @@ pub struct Rules {
     pub retain_dead_workers_for: chrono::Duration,
     /// A kill a worker has not confirmed is sent again after this long.
     pub kill_resend_ms: u64,
-    /// Most apps and workers one retention pass removes (the rest wait for the next pass),
+    /// Most apps and workers one retention pass removes (the rest wait for the next batch),
     /// so that one batch stays small.
     pub expire_batch: usize,
 }
@@ -72,7 +72,7 @@ impl Default for Rules {
             retain_finished_for: chrono::Duration::days(7),
             retain_dead_workers_for: chrono::Duration::hours(1),
             kill_resend_ms: 5_000,
-            expire_batch: 1_000,
+            expire_batch: 256,
         }
     }
 }
