@@ -43,6 +43,8 @@ const MAX_BATCH_LIMITED: usize = 30;
 /// Most bytes of values one transaction carries on a limited store (etcd's default request
 /// limit is 1.5 MiB).
 const MAX_TXN_BYTES: usize = 1024 * 1024;
+/// How long the engine waits after a failed commit before the next batch.
+const FAILED_COMMIT_PAUSE: Duration = Duration::from_millis(100);
 
 /// What the readers see: the cluster as of the last durable batch.
 pub struct View {
@@ -324,7 +326,14 @@ impl Engine {
             if tick {
                 next_tick = now + self.tick_every;
             }
-            self.run_batch(batch, tick).await;
+            if !self.run_batch(batch, tick).await {
+                // The store refused the batch: wait a little before the next one (whose
+                // operations queue meanwhile) rather than retrying a placement in a loop.
+                tokio::select! {
+                    _ = tokio::time::sleep(FAILED_COMMIT_PAUSE) => {}
+                    _ = stop.changed() => {}
+                }
+            }
         }
         // Whatever is still queued learns that this master no longer leads.
         self.rx.close();
@@ -333,8 +342,9 @@ impl Engine {
         }
     }
 
-    /// Applies one batch, commits it, and acts on it.
-    pub async fn run_batch(&mut self, batch: Vec<Op>, mut tick: bool) {
+    /// Applies one batch, commits it, and acts on it. Returns whether the commit succeeded
+    /// (or there was nothing to commit).
+    pub async fn run_batch(&mut self, batch: Vec<Op>, mut tick: bool) -> bool {
         let before = self.cluster.clone();
         let now = self.now();
         let mut fx = Effects::default();
@@ -418,6 +428,7 @@ impl Engine {
                 for p in pending {
                     p.answer(None);
                 }
+                true
             }
             Err(e) => {
                 warn!(
@@ -428,6 +439,7 @@ impl Engine {
                 for p in pending {
                     p.answer(Some(&e));
                 }
+                false
             }
         }
     }
