@@ -15,6 +15,35 @@ fn body(name: &str, cores: u32) -> Value {
     json!({"name": name, "kind": "process", "spec": {"command": ["true"]}, "cores": cores})
 }
 
+/// Two HA masters on `etcd` (lease 2 s), their state under `dir`.
+fn ha_masters(etcd: &EtcdCluster, dir: &std::path::Path) -> Vec<MasterProc> {
+    (0..2)
+        .map(|i| {
+            let opts = MasterOpts {
+                http_port: free_port(),
+                rpc_port: free_port(),
+                state_dir: dir.join(format!("m{i}")),
+                worker_timeout: "3s".into(),
+                etcd: Some((etcd.endpoints(), "2s".into())),
+            };
+            MasterProc::start(&format!("m{i}"), opts, dir)
+        })
+        .collect()
+}
+
+/// Waits until one of `masters` is ALIVE; its index.
+fn leader_of(masters: &[MasterProc]) -> usize {
+    let role = |m: &MasterProc| -> Option<String> {
+        let r = m.api.try_get("/api/v1/cluster").ok()?;
+        r.body["role"].as_str().map(str::to_string)
+    };
+    wait_for("a leader", T, || {
+        masters
+            .iter()
+            .position(|m| role(m).as_deref() == Some("ALIVE"))
+    })
+}
+
 fn submit_keyed(api: &Api, key: &str, body: &Value) -> Resp {
     api.try_post_with("/api/v1/apps", body, &[("Idempotency-Key", key)])
         .unwrap_or_else(|e| panic!("POST with key {key}: {e}"))
@@ -62,27 +91,8 @@ fn an_idempotent_submission_is_answered_with_the_first_app_after_an_ha_failover(
         .tempdir()
         .unwrap();
     let etcd = EtcdCluster::start(1, dir.path());
-    let mut masters: Vec<MasterProc> = (0..2)
-        .map(|i| {
-            let opts = MasterOpts {
-                http_port: free_port(),
-                rpc_port: free_port(),
-                state_dir: dir.path().join(format!("m{i}")),
-                worker_timeout: "3s".into(),
-                etcd: Some((etcd.endpoints(), "2s".into())),
-            };
-            MasterProc::start(&format!("m{i}"), opts, dir.path())
-        })
-        .collect();
-    let role = |m: &MasterProc| -> Option<String> {
-        let r = m.api.try_get("/api/v1/cluster").ok()?;
-        r.body["role"].as_str().map(str::to_string)
-    };
-    let leader = wait_for("a leader", T, || {
-        masters
-            .iter()
-            .position(|m| role(m).as_deref() == Some("ALIVE"))
-    });
+    let mut masters = ha_masters(&etcd, dir.path());
+    let leader = leader_of(&masters);
     let first = submit_keyed(
         &masters[leader].api,
         "nightly-2026-12-03",
@@ -220,27 +230,8 @@ fn a_standby_serves_reads_from_its_replica_also_without_an_etcd_quorum() {
         .tempdir()
         .unwrap();
     let mut etcd = EtcdCluster::start(3, dir.path());
-    let masters: Vec<MasterProc> = (0..2)
-        .map(|i| {
-            let opts = MasterOpts {
-                http_port: free_port(),
-                rpc_port: free_port(),
-                state_dir: dir.path().join(format!("m{i}")),
-                worker_timeout: "3s".into(),
-                etcd: Some((etcd.endpoints(), "2s".into())),
-            };
-            MasterProc::start(&format!("m{i}"), opts, dir.path())
-        })
-        .collect();
-    let role = |m: &MasterProc| -> Option<String> {
-        let r = m.api.try_get("/api/v1/cluster").ok()?;
-        r.body["role"].as_str().map(str::to_string)
-    };
-    let leader = wait_for("a leader", T, || {
-        masters
-            .iter()
-            .position(|m| role(m).as_deref() == Some("ALIVE"))
-    });
+    let masters = ha_masters(&etcd, dir.path());
+    let leader = leader_of(&masters);
     let (lead, standby) = (&masters[leader].api, &masters[1 - leader].api);
     let ids: Vec<String> = (0..20)
         .map(|i| {
