@@ -106,6 +106,15 @@ pub enum Op {
         /// The answer.
         reply: Reply<ReportOutcome>,
     },
+    /// A worker reports several apps' states at once, applied in order.
+    Reports {
+        /// The worker.
+        worker: WorkerId,
+        /// The reports.
+        reports: Vec<WorkerReport>,
+        /// One answer per report.
+        reply: Reply<Vec<ReportOutcome>>,
+    },
     /// A suspect worker heartbeated.
     Heard(WorkerId),
     /// Run the timers now (they also run on their own every tick).
@@ -221,6 +230,7 @@ enum Pending {
     Kill(Reply<Arc<App>>, Result<Arc<App>, OpError>),
     Register(Reply<Vec<(AppId, u32)>>, Result<Vec<(AppId, u32)>, OpError>),
     Report(Reply<ReportOutcome>, ReportOutcome),
+    Reports(Reply<Vec<ReportOutcome>>, Vec<ReportOutcome>),
     Tick(Reply<()>),
 }
 
@@ -247,6 +257,12 @@ impl Pending {
                 });
             }
             Pending::Report(tx, r) => {
+                let _ = tx.send(match failed {
+                    Some(e) => Err(err(e)),
+                    None => Ok(r),
+                });
+            }
+            Pending::Reports(tx, r) => {
                 let _ = tx.send(match failed {
                     Some(e) => Err(err(e)),
                     None => Ok(r),
@@ -377,6 +393,23 @@ impl Engine {
                         error!(app_id = %report.app, worker_id = %worker, "refused illegal report: {m}");
                     }
                     pending.push(Pending::Report(reply, r));
+                }
+                Op::Reports {
+                    worker,
+                    reports,
+                    reply,
+                } => {
+                    let outcomes = reports
+                        .iter()
+                        .map(|report| {
+                            let r = self.cluster.report(&worker, report, now, &mut fx);
+                            if let ReportOutcome::Refused(m) = &r {
+                                error!(app_id = %report.app, worker_id = %worker, "refused illegal report: {m}");
+                            }
+                            r
+                        })
+                        .collect();
+                    pending.push(Pending::Reports(reply, outcomes));
                 }
                 Op::Heard(worker) => self.cluster.worker_heard(&worker),
                 Op::Tick { reply } => {
@@ -561,6 +594,7 @@ pub fn refuse(op: Op) {
         Op::Kill { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
         Op::Register { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
         Op::Report { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
+        Op::Reports { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
         Op::Tick { reply } => drop(reply.send(Err(EngineError::Stopped))),
         Op::Heard(_) | Op::LaunchFailed { .. } | Op::KillMissed { .. } => {}
     }

@@ -413,6 +413,20 @@ impl Master {
         self.call(|reply| Op::Tick { reply }).await
     }
 
+    /// Several reports of one worker, applied in order in one batch; one outcome each.
+    pub async fn reports(
+        &self,
+        worker: WorkerId,
+        reports: Vec<WorkerReport>,
+    ) -> Result<Vec<ReportOutcome>, MasterError> {
+        self.call(|reply| Op::Reports {
+            worker,
+            reports,
+            reply,
+        })
+        .await
+    }
+
     // ----------------------------------------------------------------------------------------
     // Reads
 

@@ -39,6 +39,31 @@ fn status(e: MasterError) -> Status {
     }
 }
 
+/// A report's outcome on the wire.
+fn answer(outcome: ReportOutcome) -> pb::ReportAppStateResponse {
+    let (accepted, kill, message) = match outcome {
+        ReportOutcome::Done => (true, false, String::new()),
+        ReportOutcome::Kill(m) => (true, true, m),
+        // Refused for good: the worker must not resend it.
+        ReportOutcome::Refused(m) => (true, false, m),
+        // Keep the report on the worker: it re-registers and lists the app.
+        ReportOutcome::NotRegistered(m) => (false, false, m),
+    };
+    pb::ReportAppStateResponse {
+        accepted,
+        kill,
+        message,
+    }
+}
+
+fn not_leader_answer() -> pb::ReportAppStateResponse {
+    pb::ReportAppStateResponse {
+        accepted: false,
+        kill: false,
+        message: "not leader".into(),
+    }
+}
+
 /// A report from the wire; `Err` when its state names no [`AppState`].
 pub fn report_from_wire(r: &pb::AppStateReport) -> Result<WorkerReport, String> {
     let state: AppState = r
@@ -175,21 +200,64 @@ impl MasterService for MasterRpc {
                 }));
             }
         };
-        let answer = |accepted, kill, message| {
-            Ok(Response::new(pb::ReportAppStateResponse {
-                accepted,
-                kill,
-                message,
-            }))
-        };
         match master.report(WorkerId(r.worker_id.clone()), report).await {
-            Ok(ReportOutcome::Done) => answer(true, false, String::new()),
-            Ok(ReportOutcome::Kill(m)) => answer(true, true, m),
-            Ok(ReportOutcome::Refused(m)) => answer(true, false, m),
-            // Keep the report on the worker: it re-registers and lists the app.
-            Ok(ReportOutcome::NotRegistered(m)) => answer(false, false, m),
-            Err(MasterError::NotLeader { .. }) => answer(false, false, "not leader".into()),
+            Ok(outcome) => Ok(Response::new(answer(outcome))),
+            Err(MasterError::NotLeader { .. }) => Ok(Response::new(not_leader_answer())),
             Err(e) => Err(status(e)),
         }
+    }
+
+    async fn report_app_states(
+        &self,
+        req: Request<pb::ReportAppStatesRequest>,
+    ) -> Result<Response<pb::ReportAppStatesResponse>, Status> {
+        let _t = self.node.metrics.rpc_server_timer("report_app_states");
+        let req = req.into_inner();
+        let all = |a: pb::ReportAppStateResponse| pb::ReportAppStatesResponse {
+            results: vec![a; req.reports.len()],
+        };
+        let Some(master) = self.node.active() else {
+            return Ok(Response::new(all(not_leader_answer())));
+        };
+        if req.reports.iter().any(|r| r.worker_id != req.worker_id) {
+            return Err(Status::invalid_argument(
+                "every report must name the worker that sends the batch",
+            ));
+        }
+        // Unreadable reports are refused for good here; the rest go to the engine together.
+        let mut results: Vec<Option<pb::ReportAppStateResponse>> = Vec::new();
+        let mut readable = Vec::new();
+        for r in &req.reports {
+            match report_from_wire(r) {
+                Ok(rep) => {
+                    results.push(None);
+                    readable.push(rep);
+                }
+                Err(e) => {
+                    warn!(app_id = %r.app_id, worker_id = %r.worker_id, "refused report: {e}");
+                    results.push(Some(pb::ReportAppStateResponse {
+                        accepted: true,
+                        kill: false,
+                        message: e,
+                    }));
+                }
+            }
+        }
+        let outcomes = match master
+            .reports(WorkerId(req.worker_id.clone()), readable)
+            .await
+        {
+            Ok(o) => o,
+            Err(MasterError::NotLeader { .. }) => {
+                return Ok(Response::new(all(not_leader_answer())))
+            }
+            Err(e) => return Err(status(e)),
+        };
+        let mut outcomes = outcomes.into_iter();
+        let results = results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| answer(outcomes.next().unwrap_or(ReportOutcome::Done))))
+            .collect();
+        Ok(Response::new(pb::ReportAppStatesResponse { results }))
     }
 }

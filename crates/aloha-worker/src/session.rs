@@ -13,6 +13,8 @@ use tracing::{debug, info, warn};
 use crate::worker::Worker;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
+/// Most reports sent in one `ReportAppStates` call.
+const MAX_REPORTS_PER_CALL: usize = 256;
 /// Deadline of one registration or report call: a master that does not answer by then is
 /// treated as gone.
 const RPC_TIMEOUT: Duration = Duration::from_secs(2);
@@ -198,10 +200,16 @@ impl Session {
         let _ = reporter.await;
     }
 
-    /// Sends queued reports to the leader, oldest first, until each is acknowledged.
+    /// Sends queued reports to the leader, oldest first, until each is acknowledged: all that
+    /// are queued (up to [`MAX_REPORTS_PER_CALL`]) in one `ReportAppStates` call, which the
+    /// master applies in order in one commit; one at a time to a master without that call.
     async fn deliver_reports(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut batches = true;
         loop {
-            let Some(report) = self.worker.next_report() else {
+            let reports = self
+                .worker
+                .next_reports(if batches { MAX_REPORTS_PER_CALL } else { 1 });
+            if reports.is_empty() {
                 tokio::select! {
                     _ = self.worker.report_ready.notified() => continue,
                     _ = stop.changed() => {
@@ -209,7 +217,7 @@ impl Session {
                         continue;
                     }
                 }
-            };
+            }
             let leader = self.leader.read().await.clone();
             let Some(mut leader) = leader else {
                 // Not registered: reports wait (the registration lists the apps anyway).
@@ -219,32 +227,66 @@ impl Session {
                 }
                 continue;
             };
-            let sent =
-                tokio::time::timeout(RPC_TIMEOUT, leader.client.report_app_state(report.clone()))
+            let sent: Result<Vec<pb::ReportAppStateResponse>, tonic::Status> = if batches {
+                let req = pb::ReportAppStatesRequest {
+                    worker_id: self.worker.id.clone(),
+                    reports: reports.clone(),
+                };
+                tokio::time::timeout(RPC_TIMEOUT, leader.client.report_app_states(req))
                     .await
-                    .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("report timed out")));
+                    .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("report timed out")))
+                    .map(|r| r.into_inner().results)
+            } else {
+                tokio::time::timeout(
+                    RPC_TIMEOUT,
+                    leader.client.report_app_state(reports[0].clone()),
+                )
+                .await
+                .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("report timed out")))
+                .map(|r| vec![r.into_inner()])
+            };
             match sent {
-                Ok(resp) => {
-                    let resp = resp.into_inner();
-                    if resp.accepted {
-                        if resp.kill {
-                            self.worker.kill_unowned(&report.app_id, report.attempt);
+                Ok(results) => {
+                    for (report, resp) in reports.iter().zip(results) {
+                        if !self.answered(&leader.url, report, resp).await {
+                            break;
                         }
-                        if !resp.message.is_empty() {
-                            debug!(app_id = %report.app_id, "master: {}", resp.message);
-                        }
-                        self.worker.report_delivered(&report);
-                    } else {
-                        info!(master = %leader.url, "report not accepted ({}); re-registering", resp.message);
-                        self.worker.reregister.notify_one();
-                        tokio::time::sleep(Duration::from_millis(200)).await;
                     }
+                }
+                Err(status) if batches && status.code() == tonic::Code::Unimplemented => {
+                    info!(master = %leader.url, "the master takes one report per call");
+                    batches = false;
                 }
                 Err(status) => {
                     debug!(master = %leader.url, "report delivery failed: {}", status.message());
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
+        }
+    }
+
+    /// Acts on the master's answer to one report; false when the rest must wait (the master
+    /// did not accept it: the worker registers again first).
+    async fn answered(
+        &self,
+        master: &str,
+        report: &pb::AppStateReport,
+        resp: pb::ReportAppStateResponse,
+    ) -> bool {
+        if resp.accepted {
+            if resp.kill {
+                self.worker.kill_unowned(&report.app_id, report.attempt);
+            }
+            if !resp.message.is_empty() {
+                debug!(app_id = %report.app_id, "master: {}", resp.message);
+            }
+            self.worker.report_delivered(report);
+            true
+        } else {
+            info!(%master, "report not accepted ({}); re-registering", resp.message);
+            self.worker.reregister.notify_one();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            false
         }
     }
 }

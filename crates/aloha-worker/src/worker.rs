@@ -201,6 +201,11 @@ impl Worker {
         lock(&self.reports).front().cloned()
     }
 
+    /// The oldest undelivered reports, at most `max`, oldest first.
+    pub fn next_reports(&self, max: usize) -> Vec<pb::AppStateReport> {
+        lock(&self.reports).iter().take(max).cloned().collect()
+    }
+
     /// The master took the oldest report: drop it, and forget the app if it was final.
     pub fn report_delivered(&self, r: &pb::AppStateReport) {
         let mut q = lock(&self.reports);

@@ -1,7 +1,9 @@
 //! Simulated workers for `scale`: thousands of them in the bench process, over real gRPC to a
 //! real master. Each has its own 127.0.0.1 port and its own connection to the master; it
 //! registers, heartbeats at a fixed interval and answers every launch by reporting RUNNING,
-//! then FINISHED (exit code 0). One tonic server serves every port: a launch request carries no
+//! then FINISHED (exit code 0): the app ends at once. Reports are queued and sent as a real
+//! worker sends them: whatever is queued, in one `ReportAppStates` call, by one delivery task
+//! per worker. One tonic server serves every port: a launch request carries no
 //! worker id, so the handler finds the worker from the port the master connected to
 //! (`Request::local_addr`).
 
@@ -14,7 +16,7 @@ use aloha_proto::master_service_client::MasterServiceClient;
 use aloha_proto::worker_service_server::{WorkerService, WorkerServiceServer};
 use aloha_proto::{
     AppStateReport, HeartbeatRequest, KillAppRequest, KillAppResponse, LaunchAppRequest,
-    LaunchAppResponse, RegisterWorkerRequest,
+    LaunchAppResponse, RegisterWorkerRequest, ReportAppStatesRequest,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -26,6 +28,9 @@ struct Sim {
     id: String,
     address: String,
     client: MasterServiceClient<Channel>,
+    /// Reports waiting for delivery, oldest first.
+    queue: std::sync::Mutex<Vec<AppStateReport>>,
+    ready: tokio::sync::Notify,
 }
 
 /// What the simulated workers did, counted as it happens.
@@ -74,33 +79,22 @@ impl WorkerService for Service {
             .fetch_max(now, Ordering::Relaxed);
         self.counters.launches.fetch_add(1, Ordering::Relaxed);
         let req = req.into_inner();
-        let (sims, counters) = (self.sims.clone(), self.counters.clone());
-        // Report after answering: a real worker starts the app, then reports.
-        tokio::spawn(async move {
-            let sim = &sims[i];
-            let mut client = sim.client.clone();
+        // The app runs and ends at once: both reports go to the worker's delivery queue.
+        let sim = &self.sims[i];
+        {
+            let mut q = sim.queue.lock().unwrap_or_else(|p| p.into_inner());
             for (state, exit_code) in [("RUNNING", None), ("FINISHED", Some(0))] {
-                let report = AppStateReport {
+                q.push(AppStateReport {
                     worker_id: sim.id.clone(),
                     app_id: req.app_id.clone(),
                     attempt: req.attempt,
                     state: state.into(),
                     exit_code,
                     ..Default::default()
-                };
-                match client.report_app_state(report).await {
-                    Ok(r) if r.get_ref().accepted => {
-                        if state == "FINISHED" {
-                            counters.finished.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    _ => {
-                        counters.report_errors.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                }
+                });
             }
-        });
+        }
+        sim.ready.notify_one();
         Ok(Response::new(LaunchAppResponse {
             accepted: true,
             message: String::new(),
@@ -177,6 +171,8 @@ impl SimWorkers {
                 address: format!("127.0.0.1:{port}"),
                 // Its own HTTP/2 connection, as a real worker has.
                 client: MasterServiceClient::new(endpoint.connect_lazy()),
+                queue: std::sync::Mutex::new(Vec::new()),
+                ready: tokio::sync::Notify::new(),
             });
         }
         let sims = Arc::new(sims);
@@ -242,6 +238,38 @@ impl SimWorkers {
                 let _ = stop.send(true);
                 return Err(format!("registration failed: {e}"));
             }
+        }
+
+        // Report delivery, one task per worker: whatever is queued, in one call.
+        for i in 0..n {
+            let (sims, counters, mut stop_rx) = (sims.clone(), counters.clone(), stop_rx.clone());
+            tasks.spawn(async move {
+                let sim = &sims[i];
+                let mut client = sim.client.clone();
+                loop {
+                    let reports =
+                        std::mem::take(&mut *sim.queue.lock().unwrap_or_else(|p| p.into_inner()));
+                    if reports.is_empty() {
+                        tokio::select! {
+                            _ = stop_rx.changed() => return,
+                            _ = sim.ready.notified() => continue,
+                        }
+                    }
+                    let finished = reports.iter().filter(|r| r.state == "FINISHED").count() as u64;
+                    let req = ReportAppStatesRequest {
+                        worker_id: sim.id.clone(),
+                        reports,
+                    };
+                    match client.report_app_states(req).await {
+                        Ok(r) if r.get_ref().results.iter().all(|x| x.accepted) => {
+                            counters.finished.fetch_add(finished, Ordering::Relaxed);
+                        }
+                        _ => {
+                            counters.report_errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
         }
 
         // Heartbeats, spread evenly over the interval.

@@ -592,3 +592,48 @@ async fn large_changes_are_written_in_chunks_that_each_fit_a_transaction() {
         assert_eq!(app(&r, &id.0).state, AppState::Unknown);
     }
 }
+
+#[tokio::test]
+async fn several_reports_of_one_worker_are_applied_in_order_in_one_commit() {
+    let r = rig().await;
+    r.master
+        .register_worker(reg("w1", 2, vec![]))
+        .await
+        .unwrap();
+    let id = r
+        .master
+        .submit(submit_req(0), None)
+        .await
+        .unwrap()
+        .app
+        .id
+        .clone();
+    let txns = r.store.txns.load(Ordering::SeqCst);
+    let mut fin = report(&id.0, 1, AppState::Finished);
+    fin.exit_code = Some(0);
+    let out = r
+        .master
+        .reports(
+            WorkerId("w1".into()),
+            vec![
+                report(&id.0, 1, AppState::Running),
+                fin,
+                report(&id.0, 7, AppState::Running),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(out[..2], [ReportOutcome::Done, ReportOutcome::Done]);
+    assert!(matches!(out[2], ReportOutcome::Kill(_)), "a stale attempt");
+    assert_eq!(r.store.txns.load(Ordering::SeqCst) - txns, 1, "one commit");
+    let a = app(&r, &id.0);
+    assert_eq!((a.state, a.exit_code), (AppState::Finished, Some(0)));
+    assert_eq!(
+        crate::master::tests::history(&a),
+        ["SUBMITTED", "LAUNCHING", "RUNNING", "FINISHED"]
+    );
+}
+
+fn history(a: &App) -> Vec<&'static str> {
+    a.history.iter().map(|h| h.state.as_str()).collect()
+}
