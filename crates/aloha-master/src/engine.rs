@@ -235,54 +235,23 @@ enum Pending {
 }
 
 impl Pending {
+    /// Answers the caller: the operation's own result once the batch is durable, else the
+    /// store's error.
     fn answer(self, failed: Option<&StoreError>) {
-        let err = |e: &StoreError| EngineError::Store(copy_err(e));
-        match self {
-            Pending::Submit(tx, r) => {
-                let _ = tx.send(match failed {
-                    Some(e) => Err(err(e)),
-                    None => r.map_err(EngineError::from),
-                });
-            }
-            Pending::Kill(tx, r) => {
-                let _ = tx.send(match failed {
-                    Some(e) => Err(err(e)),
-                    None => r.map_err(EngineError::from),
-                });
-            }
-            Pending::Register(tx, r) => {
-                let _ = tx.send(match failed {
-                    Some(e) => Err(err(e)),
-                    None => r.map_err(EngineError::from),
-                });
-            }
-            Pending::Report(tx, r) => {
-                let _ = tx.send(match failed {
-                    Some(e) => Err(err(e)),
-                    None => Ok(r),
-                });
-            }
-            Pending::Reports(tx, r) => {
-                let _ = tx.send(match failed {
-                    Some(e) => Err(err(e)),
-                    None => Ok(r),
-                });
-            }
-            Pending::Tick(tx) => {
-                let _ = tx.send(match failed {
-                    Some(e) => Err(err(e)),
-                    None => Ok(()),
-                });
-            }
+        fn send<T>(tx: Reply<T>, r: Result<T, OpError>, failed: Option<&StoreError>) {
+            let _ = tx.send(match failed {
+                Some(e) => Err(EngineError::Store(e.clone())),
+                None => r.map_err(EngineError::from),
+            });
         }
-    }
-}
-
-fn copy_err(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Fenced => StoreError::Fenced,
-        StoreError::Backend(m) => StoreError::Backend(m.clone()),
+        match self {
+            Pending::Submit(tx, r) => send(tx, r, failed),
+            Pending::Kill(tx, r) => send(tx, r, failed),
+            Pending::Register(tx, r) => send(tx, r, failed),
+            Pending::Report(tx, r) => send(tx, Ok(r), failed),
+            Pending::Reports(tx, r) => send(tx, Ok(r), failed),
+            Pending::Tick(tx) => send(tx, Ok(()), failed),
+        }
     }
 }
 

@@ -71,13 +71,7 @@ impl EventLog {
 
     /// Reads the last sequence number from the store.
     pub async fn load_last_seq(&self) -> Result<u64, StoreError> {
-        let seq = match self.store.get(EVENT_SEQ).await? {
-            Some(v) => std::str::from_utf8(&v)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| StoreError::Backend(format!("corrupt value under {EVENT_SEQ}")))?,
-            None => 0,
-        };
+        let seq = crate::store::read_u64(self.store.as_ref(), EVENT_SEQ).await?;
         self.last_seq.fetch_max(seq, Ordering::SeqCst);
         Ok(seq)
     }

@@ -28,7 +28,7 @@ use crate::events::EventLog;
 use crate::listeners::Listeners;
 use crate::liveness::Beat;
 use crate::metrics::Metrics;
-use crate::store::{keys, StateStore, StoreError, Txn};
+use crate::store::{keys, read_u64, StateStore, StoreError, Txn};
 use crate::worker_client::WorkerConnector;
 
 /// How many operations may wait for the engine before callers wait to hand theirs over.
@@ -129,13 +129,6 @@ pub struct Master {
     events: Arc<EventLog>,
 }
 
-fn parse_u64(v: &[u8], key: &str) -> Result<u64, StoreError> {
-    std::str::from_utf8(v)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| StoreError::Backend(format!("corrupt value under {key}")))
-}
-
 fn decode<T: serde::de::DeserializeOwned>(key: &str, v: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(v).map_err(|e| StoreError::Backend(format!("corrupt record {key}: {e}")))
 }
@@ -178,14 +171,8 @@ impl Master {
         metrics: Arc<Metrics>,
         events: Arc<EventLog>,
     ) -> Result<Arc<Master>, StoreError> {
-        let last_seq = match store.get(keys::APP_SEQ).await? {
-            Some(v) => parse_u64(&v, keys::APP_SEQ)?,
-            None => 0,
-        };
-        let last_event_seq = match store.get(keys::EVENT_SEQ).await? {
-            Some(v) => parse_u64(&v, keys::EVENT_SEQ)?,
-            None => 0,
-        };
+        let last_seq = read_u64(store.as_ref(), keys::APP_SEQ).await?;
+        let last_event_seq = read_u64(store.as_ref(), keys::EVENT_SEQ).await?;
         let workers: Vec<WorkerRecord> = load_all(store.as_ref(), keys::WORKERS).await?;
         let apps: Vec<App> = load_all(store.as_ref(), keys::APPS).await?;
         let now = Now {
@@ -223,7 +210,8 @@ impl Master {
             tx: tx.clone(),
             tick_every,
         };
-        engine.apply_recovery(fx, now).await?;
+        // The recovery's changes are written and published like a batch.
+        engine.commit_effects(fx, now).await?;
         info!(
             epoch,
             apps = napps,
@@ -491,13 +479,6 @@ impl Master {
     }
 }
 
-impl Engine {
-    /// Writes a recovery's changes and publishes the result, like a batch.
-    pub async fn apply_recovery(&mut self, fx: Effects, now: Now) -> Result<(), StoreError> {
-        self.commit_effects(fx, now).await
-    }
-}
-
 /// The workers of `cluster` as the API shows them, with `last_heartbeat` from `heard` when it
 /// knows better than the record (heartbeats are not stored).
 pub fn cluster_workers(
@@ -580,10 +561,7 @@ pub fn present<'a>(cluster: &Cluster, app: &'a App) -> std::borrow::Cow<'a, App>
 
 /// Bumps the single-node epoch counter: every start of an embedded master is a new epoch.
 pub async fn next_local_epoch(store: &dyn StateStore) -> Result<u64, StoreError> {
-    let prev = match store.get(keys::EPOCH).await? {
-        Some(v) => parse_u64(&v, keys::EPOCH)?,
-        None => 0,
-    };
+    let prev = read_u64(store, keys::EPOCH).await?;
     let mut txn = Txn::default();
     txn.put(keys::EPOCH, (prev + 1).to_string().into_bytes());
     store.txn(txn).await?;

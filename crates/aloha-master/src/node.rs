@@ -33,6 +33,7 @@ use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::election::etcd::EtcdElection;
 use crate::election::{Candidacy, Election, ElectionError, Leadership};
+use crate::engine::View;
 use crate::events::EventLog;
 use crate::listeners::{Listeners, LoadedListener};
 use crate::master::{present, worker_infos, Master, MasterError};
@@ -190,11 +191,11 @@ impl Node {
 
     /// The state reads are served from: the leader's last durable batch, or a standby's
     /// replica; `None` when neither is there (a standby still loading, single-node tests).
-    fn snapshot(&self) -> Option<Arc<aloha_core::cluster::Cluster>> {
-        if let Some(m) = self.active() {
-            return Some(Arc::new(m.view().cluster.clone()));
+    fn snapshot(&self) -> Option<Arc<View>> {
+        match self.active() {
+            Some(m) => Some(m.view()),
+            None => self.replica.get(),
         }
-        self.replica.get()
     }
 
     /// A page of apps, newest first, optionally only in `state`, after the app `after`: from
@@ -211,12 +212,13 @@ impl Node {
                 MasterError::BadRequest(format!("after: {a:?} is not an app id"))
             })?),
         };
-        if let Some(cluster) = self.snapshot() {
+        if let Some(view) = self.snapshot() {
+            let cluster = &view.cluster;
             let page = cluster.page(state, after_seq, limit);
             let apps = page
                 .apps
                 .iter()
-                .map(|a| present(&cluster, a).into_owned())
+                .map(|a| present(cluster, a).into_owned())
                 .collect();
             return Ok((apps, page.next));
         }
@@ -236,9 +238,9 @@ impl Node {
     /// One app.
     pub async fn app(&self, id: &str) -> Result<App, MasterError> {
         let app_id = AppId(id.to_string());
-        if let Some(cluster) = self.snapshot() {
-            return match cluster.lookup(&app_id) {
-                Lookup::Found(a) => Ok(present(&cluster, &a).into_owned()),
+        if let Some(view) = self.snapshot() {
+            return match view.cluster.lookup(&app_id) {
+                Lookup::Found(a) => Ok(present(&view.cluster, &a).into_owned()),
                 Lookup::Expired => Err(MasterError::AppExpired(id.to_string())),
                 Lookup::NotFound => Err(MasterError::AppNotFound(id.to_string())),
             };
@@ -252,13 +254,7 @@ impl Node {
             None => {
                 // Every sequence number up to the stored one was an app: a well-formed id
                 // within it was removed by the retention.
-                let last = match self.reader.get(keys::APP_SEQ).await? {
-                    Some(v) => std::str::from_utf8(&v)
-                        .ok()
-                        .and_then(|s| s.parse::<u64>().ok())
-                        .unwrap_or(0),
-                    None => 0,
-                };
+                let last = crate::store::read_u64(self.reader.as_ref(), keys::APP_SEQ).await?;
                 match app_id.seq() {
                     Some(s) if s >= 1 && s <= last => Err(MasterError::AppExpired(id.to_string())),
                     _ => Err(MasterError::AppNotFound(id.to_string())),
@@ -272,8 +268,8 @@ impl Node {
         if let Some(m) = self.active() {
             return Ok(m.workers());
         }
-        if let Some(cluster) = self.replica.get() {
-            return Ok(crate::master::cluster_workers(&cluster, |_| None));
+        if let Some(view) = self.replica.get() {
+            return Ok(crate::master::cluster_workers(&view.cluster, |_| None));
         }
         let apps = self.stored_apps().await?;
         let workers: Vec<WorkerRecord> = self

@@ -24,6 +24,8 @@ use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::engine::View;
+use crate::store::etcd::prefix_end;
 use crate::store::keys;
 
 /// Records read per etcd request while loading.
@@ -32,17 +34,19 @@ const PAGE: i64 = 5_000;
 /// The replica, shared with the readers.
 #[derive(Default)]
 pub struct Replica {
-    current: ArcSwapOption<Cluster>,
+    current: ArcSwapOption<View>,
 }
 
 impl Replica {
     /// The replica as of the last watch message, if one is loaded.
-    pub fn get(&self) -> Option<Arc<Cluster>> {
+    pub fn get(&self) -> Option<Arc<View>> {
         self.current.load_full()
     }
 
     fn set(&self, c: Option<Cluster>) {
-        self.current.store(c.map(Arc::new));
+        // A standby has no epoch of its own: readers take the leader's from the election.
+        self.current
+            .store(c.map(|cluster| Arc::new(View { cluster, epoch: 0 })));
     }
 }
 
@@ -64,18 +68,6 @@ fn classify(rel: &str) -> Key<'_> {
     } else {
         Key::Other
     }
-}
-
-/// The smallest key greater than every key starting with `prefix`.
-fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 /// Follows the cluster under `prefix` (`/aloha/<cluster>/`) into `replica` while `role` is
@@ -253,7 +245,7 @@ async fn scan<T: serde::de::DeserializeOwned>(
     prefix: &str,
     revision: i64,
 ) -> Result<Vec<T>, String> {
-    let end = prefix_end(prefix);
+    let end = prefix_end(prefix.as_bytes());
     let mut from = prefix.as_bytes().to_vec();
     let mut out = Vec::new();
     loop {
@@ -297,6 +289,6 @@ mod tests {
             classify("events/00000000000000000001"),
             Key::Other
         ));
-        assert_eq!(prefix_end("/aloha/x/apps/"), b"/aloha/x/apps0".to_vec());
+        assert_eq!(prefix_end(b"/aloha/x/apps/"), b"/aloha/x/apps0".to_vec());
     }
 }

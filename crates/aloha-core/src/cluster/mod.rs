@@ -1181,15 +1181,12 @@ impl Cluster {
             }
             fx.liveness.push(LiveChange::Suspect(worker.clone()));
         }
-        let Lookup::Found(old) = self.lookup(app) else {
+        let Some(old) = self
+            .attempt_on(worker, app, attempt)
+            .filter(|a| a.state == AppState::Launching)
+        else {
             return;
         };
-        if old.state != AppState::Launching
-            || old.attempt != attempt
-            || old.worker_id.as_ref() != Some(worker)
-        {
-            return;
-        }
         let next = if old.kill_requested {
             AppState::Killed
         } else {
@@ -1199,6 +1196,17 @@ impl Cluster {
         let msg = format!("launch on worker {worker} failed: {why}");
         if a.transition(next, now.wall, Some(msg)).is_ok() {
             self.put_app(Some(old), a, fx);
+        }
+    }
+
+    /// The app, if its current attempt is `attempt` on `worker` (an answer about any other
+    /// attempt is stale).
+    fn attempt_on(&self, worker: &WorkerId, app: &AppId, attempt: u32) -> Option<Arc<App>> {
+        match self.lookup(app) {
+            Lookup::Found(a) if a.attempt == attempt && a.worker_id.as_ref() == Some(worker) => {
+                Some(a)
+            }
+            _ => None,
         }
     }
 
@@ -1212,15 +1220,12 @@ impl Cluster {
         now: Now,
         fx: &mut Effects,
     ) {
-        let Lookup::Found(old) = self.lookup(app) else {
+        let Some(old) = self
+            .attempt_on(worker, app, attempt)
+            .filter(|a| a.state.is_on_worker())
+        else {
             return;
         };
-        if !old.state.is_on_worker()
-            || old.attempt != attempt
-            || old.worker_id.as_ref() != Some(worker)
-        {
-            return;
-        }
         let mut a = (*old).clone();
         let reason = format!("worker {worker} does not run attempt {attempt}: {why}");
         if a.lose(&reason, now.wall).is_ok() {

@@ -291,8 +291,8 @@ impl StateStore for EtcdStore {
     }
 }
 
-/// The smallest key greater than every key starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+/// The smallest key greater than every key starting with `prefix` (etcd's range end).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

@@ -81,7 +81,7 @@ impl Txn {
 }
 
 /// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The backend is unreachable or overloaded; the operation may be retried and may or may
     /// not have been applied (callers re-read before retrying a non-idempotent write).
@@ -123,6 +123,18 @@ pub trait StateStore: Send + Sync + 'static {
     /// then the writer can no longer know what the store holds.
     fn ambiguous_failures(&self) -> bool {
         false
+    }
+}
+
+/// Reads a number kept under `key` (the sequence numbers and the epoch): 0 when absent, an
+/// error when it is not a number.
+pub async fn read_u64(store: &dyn StateStore, key: &str) -> Result<u64, StoreError> {
+    match store.get(key).await? {
+        None => Ok(0),
+        Some(v) => std::str::from_utf8(&v)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| StoreError::Backend(format!("corrupt value under {key}"))),
     }
 }
 
