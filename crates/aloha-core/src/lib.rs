@@ -16,6 +16,8 @@
 //! - [`report`]: applying a worker's statement about an app ([`report::apply`]).
 //! - [`event`]: the numbered events listeners and the event stream receive.
 //! - [`api`]: the JSON shapes the REST API serves.
+//! - [`timetable`]: when a schedule fires ([`timetable::Timetable`]): `every` periods and cron
+//!   expressions on a time zone's wall clock, with daylight saving rules and a stable jitter.
 
 pub mod api;
 pub mod app;
@@ -24,6 +26,7 @@ pub mod event;
 pub mod report;
 pub mod schedule;
 pub mod state;
+pub mod timetable;
 pub mod worker;
 
 pub use app::{
