@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -16,6 +17,64 @@ pub const MAX_RETRIES_LIMIT: u32 = 100;
 /// Most entries kept in an app's history; older entries are dropped first (the first entry,
 /// SUBMITTED, is always kept).
 pub const MAX_HISTORY: usize = 200;
+/// Longest accepted `max_runtime`, `retry_backoff` or `max_backoff`.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+/// How long an on-demand app is kept after it ends.
+pub const ON_DEMAND_KEEP: Duration = Duration::from_secs(60);
+
+/// What happens when an attempt ends by itself (not by a user's kill).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Restart {
+    /// The app ends with its attempt.
+    #[default]
+    Never,
+    /// A FAILED attempt (a non-zero exit, a death by signal, the max runtime) is relaunched.
+    OnFailure,
+    /// Every ending attempt is relaunched: a persistent task.
+    Always,
+}
+
+impl Restart {
+    /// The name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Restart::Never => "never",
+            Restart::OnFailure => "on_failure",
+            Restart::Always => "always",
+        }
+    }
+}
+
+impl fmt::Display for Restart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+fn is_never(r: &Restart) -> bool {
+    *r == Restart::Never
+}
+fn default_retry_backoff() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(300)
+}
+fn is_default_retry_backoff(d: &Duration) -> bool {
+    *d == default_retry_backoff()
+}
+fn is_default_max_backoff(d: &Duration) -> bool {
+    *d == default_max_backoff()
+}
+
+/// A duration as the API writes it (`"1m 30s"`).
+pub fn format_duration(d: Duration) -> String {
+    humantime_serde::re::humantime::format_duration(d).to_string()
+}
 
 /// An app id, `app-<yyyymmddhhmmss>-<seq>`: unique across master restarts because the sequence
 /// is persisted with the app.
@@ -152,6 +211,35 @@ pub struct SubmitRequest {
     /// Free-form key/value labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// An attempt running longer than this is killed and ends FAILED (`"30s"`, `"10m"`).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_runtime: Option<Duration>,
+    /// What happens when an attempt ends by itself: `never`, `on_failure`, `always`.
+    #[serde(default, skip_serializing_if = "is_never")]
+    pub restart: Restart,
+    /// The pause before the first relaunch by the restart policy; it doubles with every
+    /// relaunch, up to `max_backoff`.
+    #[serde(
+        default = "default_retry_backoff",
+        with = "humantime_serde",
+        skip_serializing_if = "is_default_retry_backoff"
+    )]
+    pub retry_backoff: Duration,
+    /// The longest pause between relaunches.
+    #[serde(
+        default = "default_max_backoff",
+        with = "humantime_serde",
+        skip_serializing_if = "is_default_max_backoff"
+    )]
+    pub max_backoff: Duration,
+    /// Kept only in the master's memory: never stored, not recovered after a restart or a
+    /// failover, forgotten a minute after it ends.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub on_demand: bool,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -237,6 +325,32 @@ impl SubmitRequest {
                 ));
             }
         }
+        if let Some(d) = self.max_runtime {
+            if d.is_zero() || d > MAX_DURATION {
+                return invalid(format!(
+                    "max_runtime must be more than 0s and at most 366 days (got {})",
+                    format_duration(d)
+                ));
+            }
+        }
+        for (name, d) in [
+            ("retry_backoff", self.retry_backoff),
+            ("max_backoff", self.max_backoff),
+        ] {
+            if d > MAX_DURATION {
+                return invalid(format!(
+                    "{name} must be at most 366 days (got {})",
+                    format_duration(d)
+                ));
+            }
+        }
+        if self.retry_backoff > self.max_backoff {
+            return invalid(format!(
+                "retry_backoff ({}) must not be longer than max_backoff ({})",
+                format_duration(self.retry_backoff),
+                format_duration(self.max_backoff)
+            ));
+        }
         Ok(())
     }
 }
@@ -307,6 +421,40 @@ pub struct App {
     /// key returns this app instead of creating another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// An attempt running longer is killed and ends FAILED.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_runtime: Option<Duration>,
+    /// The restart policy.
+    #[serde(default)]
+    pub restart: Restart,
+    /// The first relaunch pause of the restart policy (doubling per relaunch).
+    #[serde(default = "default_retry_backoff", with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// The longest relaunch pause.
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Kept in memory only (see [`SubmitRequest::on_demand`]).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub on_demand: bool,
+    /// The schedule whose run this is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<String>,
+    /// The nominal time of the schedule's run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<DateTime<Utc>>,
+    /// The app this one retries (`POST /api/v1/apps/{id}/retry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<AppId>,
+    /// A relaunch by the restart policy waits until then before it is queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relaunch_at: Option<DateTime<Utc>>,
+    /// The attempt that ran past `max_runtime` and is being killed for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_runtime_exceeded: Option<u32>,
 }
 
 /// A state change that the state machine does not allow.
@@ -353,6 +501,35 @@ impl App {
                 message: None,
             }],
             idempotency_key: None,
+            max_runtime: req.max_runtime,
+            restart: req.restart,
+            retry_backoff: req.retry_backoff,
+            max_backoff: req.max_backoff,
+            on_demand: req.on_demand,
+            schedule_id: None,
+            scheduled_at: None,
+            retry_of: None,
+            relaunch_at: None,
+            max_runtime_exceeded: None,
+        }
+    }
+
+    /// The request that would create an app like this one (its template): what a retry or a
+    /// schedule's next run copies.
+    pub fn template(&self) -> SubmitRequest {
+        SubmitRequest {
+            name: self.name.clone(),
+            kind: self.kind.clone(),
+            spec: self.spec.value(),
+            cores: i64::from(self.cores),
+            memory_mb: i64::try_from(self.memory_mb).unwrap_or(i64::MAX),
+            max_retries: i64::from(self.max_retries),
+            labels: self.labels.clone(),
+            max_runtime: self.max_runtime,
+            restart: self.restart,
+            retry_backoff: self.retry_backoff,
+            max_backoff: self.max_backoff,
+            on_demand: self.on_demand,
         }
     }
 
@@ -366,6 +543,11 @@ impl App {
             && i64::try_from(self.memory_mb).is_ok_and(|m| m == req.memory_mb)
             && i64::from(self.max_retries) == req.max_retries
             && self.labels == req.labels
+            && self.max_runtime == req.max_runtime
+            && self.restart == req.restart
+            && self.retry_backoff == req.retry_backoff
+            && self.max_backoff == req.max_backoff
+            && self.on_demand == req.on_demand
     }
 
     /// The single place an app changes state: checks legality, records history and keeps the
@@ -389,6 +571,7 @@ impl App {
                 self.attempt += 1;
                 self.exit_code = None;
                 self.started_at = None;
+                self.relaunch_at = None;
             }
             AppState::Running => {
                 self.started_at.get_or_insert(at);
@@ -430,6 +613,10 @@ impl App {
             memory_mb: u64,
             attempt: u32,
             labels: &'a BTreeMap<String, String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            schedule_id: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            scheduled_at: Option<DateTime<Utc>>,
         }
         // Plain data with string keys: serializing cannot fail.
         serde_json::to_string(&Borrowed {
@@ -441,6 +628,8 @@ impl App {
             memory_mb: self.memory_mb,
             attempt: self.attempt,
             labels: &self.labels,
+            schedule_id: self.schedule_id.as_deref(),
+            scheduled_at: self.scheduled_at,
         })
         .expect("descriptions serialize to JSON")
     }
@@ -456,6 +645,8 @@ impl App {
             memory_mb: self.memory_mb,
             attempt: self.attempt,
             labels: self.labels.clone(),
+            schedule_id: self.schedule_id.clone(),
+            scheduled_at: self.scheduled_at,
         }
     }
 }
@@ -479,6 +670,12 @@ pub struct AppDescription {
     pub attempt: u32,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+    /// The schedule whose run this is, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<String>,
+    /// The run's nominal time (RFC 3339, UTC), if it is a schedule's run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<DateTime<Utc>>,
 }
 
 #[cfg(test)]
@@ -649,10 +846,83 @@ mod tests {
 }
 
 impl App {
+    /// The pause before the next relaunch by the restart policy: `retry_backoff` doubled per
+    /// relaunch already made, at most `max_backoff`.
+    pub fn backoff(&self) -> Duration {
+        let factor = 1u32.checked_shl(self.retries.min(31)).unwrap_or(u32::MAX);
+        self.retry_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+
+    /// Why the attempt running past `max_runtime` ends.
+    pub fn max_runtime_message(&self) -> String {
+        format!(
+            "max runtime {} exceeded",
+            self.max_runtime.map(format_duration).unwrap_or_default()
+        )
+    }
+
+    /// Whether the current attempt is being killed for running past `max_runtime`.
+    pub fn over_max_runtime(&self) -> bool {
+        self.max_runtime_exceeded == Some(self.attempt)
+    }
+
+    /// The current attempt ended by itself in `state` (FINISHED or FAILED; any other state is
+    /// entered as it is): the restart policy relaunches it while retries are left, after the
+    /// backoff; otherwise the app ends in `state`. Returns the state entered.
+    pub fn end_attempt(
+        &mut self,
+        state: AppState,
+        reason: Option<String>,
+        at: DateTime<Utc>,
+    ) -> Result<AppState, TransitionError> {
+        let restarts = match state {
+            AppState::Failed => self.restart != Restart::Never,
+            AppState::Finished => self.restart == Restart::Always,
+            _ => false,
+        };
+        if !restarts || self.kill_requested {
+            self.transition(state, at, reason)?;
+            return Ok(state);
+        }
+        let what = reason.unwrap_or_else(|| format!("attempt {} ended {state}", self.attempt));
+        if self.retries >= self.max_retries {
+            let message = if self.max_retries == 0 {
+                format!("{what}; restart {}: max_retries is 0", self.restart)
+            } else {
+                format!(
+                    "{what}; restart {}: all {} retries used",
+                    self.restart, self.max_retries
+                )
+            };
+            self.transition(state, at, Some(message))?;
+            return Ok(state);
+        }
+        let pause = self.backoff();
+        let message = format!(
+            "{what}; restart {}: relaunching in {} (retry {} of {})",
+            self.restart,
+            format_duration(pause),
+            self.retries + 1,
+            self.max_retries
+        );
+        self.transition(AppState::Relaunching, at, Some(message))?;
+        self.retries += 1;
+        self.relaunch_at = (!pause.is_zero())
+            .then(|| chrono::Duration::from_std(pause).ok().map(|p| at + p))
+            .flatten();
+        Ok(AppState::Relaunching)
+    }
+
     /// The app's attempt was lost (its worker died, stopped, or no longer runs it): relaunch it
     /// while retries are left, end it KILLED if a kill was asked for, else FAILED. Returns the
     /// state entered.
     pub fn lose(&mut self, reason: &str, at: DateTime<Utc>) -> Result<AppState, TransitionError> {
+        if !self.kill_requested && self.over_max_runtime() {
+            let message = format!("{}; {reason}", self.max_runtime_message());
+            return self.end_attempt(AppState::Failed, Some(message), at);
+        }
         let (next, message) = if self.kill_requested {
             (AppState::Killed, format!("killed: {reason}"))
         } else if self.can_relaunch() {

@@ -73,8 +73,18 @@ pub fn apply(app: &mut App, report: &Report, at: DateTime<Utc>) -> Outcome {
     if report.state.is_terminal() {
         app.exit_code = report.exit_code;
     }
-    match app.transition(report.state, at, reason) {
-        Ok(()) => Outcome::Applied(report.state),
+    // The attempt the master killed for running past its max runtime failed, however the
+    // plugin saw its end.
+    let (state, reason) = if app.over_max_runtime()
+        && !app.kill_requested
+        && matches!(report.state, AppState::Killed | AppState::Failed)
+    {
+        (AppState::Failed, Some(app.max_runtime_message()))
+    } else {
+        (report.state, reason)
+    };
+    match app.end_attempt(state, reason, at) {
+        Ok(entered) => Outcome::Applied(entered),
         Err(e) => {
             app.exit_code = before;
             Outcome::Illegal(e)

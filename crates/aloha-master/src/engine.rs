@@ -90,6 +90,13 @@ pub enum Op {
         /// The answer.
         reply: Reply<Arc<App>>,
     },
+    /// `POST /api/v1/apps/{id}/retry`.
+    Retry {
+        /// The ended app.
+        id: AppId,
+        /// The new app.
+        reply: Reply<Arc<App>>,
+    },
     /// A worker registers.
     Register {
         /// The registration.
@@ -154,6 +161,8 @@ pub struct Shared {
     pub live: LiveTable,
     fenced: AtomicBool,
     fenced_notify: Notify,
+    /// Told after every published view.
+    published: Notify,
     /// The listeners, once attached.
     pub listeners: std::sync::OnceLock<Arc<Listeners>>,
 }
@@ -166,6 +175,7 @@ impl Shared {
             live: LiveTable::default(),
             fenced: AtomicBool::new(false),
             fenced_notify: Notify::new(),
+            published: Notify::new(),
             listeners: std::sync::OnceLock::new(),
         })
     }
@@ -181,6 +191,37 @@ impl Shared {
         if !self.fenced.swap(true, Ordering::SeqCst) {
             error!(epoch, "{why}: stepping down");
             self.fenced_notify.notify_waiters();
+        }
+    }
+
+    /// Publishes a view and wakes whoever waits for one.
+    pub fn publish(&self, view: View) {
+        self.view.store(Arc::new(view));
+        self.published.notify_waiters();
+    }
+
+    /// Waits until `check` finds what it looks for in a published view, or `deadline`
+    /// passes (`None`), or the master is fenced (`None`).
+    pub async fn wait_for<T>(
+        &self,
+        deadline: tokio::time::Instant,
+        check: impl Fn(&View) -> Option<T>,
+    ) -> Option<T> {
+        loop {
+            let next = self.published.notified();
+            tokio::pin!(next);
+            next.as_mut().enable();
+            if let Some(found) = check(&self.view.load()) {
+                return Some(found);
+            }
+            if self.is_fenced() {
+                return None;
+            }
+            tokio::select! {
+                _ = next => {}
+                _ = self.fenced() => return None,
+                _ = tokio::time::sleep_until(deadline) => return None,
+            }
         }
     }
 
@@ -227,7 +268,7 @@ pub struct Engine {
 /// An operation's outcome, held until the batch is durable.
 enum Pending {
     Submit(Reply<Submitted>, Result<Submitted, OpError>),
-    Kill(Reply<Arc<App>>, Result<Arc<App>, OpError>),
+    App(Reply<Arc<App>>, Result<Arc<App>, OpError>),
     Register(Reply<Vec<(AppId, u32)>>, Result<Vec<(AppId, u32)>, OpError>),
     Report(Reply<ReportOutcome>, ReportOutcome),
     Reports(Reply<Vec<ReportOutcome>>, Vec<ReportOutcome>),
@@ -246,7 +287,7 @@ impl Pending {
         }
         match self {
             Pending::Submit(tx, r) => send(tx, r, failed),
-            Pending::Kill(tx, r) => send(tx, r, failed),
+            Pending::App(tx, r) => send(tx, r, failed),
             Pending::Register(tx, r) => send(tx, r, failed),
             Pending::Report(tx, r) => send(tx, Ok(r), failed),
             Pending::Reports(tx, r) => send(tx, Ok(r), failed),
@@ -268,6 +309,16 @@ impl Engine {
         }
     }
 
+    /// When the loop must run next without an operation: the tick, or the earliest app
+    /// timer if that comes first.
+    fn next_wake(&self, next_tick: tokio::time::Instant) -> tokio::time::Instant {
+        let Some(due) = self.cluster.next_timer() else {
+            return next_tick;
+        };
+        let wait = (due - self.clock.now()).to_std().unwrap_or_default();
+        next_tick.min(tokio::time::Instant::now() + wait)
+    }
+
     fn limited(&self) -> bool {
         self.store.max_txn_ops().is_some()
     }
@@ -287,6 +338,7 @@ impl Engine {
             }
             let mut batch = Vec::new();
             if !self.cluster.can_place() {
+                let wake = self.next_wake(next_tick);
                 tokio::select! {
                     biased;
                     _ = stop.changed() => break,
@@ -294,7 +346,7 @@ impl Engine {
                         Some(op) => batch.push(op),
                         None => break,
                     },
-                    _ = tokio::time::sleep_until(next_tick) => {}
+                    _ = tokio::time::sleep_until(wake) => {}
                 }
             }
             while batch.len() < max {
@@ -346,7 +398,14 @@ impl Engine {
                 }
                 Op::Kill { id, reason, reply } => {
                     let r = self.cluster.kill(&id, reason, now, &mut fx);
-                    pending.push(Pending::Kill(reply, r));
+                    pending.push(Pending::App(reply, r));
+                }
+                Op::Retry { id, reply } => {
+                    let r = self.cluster.retry(&id, now, &mut fx);
+                    if r.is_ok() {
+                        submitted += 1;
+                    }
+                    pending.push(Pending::App(reply, r));
                 }
                 Op::Register { reg, reply } => {
                     let r = self.cluster.register(reg, now, &mut fx);
@@ -415,6 +474,11 @@ impl Engine {
             self.cluster.check_recovery(now, &mut fx);
             self.cluster.resend_kills(now, &mut fx);
         }
+        // App timers (relaunch pauses, max runtimes, on-demand keeping) fire when due, not on
+        // the tick: the loop wakes for the earliest one.
+        if self.cluster.next_timer().is_some_and(|t| t <= now.wall) {
+            self.cluster.fire_timers(now, &mut fx);
+        }
         // The retention runs in every batch that has something to remove (a bounded number
         // each time), so it keeps up with any rate at which apps end.
         if self.cluster.expiry_due(now) {
@@ -451,10 +515,10 @@ impl Engine {
     /// happened (the caller restores the cluster).
     pub async fn commit_effects(&mut self, fx: Effects, now: Now) -> Result<(), StoreError> {
         let events = self.commit(&fx, now).await?;
-        self.shared.view.store(Arc::new(View {
+        self.shared.publish(View {
             cluster: self.cluster.clone(),
             epoch: self.epoch,
-        }));
+        });
         self.shared.live.apply(&fx.liveness, now.mono_ms, now.wall);
         if !events.is_empty() {
             for e in &events {
@@ -560,7 +624,9 @@ impl Engine {
 pub fn refuse(op: Op) {
     match op {
         Op::Submit { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
-        Op::Kill { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
+        Op::Kill { reply, .. } | Op::Retry { reply, .. } => {
+            drop(reply.send(Err(EngineError::Stopped)))
+        }
         Op::Register { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
         Op::Report { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
         Op::Reports { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),

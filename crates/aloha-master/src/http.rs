@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use aloha_core::api::{AppList, WorkerList};
+use aloha_core::cluster::Placement;
 use aloha_core::{AppState, SubmitRequest};
 use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -28,6 +29,38 @@ pub const DEFAULT_LIST_LIMIT: usize = 100;
 pub const MAX_LIST_LIMIT: usize = 1000;
 /// The header that makes a submission idempotent.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The longest `?wait=` of a submission.
+pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitQuery {
+    /// Validate and say where the app would go; create nothing.
+    #[serde(default)]
+    dry_run: bool,
+    /// Answer once the app ended, or when this runs out (`"30s"`).
+    wait: Option<String>,
+}
+
+/// A `?wait=` duration: at most [`MAX_WAIT`].
+fn parse_wait(text: &str) -> Result<std::time::Duration, ApiError> {
+    let d = humantime::parse_duration(text).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("wait must be a duration such as \"30s\" (got {text:?}: {e})"),
+        )
+    })?;
+    if d > MAX_WAIT {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "wait must be at most {}s (got {text:?})",
+                MAX_WAIT.as_secs()
+            ),
+        ));
+    }
+    Ok(d)
+}
 
 /// The router, with the 1 MiB body limit and JSON errors for unknown routes and methods.
 pub fn router(node: Arc<Node>) -> Router {
@@ -37,6 +70,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/apps", post(submit).get(list))
         .route("/api/v1/apps/{id}", get(show))
         .route("/api/v1/apps/{id}/kill", post(kill))
+        .route("/api/v1/apps/{id}/retry", post(retry))
         .route("/api/v1/workers", get(workers))
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/events", get(crate::stream::events))
@@ -85,12 +119,17 @@ async fn metrics(State(m): State<Arc<Node>>) -> impl IntoResponse {
 
 /// `POST /api/v1/apps`: 201 with the new app, or — for a repeat of an earlier request with
 /// the same `Idempotency-Key` — 200 with the app that request created (409 if the body
-/// differs).
+/// differs). `?dry_run=true`: 200 with the app as it would be and its placement, nothing
+/// created. `?wait=30s`: the answer comes when the app ended or the wait ran out, with the
+/// app as it then is.
 async fn submit(
     State(m): State<Arc<Node>>,
     headers: HeaderMap,
+    query: Result<Query<SubmitQuery>, QueryRejection>,
     body: Result<Json<SubmitRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
+    let Query(query) = query?;
+    let wait = query.wait.as_deref().map(parse_wait).transpose()?;
     let key = match headers.get(IDEMPOTENCY_KEY) {
         None => None,
         Some(v) => {
@@ -107,8 +146,25 @@ async fn submit(
     };
     let Json(req) = body?;
     let master = m.leader_master().await?;
+    if query.dry_run {
+        let (app, placement) = master.dry_run(req)?;
+        let mut out = serde_json::to_value(&app)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        out["dry_run"] = serde_json::Value::Bool(true);
+        out["placement"] = match placement {
+            Placement::Worker(w) => serde_json::json!({"worker_id": w}),
+            Placement::Waiting(why) => serde_json::json!({"waiting": why}),
+        };
+        return Ok((StatusCode::OK, Json(out)).into_response());
+    }
     let s = master.submit(req, key).await?;
-    let app = present(&master.view().cluster, &s.app);
+    let mut current = s.app.clone();
+    if let Some(wait) = wait {
+        if let Some(now) = master.wait_ended(&s.app.id, wait).await {
+            current = now;
+        }
+    }
+    let app = present(&master.view().cluster, &current);
     let location = format!("/api/v1/apps/{}", app.id);
     let status = if s.created {
         StatusCode::CREATED
@@ -177,6 +233,19 @@ async fn kill(
     let app = master.kill(&id, reason).await?;
     Ok((
         StatusCode::ACCEPTED,
+        Json(present(&master.view().cluster, &app)),
+    )
+        .into_response())
+}
+
+/// `POST /api/v1/apps/{id}/retry`: 201 with a new app made from the ended app's template.
+async fn retry(State(m): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult<Response> {
+    let master = m.leader_master().await?;
+    let app = master.retry(&id).await?;
+    let location = format!("/api/v1/apps/{}", app.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
         Json(present(&master.view().cluster, &app)),
     )
         .into_response())

@@ -9,10 +9,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use aloha_core::api::WorkerInfo;
 use aloha_core::cluster::{
-    Cluster, Effects, Now, OpError, Registration, ReportOutcome, Rules, Submitted, WorkerReport,
+    Cluster, Effects, Lookup, Now, OpError, Placement, Registration, ReportOutcome, Rules,
+    Submitted, WorkerReport,
 };
 use aloha_core::{
     App, AppId, AppState, EventBody, SubmitError, SubmitRequest, WorkerId, WorkerRecord,
@@ -337,6 +339,44 @@ impl Master {
         Ok(app)
     }
 
+    /// A new app from the template of an ended one (see [`Cluster::retry`]).
+    pub async fn retry(&self, id: &str) -> Result<Arc<App>, MasterError> {
+        let id = AppId(id.to_string());
+        let app = self
+            .call(|reply| Op::Retry {
+                id: id.clone(),
+                reply,
+            })
+            .await?;
+        info!(app_id = %app.id, retry_of = %id, "app retried");
+        Ok(app)
+    }
+
+    /// What a submission would do now, changing nothing (see [`Cluster::dry_run`]).
+    pub fn dry_run(&self, req: SubmitRequest) -> Result<(App, Placement), MasterError> {
+        let now = Now {
+            wall: self.clock.now(),
+            mono_ms: self.clock.mono_ms(),
+        };
+        Ok(self.view().cluster.dry_run(req, now)?)
+    }
+
+    /// The app `id` once it has ended, or as it is when `wait` runs out.
+    pub async fn wait_ended(&self, id: &AppId, wait: Duration) -> Option<Arc<App>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let ended = self
+            .shared
+            .wait_for(deadline, |v| match v.cluster.lookup(id) {
+                Lookup::Found(a) if a.state.is_terminal() => Some(a),
+                _ => None,
+            })
+            .await;
+        ended.or_else(|| match self.view().cluster.lookup(id) {
+            Lookup::Found(a) => Some(a),
+            _ => None,
+        })
+    }
+
     // ----------------------------------------------------------------------------------------
     // Worker operations (wire types are converted in `rpc.rs`)
 
@@ -550,7 +590,8 @@ pub fn worker_infos<'a>(
 /// workers as they are now (it is never written to the store). Other apps are served as they
 /// are, without a copy.
 pub fn present<'a>(cluster: &Cluster, app: &'a App) -> std::borrow::Cow<'a, App> {
-    if app.state.is_waiting() {
+    // An app pausing before a relaunch keeps its message (it says when it is relaunched).
+    if app.state.is_waiting() && app.relaunch_at.is_none() {
         let mut out = app.clone();
         out.message = Some(cluster.wait_reason(app));
         std::borrow::Cow::Owned(out)

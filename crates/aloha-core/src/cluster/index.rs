@@ -119,6 +119,11 @@ impl WaitQueue {
         }
     }
 
+    /// How many apps of `shape` wait.
+    pub fn waiting(&self, shape: &Shape) -> usize {
+        self.shapes.get(shape).map_or(0, |s| s.len())
+    }
+
     /// Every waiting app, oldest first (for tests and checks).
     pub fn all(&self) -> Vec<u64> {
         let mut out: Vec<u64> = self

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use imbl::{HashMap as PMap, OrdMap, OrdSet};
 
-use crate::app::{App, AppId, SubmitError, SubmitRequest};
+use crate::app::{App, AppId, SubmitError, SubmitRequest, ON_DEMAND_KEEP};
 use crate::event::{app_events, worker_events, EventBody};
 use crate::report::{self, Outcome, Report};
 use crate::state::AppState;
@@ -279,6 +279,15 @@ impl Worker {
     }
 }
 
+/// Where a submission would go ([`Cluster::dry_run`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Placement {
+    /// Placed at once on this worker.
+    Worker(WorkerId),
+    /// Queued, for this reason.
+    Waiting(String),
+}
+
 /// Where a lookup by id ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Lookup {
@@ -311,8 +320,12 @@ pub struct Cluster {
     capacity: CapacityIndex,
     /// How many worker records (any state) provide each kind.
     kinds: OrdMap<String, u32>,
-    /// Terminal apps by the time they ended, for the retention.
+    /// Terminal apps by the time they ended, for the retention (on-demand apps are not
+    /// counted: they have their own timer).
     terminal: OrdSet<(DateTime<Utc>, u64)>,
+    /// The apps' timers, by when they fire: a restart policy's relaunch pause, a max runtime,
+    /// an on-demand app's end of keeping ([`app_timer`]).
+    timers: OrdSet<(DateTime<Utc>, u64)>,
     /// DEAD workers by the time they died, for forgetting them.
     dead: OrdSet<(DateTime<Utc>, WorkerId)>,
     idempotency: PMap<String, u64>,
@@ -342,6 +355,33 @@ fn shape(app: &App) -> Shape {
     }
 }
 
+/// Whether an app is in the placement queue: waiting, and not pausing before a relaunch.
+fn queued(app: &App) -> bool {
+    app.state.is_waiting() && app.relaunch_at.is_none()
+}
+
+/// When the app's timer fires, if it has one: the end of a relaunch pause, the end of the
+/// running attempt's max runtime, or the end of an ended on-demand app's keeping.
+fn app_timer(app: &App) -> Option<DateTime<Utc>> {
+    if app.state.is_waiting() {
+        return app.relaunch_at;
+    }
+    if app.state == AppState::Running && !app.over_max_runtime() && !app.kill_requested {
+        let limit = chrono::Duration::from_std(app.max_runtime?).ok()?;
+        return app.started_at.map(|s| s + limit);
+    }
+    if app.state.is_terminal() && app.on_demand {
+        let keep = chrono::Duration::from_std(ON_DEMAND_KEEP).ok()?;
+        return app.finished_at.map(|f| f + keep);
+    }
+    None
+}
+
+/// Whether a kill of the app's current attempt is pending on its worker.
+fn kill_pending(app: &App) -> bool {
+    (app.kill_requested || app.over_max_runtime()) && app.state.is_on_worker()
+}
+
 /// Where an app holds resources: its worker, when it is on one.
 fn holding(app: &App) -> Option<&WorkerId> {
     if app.state.is_on_worker() {
@@ -363,6 +403,7 @@ impl Cluster {
             capacity: CapacityIndex::default(),
             kinds: OrdMap::new(),
             terminal: OrdSet::new(),
+            timers: OrdSet::new(),
             dead: OrdSet::new(),
             idempotency: PMap::new(),
             pending_kills: OrdMap::new(),
@@ -652,7 +693,9 @@ impl Cluster {
         let new = Arc::new(new);
         self.reindex(old.as_deref(), Some(&new));
         self.apps.insert(new.seq, new.clone());
-        fx.apps.insert(new.seq, AppWrite::Put(new.clone()));
+        if !new.on_demand {
+            fx.apps.insert(new.seq, AppWrite::Put(new.clone()));
+        }
         new
     }
 
@@ -668,7 +711,9 @@ impl Cluster {
             kind: old.kind.clone(),
             state: old.state,
         });
-        fx.apps.insert(seq, AppWrite::Delete(old.id.clone()));
+        if !old.on_demand {
+            fx.apps.insert(seq, AppWrite::Delete(old.id.clone()));
+        }
     }
 
     /// Keeps every index true to an app going from `old` to `new` (either may be absent).
@@ -684,8 +729,8 @@ impl Cluster {
             }
         }
         // The queue.
-        let was_waiting = old.filter(|a| a.state.is_waiting());
-        let is_waiting = new.filter(|a| a.state.is_waiting());
+        let was_waiting = old.filter(|a| queued(a));
+        let is_waiting = new.filter(|a| queued(a));
         match (was_waiting, is_waiting) {
             (Some(_), Some(_)) => {}
             (Some(o), None) => self.queue.remove(&shape(o), seq),
@@ -703,8 +748,8 @@ impl Cluster {
             }
         }
         // Terminal apps, for the retention.
-        let was_done = old.filter(|a| a.state.is_terminal());
-        let is_done = new.filter(|a| a.state.is_terminal());
+        let was_done = old.filter(|a| a.state.is_terminal() && !a.on_demand);
+        let is_done = new.filter(|a| a.state.is_terminal() && !a.on_demand);
         if let Some(o) = was_done {
             if is_done.is_none() {
                 self.terminal
@@ -717,9 +762,19 @@ impl Cluster {
                     .insert((n.finished_at.unwrap_or_default(), seq));
             }
         }
+        // Timers.
+        let (was_due, is_due) = (old.and_then(app_timer), new.and_then(app_timer));
+        if was_due != is_due {
+            if let Some(t) = was_due {
+                self.timers.remove(&(t, seq));
+            }
+            if let Some(t) = is_due {
+                self.timers.insert((t, seq));
+            }
+        }
         // Kills pending on a worker.
         match new {
-            Some(n) if n.kill_requested && n.state.is_on_worker() => {
+            Some(n) if kill_pending(n) => {
                 if !self.pending_kills.contains_key(&seq) {
                     self.pending_kills.insert(seq, 0);
                 }
@@ -884,6 +939,13 @@ impl Cluster {
                 )));
             }
         }
+        self.validate(&req)?;
+        let app = self.create(req, now, fx, |app| app.idempotency_key = idempotency_key);
+        Ok(Submitted { app, created: true })
+    }
+
+    /// Checks a submission against the known kinds.
+    fn validate(&self, req: &SubmitRequest) -> Result<(), OpError> {
         // No allocation on the happy path: the known kinds are only collected for an error.
         let known =
             self.rules.allowed_kinds.contains(&req.kind) || self.kinds.contains_key(&req.kind);
@@ -893,13 +955,64 @@ impl Cluster {
             let kinds = self.known_kinds();
             req.validate(kinds.iter().map(String::as_str))?;
         }
+        Ok(())
+    }
+
+    /// Creates the next app from a validated request; `fill` sets what the request does not
+    /// carry (idempotency key, schedule, retried app).
+    fn create(
+        &mut self,
+        req: SubmitRequest,
+        now: Now,
+        fx: &mut Effects,
+        fill: impl FnOnce(&mut App),
+    ) -> Arc<App> {
         let seq = self.last_seq + 1;
         let mut app = App::submitted(AppId::new(seq, now.wall), seq, req, now.wall);
-        app.idempotency_key = idempotency_key;
+        fill(&mut app);
         let app = self.put_app(None, app, fx);
         self.last_seq = seq;
         fx.last_seq = Some(seq);
-        Ok(Submitted { app, created: true })
+        app
+    }
+
+    /// A new app from the template of the ended app `id`, with `retry_of: id` and the same
+    /// schedule run. Only an ended app can be retried.
+    pub fn retry(&mut self, id: &AppId, now: Now, fx: &mut Effects) -> Result<Arc<App>, OpError> {
+        let old = match self.lookup(id) {
+            Lookup::Found(a) => a,
+            Lookup::Expired => return Err(OpError::Expired(id.clone())),
+            Lookup::NotFound => return Err(OpError::NotFound(id.clone())),
+        };
+        if !old.state.is_terminal() {
+            return Err(OpError::Conflict(format!(
+                "app {id} is {}: only an ended app can be retried",
+                old.state
+            )));
+        }
+        Ok(self.create(old.template(), now, fx, |app| {
+            app.retry_of = Some(old.id.clone());
+            app.schedule_id = old.schedule_id.clone();
+            app.scheduled_at = old.scheduled_at;
+        }))
+    }
+
+    /// What a submission would do, changing nothing: the app as it would be created, and
+    /// where it would go now.
+    pub fn dry_run(&self, req: SubmitRequest, now: Now) -> Result<(App, Placement), OpError> {
+        self.validate(&req)?;
+        let seq = self.last_seq + 1;
+        let app = App::submitted(AppId::new(seq, now.wall), seq, req, now.wall);
+        let shape = shape(&app);
+        let ahead = self.queue.waiting(&shape);
+        let placement = match self.capacity.best(&shape) {
+            Some(w) if ahead == 0 => Placement::Worker(w),
+            Some(_) => Placement::Waiting(format!(
+                "queued behind {ahead} waiting apps of the same kind and size"
+            )),
+            None => Placement::Waiting(self.wait_reason(&app)),
+        };
+        Ok((app, placement))
     }
 
     /// Asks for an app to be killed: a waiting app ends KILLED at once; an app on a worker
@@ -960,10 +1073,13 @@ impl Cluster {
             address: w.record.address.clone(),
             app: app.id.clone(),
             attempt: app.attempt,
-            reason: app
-                .kill_reason
-                .clone()
-                .unwrap_or_else(|| "requested by the user".to_string()),
+            reason: if app.kill_requested {
+                app.kill_reason
+                    .clone()
+                    .unwrap_or_else(|| "requested by the user".to_string())
+            } else {
+                app.max_runtime_message()
+            },
         });
         self.pending_kills.insert(seq, now.mono_ms.max(1));
     }
@@ -1301,6 +1417,44 @@ impl Cluster {
         }
     }
 
+    /// When the earliest app timer fires (see [`Cluster::fire_timers`]).
+    pub fn next_timer(&self) -> Option<DateTime<Utc>> {
+        self.timers.get_min().map(|(t, _)| *t)
+    }
+
+    /// Runs the app timers due at `now`: a relaunch pause that ended queues the app; an
+    /// attempt past its max runtime is killed (it then ends FAILED, or is relaunched by the
+    /// restart policy); an ended on-demand app is forgotten. Returns how many fired.
+    pub fn fire_timers(&mut self, now: Now, fx: &mut Effects) -> usize {
+        let mut fired = 0;
+        while let Some((at, seq)) = self.timers.get_min().cloned() {
+            if at > now.wall {
+                break;
+            }
+            fired += 1;
+            let Some(old) = self.apps.get(&seq).cloned() else {
+                self.timers.remove(&(at, seq));
+                continue;
+            };
+            if old.state.is_terminal() {
+                // An ended on-demand app: its minute is up.
+                self.remove_app(seq, fx);
+                continue;
+            }
+            let mut app = (*old).clone();
+            if app.state.is_waiting() {
+                app.relaunch_at = None;
+                self.put_app(Some(old), app, fx);
+                continue;
+            }
+            app.max_runtime_exceeded = Some(app.attempt);
+            app.message = Some(format!("{}; killing it", app.max_runtime_message()));
+            self.put_app(Some(old), app, fx);
+            self.send_kill(seq, now, fx);
+        }
+        fired
+    }
+
     /// Sends again the kills workers have not confirmed for a while.
     pub fn resend_kills(&mut self, now: Now, fx: &mut Effects) {
         let due: Vec<u64> = self
@@ -1411,7 +1565,7 @@ impl Cluster {
         let mut waiting: Vec<u64> = self
             .apps
             .values()
-            .filter(|a| a.state.is_waiting())
+            .filter(|a| queued(a))
             .map(|a| a.seq)
             .collect();
         waiting.sort_unstable();
@@ -1455,11 +1609,26 @@ impl Cluster {
         if fresh.offers != self.offers {
             return Err("the ALIVE workers' offers are stale".into());
         }
-        let terminal = self.apps.values().filter(|a| a.state.is_terminal()).count();
+        let terminal = self
+            .apps
+            .values()
+            .filter(|a| a.state.is_terminal() && !a.on_demand)
+            .count();
         if terminal != self.terminal.len() {
             return Err(format!(
                 "terminal index {} != {terminal}",
                 self.terminal.len()
+            ));
+        }
+        let timers: OrdSet<(DateTime<Utc>, u64)> = self
+            .apps
+            .values()
+            .filter_map(|a| app_timer(a).map(|t| (t, a.seq)))
+            .collect();
+        if timers != self.timers {
+            return Err(format!(
+                "timers {:?} != the apps' {:?}",
+                self.timers, timers
             ));
         }
         Ok(())

@@ -820,3 +820,328 @@ fn a_mirror_follows_the_leaders_records_and_matches_it() {
     assert_eq!(m.last_seq(), t.c.last_seq());
     assert_eq!(m.page(None, None, 10), t.c.page(None, None, 10));
 }
+
+// ----------------------------------------------------------------------------------------
+// Max runtime, restart policies, retry, dry run, on-demand apps
+
+impl T {
+    fn submit_json(&mut self, body: serde_json::Value, t: u64) -> AppId {
+        let r: SubmitRequest = serde_json::from_value(body).unwrap();
+        let s = self.c.submit(r, None, at(t), &mut self.fx).unwrap();
+        s.app.id.clone()
+    }
+
+    fn tick(&mut self, t: u64) -> usize {
+        let n = self.c.fire_timers(at(t), &mut self.fx);
+        self.c.check_invariants().unwrap();
+        n
+    }
+
+    fn end(&mut self, worker: &str, id: &AppId, attempt: u32, state: AppState, code: i32, t: u64) {
+        let mut r = rep(id, attempt, state);
+        r.exit_code = Some(code);
+        r.message = Some(format!("exited with code {code}"));
+        assert_eq!(
+            self.c.report(&w(worker), &r, at(t), &mut self.fx),
+            ReportOutcome::Done
+        );
+        self.c.check_invariants().unwrap();
+    }
+}
+
+fn body(extra: serde_json::Value) -> serde_json::Value {
+    let mut b = serde_json::json!({"name": "t", "kind": "process", "spec": {"command": ["x"]}});
+    for (k, v) in extra.as_object().unwrap() {
+        b[k] = v.clone();
+    }
+    b
+}
+
+fn ms_after(t: u64, app: &App) -> Option<u64> {
+    app.relaunch_at
+        .map(|r| (r - at(t).wall).num_milliseconds() as u64)
+}
+
+#[test]
+fn an_attempt_past_its_max_runtime_is_killed_and_fails() {
+    let mut t = T::new();
+    t.register("w1", 4, 0);
+    let id = t.submit_json(body(serde_json::json!({"max_runtime": "30s"})), 0);
+    t.place(0);
+    t.report("w1", &id, 1, AppState::Running, 1_000);
+    assert_eq!(t.c.next_timer(), Some(at(31_000).wall));
+    t.take();
+    assert_eq!(t.tick(30_999), 0, "not before its time");
+    assert_eq!(t.tick(31_000), 1);
+    let fx = t.take();
+    assert_eq!(kills(&fx), vec![(id.0.clone(), 1)]);
+    match &fx.commands[0] {
+        Command::Kill { reason, .. } => assert_eq!(reason, "max runtime 30s exceeded"),
+        c => panic!("{c:?}"),
+    }
+    assert_eq!(t.c.next_timer(), None, "fires once");
+    // Not confirmed: sent again like any kill.
+    t.c.resend_kills(at(40_000), &mut t.fx);
+    assert_eq!(kills(&t.take()).len(), 1);
+    // The plugin reports the kill; the app failed.
+    t.report("w1", &id, 1, AppState::Killed, 41_000);
+    let app = t.app(&id);
+    assert_eq!(app.state, AppState::Failed);
+    assert!(
+        app.message.as_deref().unwrap().contains("max runtime"),
+        "{app:?}"
+    );
+    t.c.check_invariants().unwrap();
+}
+
+#[test]
+fn on_failure_relaunches_with_doubling_backoff_until_retries_run_out() {
+    let mut t = T::new();
+    t.register("w1", 4, 0);
+    let id = t.submit_json(
+        body(
+            serde_json::json!({"restart": "on_failure", "max_retries": 2,
+                                "retry_backoff": "1s", "max_backoff": "1m"}),
+        ),
+        0,
+    );
+    t.place(0);
+    t.report("w1", &id, 1, AppState::Running, 0);
+    t.end("w1", &id, 1, AppState::Failed, 1, 100);
+    let app = t.app(&id);
+    assert_eq!(app.state, AppState::Relaunching);
+    assert_eq!((app.retries, ms_after(100, &app)), (1, Some(1_000)));
+    assert!(app
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("relaunching in 1s (retry 1 of 2)"));
+    assert_eq!(t.place(500), 0, "not during the pause");
+    assert_eq!(t.tick(1_100), 1);
+    assert_eq!(t.place(1_100), 1);
+    assert_eq!(t.app(&id).attempt, 2);
+    t.report("w1", &id, 2, AppState::Running, 1_200);
+    t.end("w1", &id, 2, AppState::Failed, 3, 1_300);
+    let app = t.app(&id);
+    assert_eq!(
+        (app.retries, ms_after(1_300, &app)),
+        (2, Some(2_000)),
+        "doubled"
+    );
+    t.tick(3_300);
+    t.place(3_300);
+    t.report("w1", &id, 3, AppState::Running, 3_400);
+    t.end("w1", &id, 3, AppState::Failed, 1, 3_500);
+    let app = t.app(&id);
+    assert_eq!(app.state, AppState::Failed);
+    assert_eq!(app.attempt, 3);
+    assert!(app
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("all 2 retries used"));
+}
+
+#[test]
+fn on_failure_keeps_a_finished_app_finished_and_always_relaunches_it() {
+    let mut t = T::new();
+    t.register("w1", 4, 0);
+    let once = t.submit_json(
+        body(serde_json::json!({"restart": "on_failure", "max_retries": 3})),
+        0,
+    );
+    let always = t.submit_json(
+        body(serde_json::json!({"restart": "always", "max_retries": 3, "retry_backoff": "0s"})),
+        0,
+    );
+    assert_eq!(t.place(0), 2);
+    for id in [&once, &always] {
+        t.report("w1", id, 1, AppState::Running, 0);
+        t.end("w1", id, 1, AppState::Finished, 0, 10);
+    }
+    assert_eq!(t.app(&once).state, AppState::Finished);
+    let a = t.app(&always);
+    assert_eq!(
+        (a.state, a.relaunch_at),
+        (AppState::Relaunching, None),
+        "no pause: queued"
+    );
+    assert_eq!(t.place(10), 1);
+}
+
+#[test]
+fn backoff_is_capped() {
+    let mut t = T::new();
+    let id = t.submit_json(
+        body(serde_json::json!({"restart": "always", "max_retries": 100,
+                                "retry_backoff": "1s", "max_backoff": "5s"})),
+        0,
+    );
+    let mut app = (*t.app(&id)).clone();
+    let secs: Vec<u64> = (0..6)
+        .map(|r| {
+            app.retries = r;
+            app.backoff().as_secs()
+        })
+        .collect();
+    assert_eq!(secs, [1, 2, 4, 5, 5, 5]);
+    app.retries = 90;
+    assert_eq!(app.backoff().as_secs(), 5, "no overflow");
+}
+
+#[test]
+fn a_kill_is_final_even_during_a_relaunch_pause() {
+    let mut t = T::new();
+    t.register("w1", 4, 0);
+    let id = t.submit_json(
+        body(serde_json::json!({"restart": "always", "max_retries": 5})),
+        0,
+    );
+    t.place(0);
+    t.report("w1", &id, 1, AppState::Running, 0);
+    t.end("w1", &id, 1, AppState::Failed, 1, 10);
+    assert_eq!(t.app(&id).state, AppState::Relaunching);
+    t.c.kill(&id, None, at(20), &mut t.fx).unwrap();
+    assert_eq!(t.app(&id).state, AppState::Killed);
+    assert_eq!(t.c.next_timer(), None);
+    t.c.check_invariants().unwrap();
+    // A kill of a running persistent task ends it too.
+    let id = t.submit_json(
+        body(serde_json::json!({"restart": "always", "max_retries": 5})),
+        30,
+    );
+    t.place(30);
+    t.report("w1", &id, 1, AppState::Running, 30);
+    t.c.kill(&id, None, at(40), &mut t.fx).unwrap();
+    t.report("w1", &id, 1, AppState::Killed, 50);
+    assert_eq!(t.app(&id).state, AppState::Killed);
+}
+
+#[test]
+fn a_retry_copies_the_template_of_an_ended_app() {
+    let mut t = T::new();
+    t.register("w1", 4, 0);
+    let id = t.submit_json(
+        body(serde_json::json!({"max_runtime": "1m", "labels": {"team": "a"}, "max_retries": 2})),
+        0,
+    );
+    assert!(
+        matches!(t.c.retry(&id, at(1), &mut t.fx), Err(OpError::Conflict(m)) if m.contains("only an ended app"))
+    );
+    t.place(0);
+    t.report("w1", &id, 1, AppState::Running, 0);
+    t.end("w1", &id, 1, AppState::Failed, 2, 10);
+    let old = t.app(&id);
+    let new = t.c.retry(&id, at(20), &mut t.fx).unwrap();
+    assert_ne!(new.id, id);
+    assert_eq!(new.retry_of.as_ref(), Some(&id));
+    assert_eq!(new.state, AppState::Submitted);
+    assert_eq!((new.attempt, new.retries), (0, 0));
+    assert!(old.same_request(&new.template()));
+    assert!(matches!(
+        t.c.retry(&AppId("app-20200101000000-9999".into()), at(30), &mut t.fx),
+        Err(OpError::NotFound(_))
+    ));
+}
+
+#[test]
+fn a_dry_run_changes_nothing_and_says_where_the_app_would_go() {
+    let mut t = T::new();
+    let r: SubmitRequest = serde_json::from_value(body(serde_json::json!({"cores": 2}))).unwrap();
+    let (app, p) = t.c.dry_run(r.clone(), at(0)).unwrap();
+    assert_eq!(app.state, AppState::Submitted);
+    assert!(
+        matches!(&p, Placement::Waiting(m) if m.contains("ALIVE worker")),
+        "{p:?}"
+    );
+    t.register("w1", 4, 0);
+    let before = t.c.last_seq();
+    let (_, p) = t.c.dry_run(r.clone(), at(0)).unwrap();
+    assert_eq!(p, Placement::Worker(w("w1")));
+    assert_eq!(t.c.last_seq(), before);
+    let mut big = r.clone();
+    big.cores = 64;
+    let (_, p) = t.c.dry_run(big, at(0)).unwrap();
+    assert!(
+        matches!(&p, Placement::Waiting(m) if m.contains("cannot be placed")),
+        "{p:?}"
+    );
+    let mut bad = r;
+    bad.kind = "nope".into();
+    assert!(t.c.dry_run(bad, at(0)).is_err());
+}
+
+#[test]
+fn on_demand_apps_are_never_written_and_are_forgotten_a_minute_after_they_end() {
+    let mut t = T::new();
+    t.register("w1", 4, 0);
+    t.take();
+    let id = t.submit_json(body(serde_json::json!({"on_demand": true})), 0);
+    t.place(0);
+    t.report("w1", &id, 1, AppState::Running, 0);
+    t.end("w1", &id, 1, AppState::Finished, 0, 1_000);
+    let fx = t.take();
+    assert!(
+        fx.apps.is_empty(),
+        "no app record is written: {:?}",
+        fx.apps.keys()
+    );
+    assert_eq!(fx.last_seq, Some(1), "its id is still unique");
+    assert!(
+        !fx.events.is_empty(),
+        "its changes are events like any other"
+    );
+    assert_eq!(t.c.next_timer(), Some(at(61_000).wall));
+    assert_eq!(t.tick(60_999), 0);
+    assert_eq!(t.tick(61_000), 1);
+    assert_eq!(t.c.lookup(&id), Lookup::Expired);
+    let fx = t.take();
+    assert!(fx.apps.is_empty());
+    assert!(matches!(fx.events[..], [EventBody::AppExpired { .. }]));
+}
+
+#[test]
+fn timers_survive_a_recovery() {
+    let mut t = T::new();
+    t.register("w1", 4, 0);
+    let id = t.submit_json(
+        body(serde_json::json!({"restart": "on_failure", "max_retries": 1, "retry_backoff": "10s", "max_backoff": "10s"})),
+        0,
+    );
+    t.place(0);
+    t.report("w1", &id, 1, AppState::Running, 0);
+    t.end("w1", &id, 1, AppState::Failed, 1, 0);
+    let apps: Vec<App> = t.c.apps.values().map(|a| (**a).clone()).collect();
+    let workers: Vec<WorkerRecord> = t.c.workers().map(|w| (*w.record).clone()).collect();
+    let mut fx = Effects::default();
+    let mut c = Cluster::recover(rules(), workers, apps, 1, at(5_000), &mut fx);
+    c.check_invariants().unwrap();
+    assert_eq!(c.next_timer(), Some(at(10_000).wall));
+    assert_eq!(c.fire_timers(at(10_000), &mut fx), 1);
+    assert_eq!(c.queued(), 1);
+}
+
+#[test]
+fn submissions_check_the_new_fields() {
+    let kinds = ["process"];
+    for (extra, needle) in [
+        (serde_json::json!({"max_runtime": "0s"}), "max_runtime"),
+        (
+            serde_json::json!({"retry_backoff": "10m", "max_backoff": "1m"}),
+            "retry_backoff",
+        ),
+        (serde_json::json!({"max_backoff": "400days"}), "max_backoff"),
+    ] {
+        let r: SubmitRequest = serde_json::from_value(body(extra)).unwrap();
+        let e = r.validate(kinds).unwrap_err().to_string();
+        assert!(e.contains(needle), "{e}");
+    }
+    assert!(serde_json::from_value::<SubmitRequest>(body(
+        serde_json::json!({"restart": "sometimes"})
+    ))
+    .is_err());
+    assert!(serde_json::from_value::<SubmitRequest>(body(
+        serde_json::json!({"max_runtime": "soon"})
+    ))
+    .is_err());
+}

@@ -15,6 +15,8 @@
 //! - `command` (required): program and arguments, no shell involved. A program without a `/`
 //!   is looked up in `PATH`; one with a `/` but relative is resolved against `cwd`.
 //! - `env`: variables added to the worker's environment (replacing those of the same name).
+//!   The command also gets `ALOHA_APP_ID`, `ALOHA_ATTEMPT` and, for a schedule's runs,
+//!   `ALOHA_SCHEDULE_ID` and `ALOHA_SCHEDULED_AT` (RFC 3339, UTC); these win over `env`.
 //! - `cwd`: the working directory, relative to the app directory (absolute allowed); it must
 //!   exist when the app starts. Default: the app directory.
 //! - `kill_grace_ms`: time between SIGTERM and SIGKILL on shutdown. Default: the worker's
@@ -71,6 +73,8 @@ aloha_plugin::declare_application!(kind = KIND, app = ProcessApp);
 pub struct ProcessApp {
     app_dir: PathBuf,
     spec: Spec,
+    /// `ALOHA_APP_ID` and the others, from the description.
+    aloha_env: Vec<(&'static str, String)>,
     /// The host's process supervisor, if it has one.
     supervisor: Option<PathBuf>,
     group: Arc<ProcessGroup>,
@@ -81,6 +85,7 @@ impl Application for ProcessApp {
     fn create(ctx: AppContext) -> Result<Self, String> {
         let spec = spec::parse(ctx.spec(), &ctx.conf, &ctx.app_dir)?;
         Ok(ProcessApp {
+            aloha_env: aloha_plugin_support::aloha_env(&ctx.description),
             app_dir: ctx.app_dir,
             spec,
             supervisor: ctx.supervisor,
@@ -110,6 +115,7 @@ impl Application for ProcessApp {
             .command()
             .args(&self.spec.command[1..])
             .envs(&self.spec.env)
+            .envs(self.aloha_env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.spec.cwd)
             .stdin(Stdio::null())
             .stdout(open_log(&self.app_dir, "stdout")?)
