@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use aloha_core::app::MAX_RETRIES_LIMIT;
-use aloha_core::AppState;
+use aloha_core::app::{Restart, MAX_RETRIES_LIMIT};
+use aloha_core::{AppState, SubmitRequest};
 use clap::builder::NonEmptyStringValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use reqwest::Url;
@@ -83,6 +83,13 @@ pub enum Command {
         #[arg(value_parser = parse_app_id)]
         id: String,
     },
+    /// Submit an ended app again: a new app (new id) from its template, with `retry_of` naming
+    /// the app it retries.
+    Retry {
+        /// The id of the ended app.
+        #[arg(value_parser = parse_app_id)]
+        id: String,
+    },
     /// List workers with their resources.
     Workers,
     /// Show the answering master's view of the cluster: role, leader, epoch, members.
@@ -143,9 +150,36 @@ pub struct SubmitArgs {
     #[arg(long = "memory-mb", value_name = "MIB")]
     pub memory_mb: Option<u64>,
 
-    /// Relaunches allowed when the app's worker is lost [master's default: 0].
+    /// Relaunches allowed when the app's worker is lost, or by --restart [master's default: 0].
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_RETRIES_LIMIT)))]
     pub max_retries: Option<u32>,
+
+    /// Kill an attempt that runs longer than this (e.g. 30s, 10m, "1h 30m"); it ends FAILED.
+    #[arg(long, value_name = "DURATION", value_parser = parse_api_duration)]
+    pub max_runtime: Option<Duration>,
+
+    /// What happens when an attempt ends by itself; relaunches spend --max-retries [master's
+    /// default: never].
+    #[arg(long, value_enum)]
+    pub restart: Option<RestartPolicy>,
+
+    /// The pause before the first relaunch by --restart; it doubles with each relaunch
+    /// [master's default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_api_duration)]
+    pub retry_backoff: Option<Duration>,
+
+    /// The longest pause between relaunches by --restart [master's default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_api_duration)]
+    pub max_backoff: Option<Duration>,
+
+    /// Keep the app only in the master's memory: never stored, lost with a master restart or
+    /// failover, forgotten a minute after it ends.
+    #[arg(long)]
+    pub on_demand: bool,
+
+    /// Only check the submission and show where the app would be placed; nothing is created.
+    #[arg(long, conflicts_with_all = ["wait", "idempotency_key"])]
+    pub dry_run: bool,
 
     /// A label; repeat for more.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
@@ -173,6 +207,30 @@ pub struct SubmitArgs {
     /// The command to run (kind `process` only): becomes the spec `{"command": [...]}`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// `--restart`: the API's names for the restart policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RestartPolicy {
+    /// The app ends with its attempt.
+    #[value(name = "never")]
+    Never,
+    /// A FAILED attempt (non-zero exit, signal, max runtime) is relaunched.
+    #[value(name = "on_failure")]
+    OnFailure,
+    /// Every attempt that ends is relaunched: a persistent task.
+    #[value(name = "always")]
+    Always,
+}
+
+impl From<RestartPolicy> for Restart {
+    fn from(p: RestartPolicy) -> Restart {
+        match p {
+            RestartPolicy::Never => Restart::Never,
+            RestartPolicy::OnFailure => Restart::OnFailure,
+            RestartPolicy::Always => Restart::Always,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -298,6 +356,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     match Duration::try_from_secs_f64(seconds) {
         Ok(d) if !d.is_zero() => Ok(d),
         _ => Err(format!("duration {s:?} must be positive")),
+    }
+}
+
+/// Parses a duration of a submission (`30s`, `1m 30s`, `500ms`, `2h`) with the deserializer the
+/// master itself applies to `max_runtime` (humantime), so alohactl accepts exactly what the
+/// master does. Limits (positive, at most 366 days) are the master's to check.
+pub fn parse_api_duration(s: &str) -> Result<Duration, String> {
+    let probe = serde_json::json!({"name": "-", "kind": "-", "max_runtime": s.trim()});
+    match serde_json::from_value::<SubmitRequest>(probe) {
+        Ok(SubmitRequest {
+            max_runtime: Some(d),
+            ..
+        }) => Ok(d),
+        // The deserializer's own message only repeats the input.
+        _ => Err("expected a duration such as 500ms, 30s, 10m or \"1h 30m\"".to_string()),
     }
 }
 
@@ -552,6 +625,73 @@ mod tests {
             let err = parse(&["submit", "--name", "x", "--idempotency-key", bad]).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::ValueValidation, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn task_model_flags() {
+        let s = submit(&["--name", "x"]);
+        assert_eq!(
+            (s.max_runtime, s.restart, s.retry_backoff, s.max_backoff),
+            (None, None, None, None)
+        );
+        assert!(!s.on_demand && !s.dry_run);
+        let s = submit(&[
+            "--name",
+            "x",
+            "--max-runtime",
+            "1h 30m",
+            "--restart",
+            "on_failure",
+            "--retry-backoff",
+            "100ms",
+            "--max-backoff",
+            "2m",
+            "--on-demand",
+            "--dry-run",
+        ]);
+        assert_eq!(s.max_runtime, Some(Duration::from_secs(5400)));
+        assert_eq!(s.restart, Some(RestartPolicy::OnFailure));
+        assert_eq!(Restart::from(RestartPolicy::Always), Restart::Always);
+        assert_eq!(s.retry_backoff, Some(Duration::from_millis(100)));
+        assert_eq!(s.max_backoff, Some(Duration::from_secs(120)));
+        assert!(s.on_demand && s.dry_run);
+
+        let err = parse(&["submit", "--name", "x", "--restart", "sometimes"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidValue);
+        let line = usage_line(&err);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("never, on_failure, always"), "{line}");
+        for conflict in [&["--wait"][..], &["--idempotency-key", "k"]] {
+            let mut args = vec!["submit", "--name", "x", "--dry-run"];
+            args.extend_from_slice(conflict);
+            assert_eq!(
+                parse(&args).unwrap_err().kind(),
+                ErrorKind::ArgumentConflict,
+                "{conflict:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn api_durations_are_the_masters_syntax() {
+        assert_eq!(parse_api_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_api_duration(" 1m 30s "), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_api_duration("250ms"), Ok(Duration::from_millis(250)));
+        // Zero parses; whether it is allowed is the master's rule (max_runtime: no; backoff: yes).
+        assert_eq!(parse_api_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "5", "5x", "-1s", "soon"] {
+            assert!(parse_api_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn retry_takes_an_id() {
+        match parse(&["retry", " app-1 "]).unwrap().command {
+            Command::Retry { id } => assert_eq!(id, "app-1"),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["retry"]).is_err());
+        assert!(parse(&["retry", ".."]).is_err());
     }
 
     #[test]

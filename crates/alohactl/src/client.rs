@@ -10,7 +10,8 @@
 //! a POST that timed out or lost its connection may have been applied, and is reported as such.
 //! A POST that carries an `Idempotency-Key` (a submission) is safe to repeat: the master answers a
 //! repeat of the same key and body with the app the first one created. So it is resent, with the
-//! same key, to the other masters after a timeout or a lost connection too, like a GET.
+//! same key, to the other masters after a timeout or a lost connection too, like a GET. So is a
+//! POST that changes nothing (a submission's dry run).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -71,6 +72,8 @@ struct Request<'a> {
     body: Option<Vec<u8>>,
     /// Sent as `Idempotency-Key`; makes a POST safe to repeat.
     idempotency_key: Option<&'a str>,
+    /// Changes nothing on the master (a GET, a dry run): resent elsewhere as freely as a GET.
+    read_only: bool,
 }
 
 /// An HTTP answer from one master, not yet judged.
@@ -145,6 +148,7 @@ impl Client {
             query,
             body: None,
             idempotency_key: None,
+            read_only: true,
         })
     }
 
@@ -161,6 +165,26 @@ impl Client {
             query: &[],
             body: body.map(encode).transpose()?,
             idempotency_key: None,
+            read_only: false,
+        })
+    }
+
+    /// `POST path?query` with a JSON body the master only reads, changing nothing (a dry run),
+    /// decoded as `T`. Like a GET it is resent to the other masters after a timeout or a lost
+    /// connection.
+    pub fn post_read_only<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        body: &B,
+    ) -> Result<Served<T>, CtlError> {
+        self.call(&Request {
+            method: Method::POST,
+            path,
+            query,
+            body: Some(encode(body)?),
+            idempotency_key: None,
+            read_only: true,
         })
     }
 
@@ -179,6 +203,7 @@ impl Client {
             query: &[],
             body: Some(encode(body)?),
             idempotency_key: Some(key),
+            read_only: false,
         })
     }
 
@@ -226,7 +251,7 @@ impl Client {
             tried.push(base.clone());
             match self.send(&base, req) {
                 Err(NoAnswer::NotConnected(why)) => failures.push((base, why)),
-                Err(NoAnswer::Lost(why)) if req.method == Method::GET => failures.push((base, why)),
+                Err(NoAnswer::Lost(why)) if req.read_only => failures.push((base, why)),
                 // Safe to send elsewhere; but the error, if no one answers, must say it may
                 // have been applied.
                 Err(NoAnswer::Lost(why)) if req.idempotency_key.is_some() => {

@@ -25,6 +25,7 @@ pub fn run(cli: Cli, io: &mut Io<'_>) -> Result<(), CtlError> {
         Command::Status { id } => status(&client, format, &id, io),
         Command::List(args) => list(&client, format, &args, io),
         Command::Kill { id } => kill(&client, format, &id, io),
+        Command::Retry { id } => retry(&client, format, &id, io),
         Command::Workers => workers(&client, format, io),
         Command::Cluster => cluster(&client, format, io),
         Command::Events(args) => crate::events::run(&client, format, &args, io),
@@ -45,6 +46,9 @@ fn submit(
         None => args.spec.clone().map(|s| ("--spec".to_string(), s)),
     };
     let request = submit_request(args, spec_text)?;
+    if args.dry_run {
+        return dry_run(client, format, &request, io);
+    }
     // One key per invocation: the retries inside this submission share it, so they cannot make
     // a second app; a rerun of the command gets a new one unless the caller gives its own.
     let key = match &args.idempotency_key {
@@ -82,6 +86,25 @@ fn submit(
         print(io, &output::json(&end.raw))?;
     }
     wait::outcome(&end.data)
+}
+
+/// `submit --dry-run`: the app as it would be and where it would go; nothing is created, so no
+/// idempotency key is needed and the request may be resent anywhere.
+fn dry_run(
+    client: &Client,
+    format: Output,
+    request: &SubmitRequest,
+    io: &mut Io<'_>,
+) -> Result<(), CtlError> {
+    let query = [("dry_run", "true".to_string())];
+    let answer: Served<output::DryRun> = client.post_read_only("/api/v1/apps", &query, request)?;
+    print(
+        io,
+        &match format {
+            Output::Table => output::dry_run(&answer.data),
+            Output::Json => output::json(&answer.raw),
+        },
+    )
 }
 
 fn status(client: &Client, format: Output, id: &str, io: &mut Io<'_>) -> Result<(), CtlError> {
@@ -187,6 +210,19 @@ fn kill(client: &Client, format: Output, id: &str, io: &mut Io<'_>) -> Result<()
     )
 }
 
+/// `retry`: the new app, printed as `submit` prints the app it created. A POST without a key,
+/// like a kill: not resent once it may have reached a master.
+fn retry(client: &Client, format: Output, id: &str, io: &mut Io<'_>) -> Result<(), CtlError> {
+    let app: Served<App> = client.post(&format!("{}/retry", app_path(id)), None::<&()>)?;
+    print(
+        io,
+        &match format {
+            Output::Table => output::app_summary(&app.data),
+            Output::Json => output::json(&app.raw),
+        },
+    )
+}
+
 fn workers(client: &Client, format: Output, io: &mut Io<'_>) -> Result<(), CtlError> {
     let workers: Served<WorkerList> = client.get("/api/v1/workers", &[])?;
     print(
@@ -251,6 +287,19 @@ pub fn submit_request(
     if let Some(max_retries) = args.max_retries {
         request.max_retries = i64::from(max_retries);
     }
+    if args.max_runtime.is_some() {
+        request.max_runtime = args.max_runtime;
+    }
+    if let Some(restart) = args.restart {
+        request.restart = restart.into();
+    }
+    if let Some(d) = args.retry_backoff {
+        request.retry_backoff = d;
+    }
+    if let Some(d) = args.max_backoff {
+        request.max_backoff = d;
+    }
+    request.on_demand = args.on_demand;
     Ok(request)
 }
 
@@ -355,6 +404,41 @@ mod tests {
                 "cores": 1, "memory_mb": 256, "max_retries": 0, "labels": {"team": "data"}
             })
         );
+    }
+
+    #[test]
+    fn task_model_flags_go_into_the_body() {
+        let r = request(&[
+            "--max-runtime",
+            "90s",
+            "--restart",
+            "on_failure",
+            "--retry-backoff",
+            "100ms",
+            "--max-backoff",
+            "1m",
+            "--on-demand",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        let body = serde_json::to_value(&r).unwrap();
+        assert_eq!(body["max_runtime"], "1m 30s");
+        assert_eq!(body["restart"], "on_failure");
+        assert_eq!(body["retry_backoff"], "100ms");
+        assert_eq!(body["max_backoff"], "1m");
+        assert_eq!(body["on_demand"], true);
+        // Left out, they are left out of the body too: the master's defaults apply.
+        let plain = serde_json::to_value(request(&[]).unwrap()).unwrap();
+        for field in [
+            "max_runtime",
+            "restart",
+            "retry_backoff",
+            "max_backoff",
+            "on_demand",
+        ] {
+            assert!(plain.get(field).is_none(), "{field}: {plain}");
+        }
     }
 
     #[test]
@@ -482,6 +566,87 @@ mod tests {
         }
         assert_ne!(keys[0], keys[1], "every invocation needs a fresh key");
         assert_eq!(keys[2], "nightly-1");
+    }
+
+    #[test]
+    fn a_dry_run_asks_for_one_without_a_key_and_prints_the_placement() {
+        use crate::client::tests::{client, TestServer};
+        use std::time::Duration;
+
+        let server = TestServer::start(|_| {
+            let mut answer = app_value("app-20240102030400-0001");
+            answer["dry_run"] = Value::Bool(true);
+            answer["placement"] = serde_json::json!({"waiting": "no worker has 8 free cores"});
+            (200, answer.to_string())
+        });
+        let c = client(&[&server.url], Duration::from_secs(5));
+        let args = submit_args(&["--dry-run", "--", "true"]);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut io = Io {
+            out: &mut out,
+            err: &mut err,
+        };
+        submit(&c, Output::Table, &args, &mut io).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("placement: waiting (no worker has 8 free cores)\n"),
+            "{text}"
+        );
+        let printed = run_submit(&c, &["--dry-run", "--", "true"]).unwrap();
+        let printed: Value = serde_json::from_str(&printed).unwrap();
+        assert_eq!(printed["dry_run"], true, "JSON is printed as served");
+
+        let seen = server.seen();
+        assert_eq!(seen.len(), 2);
+        for s in &seen {
+            assert_eq!(
+                (s.method.as_str(), s.target.as_str()),
+                ("POST", "/api/v1/apps?dry_run=true")
+            );
+            assert_eq!(s.header("idempotency-key"), None, "a dry run needs no key");
+        }
+    }
+
+    #[test]
+    fn retry_posts_to_the_app_and_prints_the_new_one() {
+        use crate::client::tests::{client, TestServer};
+        use std::time::Duration;
+
+        let server = TestServer::start(|seen| {
+            if seen.target.contains("app-busy") {
+                let body =
+                    r#"{"error":"app app-busy is RUNNING: only an ended app can be retried"}"#;
+                return (409, body.to_string());
+            }
+            let mut app = app_value("app-20240102030400-0002");
+            app["retry_of"] = "app-20240102030400-0001".into();
+            (201, app.to_string())
+        });
+        let c = client(&[&server.url], Duration::from_secs(5));
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut io = Io {
+            out: &mut out,
+            err: &mut err,
+        };
+        retry(&c, Output::Table, "app-20240102030400-0001", &mut io).unwrap();
+        let e = retry(&c, Output::Table, "app-busy", &mut io).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "app app-busy is RUNNING: only an ended app can be retried (HTTP 409 Conflict)"
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("Id:"), "{text}");
+        assert!(
+            text.contains("app-20240102030400-0002")
+                && text.contains("Retry of:     app-20240102030400-0001"),
+            "{text}"
+        );
+        let seen = server.seen();
+        assert_eq!(
+            (seen[0].method.as_str(), seen[0].target.as_str()),
+            ("POST", "/api/v1/apps/app-20240102030400-0001/retry")
+        );
+        assert_eq!(seen[0].body, "");
     }
 
     #[test]

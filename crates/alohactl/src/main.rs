@@ -1,7 +1,7 @@
 //! # alohactl
 //!
-//! The Aloha-rs command-line client: submits, lists, inspects and kills apps and shows workers
-//! and the cluster, over the masters' REST API.
+//! The Aloha-rs command-line client: submits, lists, inspects, kills and retries apps and shows
+//! workers and the cluster, over the masters' REST API.
 //!
 //! ## Layout
 //! - `cli`: the command line (clap) and the parsers of its values. Parsing only.

@@ -6,9 +6,11 @@
 use std::time::Duration;
 
 use aloha_core::api::{ClusterInfo, Role, WorkerInfo};
+use aloha_core::app::{format_duration, Restart};
 use aloha_core::{App, AppState, HistoryEntry};
 use chrono::{DateTime, Utc};
 use comfy_table::{presets, ContentArrangement, Table};
+use serde::Deserialize;
 use serde_json::Value;
 
 /// Widest MESSAGE cell in `list`, in characters.
@@ -24,7 +26,27 @@ pub fn json(raw: &Value) -> String {
     text
 }
 
-/// The fields `submit` shows for the app it created.
+/// The answer to a dry run: the app as it would be, and where it would go.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DryRun {
+    /// The app as the submission would create it.
+    #[serde(flatten)]
+    pub app: App,
+    /// Where it would go now.
+    pub placement: Placement,
+}
+
+/// Where a dry run's app would go: `{"worker_id": "w1"}` or `{"waiting": "<reason>"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// Placed at once on this worker.
+    WorkerId(String),
+    /// Queued, for this reason.
+    Waiting(String),
+}
+
+/// The fields `submit` shows for the app it created (and `retry` for the new app).
 pub fn app_summary(app: &App) -> String {
     let mut rows = vec![
         ("Id", app.id.to_string()),
@@ -34,18 +56,69 @@ pub fn app_summary(app: &App) -> String {
         ("Cores", app.cores.to_string()),
         ("Memory", format!("{} MiB", app.memory_mb)),
         ("Max retries", app.max_retries.to_string()),
-        ("Labels", labels(app)),
-        ("Submitted", time(app.submitted_at)),
     ];
+    rows.extend(task_rows(app));
+    rows.push(("Labels", labels(app)));
+    rows.push(("Submitted", time(app.submitted_at)));
     if let Some(m) = &app.message {
         rows.push(("Message", clean(m)));
     }
     fields(&rows)
 }
 
+/// `submit --dry-run`: the would-be app, where it would go, and that nothing was created.
+pub fn dry_run(answer: &DryRun) -> String {
+    let mut text = app_summary(&answer.app);
+    let placement = match &answer.placement {
+        Placement::WorkerId(w) => format!("worker {}", clean(w)),
+        Placement::Waiting(why) => format!("waiting ({})", clean(why)),
+    };
+    text.push_str(&format!(
+        "placement: {placement}\ndry run: nothing was created\n"
+    ));
+    text
+}
+
+/// The rows of the task model (restart policy, max runtime, provenance), only those that are
+/// set, so that a plain app reads as before.
+fn task_rows(app: &App) -> Vec<(&'static str, String)> {
+    let mut rows = Vec::new();
+    if app.restart != Restart::Never {
+        rows.push((
+            "Restart",
+            format!(
+                "{} (backoff {}, doubling up to {})",
+                app.restart,
+                format_duration(app.retry_backoff),
+                format_duration(app.max_backoff)
+            ),
+        ));
+    }
+    if let Some(d) = app.max_runtime {
+        rows.push(("Max runtime", format_duration(d)));
+    }
+    if let Some(at) = app.relaunch_at {
+        rows.push(("Relaunch at", time(at)));
+    }
+    if app.on_demand {
+        rows.push(("On demand", "yes (kept in memory only)".to_string()));
+    }
+    if let Some(of) = &app.retry_of {
+        rows.push(("Retry of", clean(of.as_str())));
+    }
+    if let Some(schedule) = &app.schedule_id {
+        let run = app
+            .scheduled_at
+            .map(|at| format!(", run of {}", time(at)))
+            .unwrap_or_default();
+        rows.push(("Schedule", format!("{}{run}", clean(schedule))));
+    }
+    rows
+}
+
 /// `status`: every field, then the history, then the plugin's details.
 pub fn app_detail(app: &App) -> String {
-    let rows = [
+    let mut rows = vec![
         ("Id", app.id.to_string()),
         ("Name", clean(&app.name)),
         ("Kind", clean(&app.kind)),
@@ -57,6 +130,9 @@ pub fn app_detail(app: &App) -> String {
         ),
         ("Attempt", app.attempt.to_string()),
         ("Retries", format!("{} of {}", app.retries, app.max_retries)),
+    ];
+    rows.extend(task_rows(app));
+    rows.extend([
         ("Exit code", app.exit_code.map_or(dash(), |c| c.to_string())),
         ("Cores", app.cores.to_string()),
         ("Memory", format!("{} MiB", app.memory_mb)),
@@ -69,7 +145,7 @@ pub fn app_detail(app: &App) -> String {
         ("Started", app.started_at.map_or(dash(), time)),
         ("Finished", app.finished_at.map_or(dash(), time)),
         ("Spec", clean(&app.spec.to_string())),
-    ];
+    ]);
     let mut text = fields(&rows);
     text.push_str("\nHistory:\n");
     text.push_str(&grid(
@@ -387,6 +463,70 @@ KEY  VALUE
 pid  4242
 ";
         assert_eq!(app_detail(&app()), expected);
+    }
+
+    #[test]
+    fn task_model_fields_show_only_when_set() {
+        let mut raw: Value = serde_json::from_str(APP).unwrap();
+        raw["max_runtime"] = "1h 30m".into();
+        raw["restart"] = "on_failure".into();
+        raw["retry_backoff"] = "100ms".into();
+        raw["max_backoff"] = "1m".into();
+        raw["relaunch_at"] = "2024-01-02T03:06:00Z".into();
+        raw["retry_of"] = "app-20240102030000-0001".into();
+        raw["schedule_id"] = "nightly".into();
+        raw["scheduled_at"] = "2024-01-02T03:00:00Z".into();
+        raw["on_demand"] = true.into();
+        let a: App = serde_json::from_value(raw).unwrap();
+        let text = app_detail(&a);
+        let rows = "Retries:         1 of 2\n\
+             Restart:         on_failure (backoff 100ms, doubling up to 1m)\n\
+             Max runtime:     1h 30m\n\
+             Relaunch at:     2024-01-02T03:06:00Z\n\
+             On demand:       yes (kept in memory only)\n\
+             Retry of:        app-20240102030000-0001\n\
+             Schedule:        nightly, run of 2024-01-02T03:00:00Z\n\
+             Exit code:";
+        assert!(text.contains(rows), "{text}");
+        let summary = app_summary(&a);
+        assert!(summary.contains("Max runtime:  1h 30m\n"), "{summary}");
+        assert!(
+            summary.contains("Retry of:     app-20240102030000-0001\n"),
+            "{summary}"
+        );
+
+        // The default policy adds nothing (the exact views above are unchanged).
+        for plain in [app_detail(&app()), app_summary(&app())] {
+            for key in [
+                "Restart",
+                "Max runtime",
+                "Retry of",
+                "Schedule",
+                "On demand",
+            ] {
+                assert!(!plain.contains(key), "{key}: {plain}");
+            }
+        }
+    }
+
+    #[test]
+    fn dry_run_view() {
+        let mut raw: Value = serde_json::from_str(APP).unwrap();
+        raw["dry_run"] = true.into();
+        raw["placement"] = serde_json::json!({"worker_id": "w1"});
+        let answer: DryRun = serde_json::from_value(raw.clone()).unwrap();
+        assert_eq!(answer.placement, Placement::WorkerId("w1".into()));
+        let text = dry_run(&answer);
+        assert!(text.starts_with(&app_summary(&app())), "{text}");
+        assert!(
+            text.ends_with("placement: worker w1\ndry run: nothing was created\n"),
+            "{text}"
+        );
+        raw["placement"] = serde_json::json!({"waiting": "no worker has\n2 free cores"});
+        let answer: DryRun = serde_json::from_value(raw.clone()).unwrap();
+        assert!(dry_run(&answer).contains("placement: waiting (no worker has 2 free cores)\n"));
+        raw.as_object_mut().unwrap().remove("placement");
+        assert!(serde_json::from_value::<DryRun>(raw).is_err());
     }
 
     #[test]
