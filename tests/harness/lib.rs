@@ -271,6 +271,23 @@ impl Api {
             .unwrap_or_else(|e| panic!("POST {path}: {e}"))
     }
 
+    /// PATCH with a JSON body.
+    pub fn patch(&self, path: &str, body: &Value) -> Resp {
+        Self::finish(
+            self.client
+                .patch(format!("{}{path}", self.base))
+                .json(body)
+                .send(),
+        )
+        .unwrap_or_else(|e| panic!("PATCH {path}: {e}"))
+    }
+
+    /// DELETE.
+    pub fn delete(&self, path: &str) -> Resp {
+        Self::finish(self.client.delete(format!("{}{path}", self.base)).send())
+            .unwrap_or_else(|e| panic!("DELETE {path}: {e}"))
+    }
+
     /// POST with a JSON body, or an error when the master is unreachable.
     pub fn try_post(&self, path: &str, body: &Value) -> Result<Resp, String> {
         Self::finish(

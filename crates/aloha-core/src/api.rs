@@ -91,3 +91,25 @@ pub struct ClusterInfo {
     /// `embedded` (redb) or `etcd`.
     pub store: String,
 }
+
+/// A schedule as the API serves it: the record, its state and its next nominal times (the
+/// states of `recent_runs` filled in from the apps).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleInfo {
+    /// The record.
+    #[serde(flatten)]
+    pub schedule: crate::schedules::Schedule,
+    /// `ACTIVE`, `PAUSED` or `ENDED`.
+    pub state: crate::schedules::ScheduleState,
+    /// The next 5 nominal times.
+    pub next_runs: Vec<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The body of `GET /api/v1/schedules`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleList {
+    /// A page of schedules, newest first.
+    pub schedules: Vec<ScheduleInfo>,
+    /// The cursor for the next page (`?after=`), or null on the last page.
+    pub next: Option<crate::schedules::ScheduleId>,
+}

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::Role;
 use crate::app::{App, AppId};
+use crate::schedules::ScheduleId;
 use crate::state::AppState;
 use crate::worker::{WorkerId, WorkerRecord, WorkerState};
 
@@ -95,6 +96,92 @@ pub enum EventBody {
         /// The terminal state it ended in.
         state: AppState,
     },
+    /// A schedule was created.
+    #[serde(rename = "schedule.created")]
+    ScheduleCreated {
+        /// Schedule id.
+        schedule_id: ScheduleId,
+        /// Its name.
+        name: String,
+    },
+    /// A schedule was changed (`PATCH`); the change applies to its next run.
+    #[serde(rename = "schedule.updated")]
+    ScheduleUpdated {
+        /// Schedule id.
+        schedule_id: ScheduleId,
+        /// Its name.
+        name: String,
+    },
+    /// A schedule created a run.
+    #[serde(rename = "schedule.fired")]
+    ScheduleFired {
+        /// Schedule id.
+        schedule_id: ScheduleId,
+        /// Its name.
+        name: String,
+        /// The run's nominal time.
+        scheduled_at: DateTime<Utc>,
+        /// The run.
+        app_id: AppId,
+    },
+    /// A nominal time got no run because of the overlap policy (or a pause).
+    #[serde(rename = "schedule.skipped")]
+    ScheduleSkipped {
+        /// Schedule id.
+        schedule_id: ScheduleId,
+        /// Its name.
+        name: String,
+        /// The first nominal time skipped.
+        scheduled_at: DateTime<Utc>,
+        /// How many nominal times (from `scheduled_at` on) this event counts.
+        count: u64,
+        /// Why.
+        message: String,
+    },
+    /// Nominal times could not fire within `misfire_grace` and got no run (misfire policy).
+    #[serde(rename = "schedule.missed")]
+    ScheduleMissed {
+        /// Schedule id.
+        schedule_id: ScheduleId,
+        /// Its name.
+        name: String,
+        /// The first nominal time missed.
+        scheduled_at: DateTime<Utc>,
+        /// How many.
+        count: u64,
+    },
+    /// A schedule was paused.
+    #[serde(rename = "schedule.paused")]
+    SchedulePaused {
+        /// Schedule id.
+        schedule_id: ScheduleId,
+        /// Its name.
+        name: String,
+    },
+    /// A schedule was resumed.
+    #[serde(rename = "schedule.resumed")]
+    ScheduleResumed {
+        /// Schedule id.
+        schedule_id: ScheduleId,
+        /// Its name.
+        name: String,
+    },
+    /// A schedule has no nominal time left and its last run ended.
+    #[serde(rename = "schedule.ended")]
+    ScheduleEnded {
+        /// Schedule id.
+        schedule_id: ScheduleId,
+        /// Its name.
+        name: String,
+    },
+    /// A schedule was deleted (its runs are left alone).
+    #[serde(rename = "schedule.deleted")]
+    ScheduleDeleted {
+        /// Schedule id.
+        schedule_id: ScheduleId,
+        /// Its name.
+        name: String,
+    },
     /// A master took or lost leadership.
     LeaderChanged {
         /// The role the master now has.
@@ -116,6 +203,50 @@ impl EventBody {
             EventBody::WorkerLost { .. } => "worker_lost",
             EventBody::LeaderChanged { .. } => "leader_changed",
             EventBody::AppExpired { .. } => "app.expired",
+            EventBody::ScheduleCreated { .. } => "schedule.created",
+            EventBody::ScheduleUpdated { .. } => "schedule.updated",
+            EventBody::ScheduleFired { .. } => "schedule.fired",
+            EventBody::ScheduleSkipped { .. } => "schedule.skipped",
+            EventBody::ScheduleMissed { .. } => "schedule.missed",
+            EventBody::SchedulePaused { .. } => "schedule.paused",
+            EventBody::ScheduleResumed { .. } => "schedule.resumed",
+            EventBody::ScheduleEnded { .. } => "schedule.ended",
+            EventBody::ScheduleDeleted { .. } => "schedule.deleted",
+        }
+    }
+
+    /// Every `type` tag.
+    pub const TYPES: [&'static str; 15] = [
+        "app_state_changed",
+        "app_relaunched",
+        "worker_joined",
+        "worker_lost",
+        "leader_changed",
+        "app.expired",
+        "schedule.created",
+        "schedule.updated",
+        "schedule.fired",
+        "schedule.skipped",
+        "schedule.missed",
+        "schedule.paused",
+        "schedule.resumed",
+        "schedule.ended",
+        "schedule.deleted",
+    ];
+
+    /// The schedule the event is about, if any.
+    pub fn schedule_id(&self) -> Option<&ScheduleId> {
+        match self {
+            EventBody::ScheduleCreated { schedule_id, .. }
+            | EventBody::ScheduleUpdated { schedule_id, .. }
+            | EventBody::ScheduleFired { schedule_id, .. }
+            | EventBody::ScheduleSkipped { schedule_id, .. }
+            | EventBody::ScheduleMissed { schedule_id, .. }
+            | EventBody::SchedulePaused { schedule_id, .. }
+            | EventBody::ScheduleResumed { schedule_id, .. }
+            | EventBody::ScheduleEnded { schedule_id, .. }
+            | EventBody::ScheduleDeleted { schedule_id, .. } => Some(schedule_id),
+            _ => None,
         }
     }
 

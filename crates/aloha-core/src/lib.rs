@@ -16,6 +16,8 @@
 //! - [`report`]: applying a worker's statement about an app ([`report::apply`]).
 //! - [`event`]: the numbered events listeners and the event stream receive.
 //! - [`api`]: the JSON shapes the REST API serves.
+//! - [`schedules`]: schedules ([`schedules::Schedule`]), their requests and overlap and
+//!   misfire policies; the rules that fire them are the cluster's.
 //! - [`timetable`]: when a schedule fires ([`timetable::Timetable`]): `every` periods and cron
 //!   expressions on a time zone's wall clock, with daylight saving rules and a stable jitter.
 
@@ -25,6 +27,7 @@ pub mod cluster;
 pub mod event;
 pub mod report;
 pub mod schedule;
+pub mod schedules;
 pub mod state;
 pub mod timetable;
 pub mod worker;

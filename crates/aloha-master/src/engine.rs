@@ -17,13 +17,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use aloha_core::cluster::schedules::{Backfill, RunOutcome};
 use aloha_core::cluster::{
     AppWrite, Cluster, Command, Effects, Now, OpError, Registration, ReportOutcome, Submitted,
     WorkerReport,
 };
+use aloha_core::schedules::{Overlap, Schedule, ScheduleId, SchedulePatch, ScheduleRequest};
 use aloha_core::{App, AppId, Event, EventBody, SubmitRequest, WorkerId};
 use aloha_proto as pb;
 use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, error, warn};
 
@@ -97,6 +100,13 @@ pub enum Op {
         /// The new app.
         reply: Reply<Arc<App>>,
     },
+    /// A schedule operation (`/api/v1/schedules...`).
+    Schedule {
+        /// What to do.
+        cmd: ScheduleCmd,
+        /// The answer.
+        reply: Reply<ScheduleAnswer>,
+    },
     /// A worker registers.
     Register {
         /// The registration.
@@ -151,6 +161,45 @@ pub enum Op {
         /// Why.
         why: String,
     },
+}
+
+/// The schedule operations.
+#[derive(Debug)]
+pub enum ScheduleCmd {
+    /// Create.
+    Create(ScheduleRequest),
+    /// Change.
+    Update(ScheduleId, SchedulePatch),
+    /// Delete.
+    Delete(ScheduleId),
+    /// Pause.
+    Pause(ScheduleId),
+    /// Resume.
+    Resume(ScheduleId),
+    /// A run now, under the schedule's overlap policy or this one.
+    Trigger(ScheduleId, Option<Overlap>),
+    /// Runs for the nominal times in `[start, end)`, or only their list (`dry_run`).
+    Backfill {
+        /// Schedule.
+        id: ScheduleId,
+        /// From (inclusive).
+        start: DateTime<Utc>,
+        /// To (exclusive).
+        end: DateTime<Utc>,
+        /// Only list the times.
+        dry_run: bool,
+    },
+}
+
+/// What a schedule operation answers.
+#[derive(Debug)]
+pub enum ScheduleAnswer {
+    /// The schedule after the operation.
+    Schedule(Arc<Schedule>),
+    /// A trigger's outcome.
+    Run(RunOutcome),
+    /// A backfill's.
+    Backfill(Backfill),
 }
 
 /// What the engine and the master handle share.
@@ -272,6 +321,7 @@ enum Pending {
     Register(Reply<Vec<(AppId, u32)>>, Result<Vec<(AppId, u32)>, OpError>),
     Report(Reply<ReportOutcome>, ReportOutcome),
     Reports(Reply<Vec<ReportOutcome>>, Vec<ReportOutcome>),
+    Schedule(Reply<ScheduleAnswer>, Result<ScheduleAnswer, OpError>),
     Tick(Reply<()>),
 }
 
@@ -291,6 +341,7 @@ impl Pending {
             Pending::Register(tx, r) => send(tx, r, failed),
             Pending::Report(tx, r) => send(tx, Ok(r), failed),
             Pending::Reports(tx, r) => send(tx, Ok(r), failed),
+            Pending::Schedule(tx, r) => send(tx, r, failed),
             Pending::Tick(tx) => send(tx, Ok(()), failed),
         }
     }
@@ -312,11 +363,45 @@ impl Engine {
     /// When the loop must run next without an operation: the tick, or the earliest app
     /// timer if that comes first.
     fn next_wake(&self, next_tick: tokio::time::Instant) -> tokio::time::Instant {
-        let Some(due) = self.cluster.next_timer() else {
-            return next_tick;
+        let due = match (
+            self.cluster.next_timer(),
+            self.cluster.next_schedule_timer(),
+        ) {
+            (Some(a), Some(s)) => a.min(s),
+            (Some(a), None) => a,
+            (None, Some(s)) => s,
+            (None, None) => return next_tick,
         };
         let wait = (due - self.clock.now()).to_std().unwrap_or_default();
         next_tick.min(tokio::time::Instant::now() + wait)
+    }
+
+    /// Runs a schedule operation on the cluster.
+    fn schedule_op(
+        &mut self,
+        cmd: ScheduleCmd,
+        now: Now,
+        fx: &mut Effects,
+    ) -> Result<ScheduleAnswer, OpError> {
+        let c = &mut self.cluster;
+        Ok(match cmd {
+            ScheduleCmd::Create(req) => ScheduleAnswer::Schedule(c.create_schedule(req, now, fx)?),
+            ScheduleCmd::Update(id, patch) => {
+                ScheduleAnswer::Schedule(c.update_schedule(&id, patch, now, fx)?)
+            }
+            ScheduleCmd::Delete(id) => ScheduleAnswer::Schedule(c.delete_schedule(&id, fx)?),
+            ScheduleCmd::Pause(id) => ScheduleAnswer::Schedule(c.pause_schedule(&id, now, fx)?),
+            ScheduleCmd::Resume(id) => ScheduleAnswer::Schedule(c.resume_schedule(&id, now, fx)?),
+            ScheduleCmd::Trigger(id, overlap) => {
+                ScheduleAnswer::Run(c.trigger_schedule(&id, overlap, now, fx)?)
+            }
+            ScheduleCmd::Backfill {
+                id,
+                start,
+                end,
+                dry_run,
+            } => ScheduleAnswer::Backfill(c.backfill_schedule(&id, start, end, dry_run, now, fx)?),
+        })
     }
 
     fn limited(&self) -> bool {
@@ -407,6 +492,10 @@ impl Engine {
                     }
                     pending.push(Pending::App(reply, r));
                 }
+                Op::Schedule { cmd, reply } => {
+                    let r = self.schedule_op(cmd, now, &mut fx);
+                    pending.push(Pending::Schedule(reply, r));
+                }
                 Op::Register { reg, reply } => {
                     let r = self.cluster.register(reg, now, &mut fx);
                     pending.push(Pending::Register(reply, r));
@@ -478,6 +567,18 @@ impl Engine {
         // the tick: the loop wakes for the earliest one.
         if self.cluster.next_timer().is_some_and(|t| t <= now.wall) {
             self.cluster.fire_timers(now, &mut fx);
+        }
+        // Schedules: the timers that are due, then the schedules whose runs ended (a run
+        // created here is placed below, in this same batch).
+        if self
+            .cluster
+            .next_schedule_timer()
+            .is_some_and(|t| t <= now.wall)
+        {
+            self.cluster.fire_schedules(now, &mut fx);
+        }
+        if self.cluster.runs_ended() {
+            self.cluster.settle_schedules(now, &mut fx);
         }
         // The retention runs in every batch that has something to remove (a bounded number
         // each time), so it keeps up with any rate at which apps end.
@@ -566,12 +667,21 @@ impl Engine {
         for (id, w) in &fx.workers {
             ops.push((keys::worker(id), w.as_ref().map(|r| json(r.as_ref()))));
         }
+        for (id, s) in &fx.schedules {
+            ops.push((keys::schedule(id), s.as_ref().map(|r| json(r.as_ref()))));
+        }
         for e in &events {
             ops.push((crate::events::key(e.seq), Some(json(e.as_ref()))));
         }
         let mut meta: Vec<(String, Option<Vec<u8>>)> = Vec::new();
         if let Some(s) = fx.last_seq {
             meta.push((keys::APP_SEQ.to_string(), Some(s.to_string().into_bytes())));
+        }
+        if let Some(s) = fx.schedule_seq {
+            meta.push((
+                keys::SCHEDULE_SEQ.to_string(),
+                Some(s.to_string().into_bytes()),
+            ));
         }
         if !events.is_empty() {
             meta.push((
@@ -628,6 +738,7 @@ pub fn refuse(op: Op) {
             drop(reply.send(Err(EngineError::Stopped)))
         }
         Op::Register { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
+        Op::Schedule { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
         Op::Report { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
         Op::Reports { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
         Op::Tick { reply } => drop(reply.send(Err(EngineError::Stopped))),

@@ -43,7 +43,9 @@ impl From<MasterError> for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             MasterError::Submit(_) | MasterError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            MasterError::AppNotFound(_) | MasterError::AppExpired(_) => StatusCode::NOT_FOUND,
+            MasterError::AppNotFound(_)
+            | MasterError::AppExpired(_)
+            | MasterError::ScheduleNotFound(_) => StatusCode::NOT_FOUND,
             MasterError::Conflict(_) => StatusCode::CONFLICT,
             MasterError::NotLeader { leader } => {
                 return ApiError {

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use aloha_core::api::{AppList, WorkerList};
+use aloha_core::api::{ScheduleInfo, ScheduleList};
+use aloha_core::cluster::schedules::RunOutcome;
 use aloha_core::cluster::Placement;
+use aloha_core::schedules::{Overlap, ScheduleId, SchedulePatch, ScheduleRequest};
 use aloha_core::{AppState, SubmitRequest};
 use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -16,9 +19,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use crate::engine::{ScheduleAnswer, ScheduleCmd};
 pub use crate::error::ApiError;
 use crate::error::ApiResult;
-use crate::master::present;
+use crate::master::{present, Master};
 use crate::node::Node;
 
 /// Largest accepted request body.
@@ -71,6 +75,20 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/apps/{id}", get(show))
         .route("/api/v1/apps/{id}/kill", post(kill))
         .route("/api/v1/apps/{id}/retry", post(retry))
+        .route(
+            "/api/v1/schedules",
+            post(create_schedule).get(list_schedules),
+        )
+        .route(
+            "/api/v1/schedules/{id}",
+            get(show_schedule)
+                .patch(update_schedule)
+                .delete(delete_schedule),
+        )
+        .route("/api/v1/schedules/{id}/pause", post(pause_schedule))
+        .route("/api/v1/schedules/{id}/resume", post(resume_schedule))
+        .route("/api/v1/schedules/{id}/trigger", post(trigger_schedule))
+        .route("/api/v1/schedules/{id}/backfill", post(backfill_schedule))
         .route("/api/v1/workers", get(workers))
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/events", get(crate::stream::events))
@@ -180,6 +198,19 @@ struct ListQuery {
     state: Option<String>,
     limit: Option<usize>,
     after: Option<String>,
+    schedule_id: Option<String>,
+}
+
+/// `limit` as given: 1 or more, served up to [`MAX_LIST_LIMIT`].
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    if limit == 0 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "limit must be at least 1",
+        ));
+    }
+    Ok(limit.min(MAX_LIST_LIMIT))
 }
 
 async fn list(
@@ -194,15 +225,19 @@ async fn list(
                 .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?,
         ),
     };
-    let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
-    if limit == 0 {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "limit must be at least 1",
-        ));
-    }
+    let limit = page_limit(q.limit)?;
     let after = q.after.as_deref().filter(|a| !a.is_empty());
-    let (apps, next) = m.apps(state, after, limit.min(MAX_LIST_LIMIT)).await?;
+    if let Some(sid) = q.schedule_id.as_deref().filter(|s| !s.is_empty()) {
+        if state.is_some() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "schedule_id and state cannot be combined",
+            ));
+        }
+        let (apps, next) = m.schedule_runs(sid, after, limit).await?;
+        return Ok(Json(AppList { apps, next }));
+    }
+    let (apps, next) = m.apps(state, after, limit).await?;
     Ok(Json(AppList { apps, next }))
 }
 
@@ -259,4 +294,214 @@ async fn workers(State(m): State<Arc<Node>>) -> ApiResult<Json<WorkerList>> {
 
 async fn cluster(State(m): State<Arc<Node>>) -> impl IntoResponse {
     Json(m.cluster().await)
+}
+
+// ----------------------------------------------------------------------------------------
+// Schedules
+
+/// A schedule operation on the leader; the schedule as it is after it.
+async fn schedule_write(m: &Node, cmd: ScheduleCmd) -> ApiResult<(Arc<Master>, ScheduleAnswer)> {
+    let master = m.leader_master().await?;
+    let answer = master.schedule_op(cmd).await?;
+    Ok((master, answer))
+}
+
+fn schedule_info(master: &Master, answer: ScheduleAnswer) -> ApiResult<ScheduleInfo> {
+    let ScheduleAnswer::Schedule(s) = answer else {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "unexpected answer of the engine",
+        ));
+    };
+    let view = master.view();
+    Ok(match view.cluster.schedule(&s.id) {
+        Some(e) => view.cluster.schedule_info(e),
+        // Deleted: as it was.
+        None => ScheduleInfo {
+            state: s.state(),
+            next_runs: Vec::new(),
+            schedule: (*s).clone(),
+        },
+    })
+}
+
+/// `POST /api/v1/schedules`: 201 with the schedule.
+async fn create_schedule(
+    State(m): State<Arc<Node>>,
+    body: Result<Json<ScheduleRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(req) = body?;
+    let (master, answer) = schedule_write(&m, ScheduleCmd::Create(req)).await?;
+    let info = schedule_info(&master, answer)?;
+    let location = format!("/api/v1/schedules/{}", info.schedule.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(info),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleListQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+async fn list_schedules(
+    State(m): State<Arc<Node>>,
+    q: Result<Query<ScheduleListQuery>, QueryRejection>,
+) -> ApiResult<Json<ScheduleList>> {
+    let Query(q) = q?;
+    let limit = page_limit(q.limit)?;
+    let after = q.after.as_deref().filter(|a| !a.is_empty());
+    Ok(Json(m.schedules(after, limit).await?))
+}
+
+async fn show_schedule(
+    State(m): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ScheduleInfo>> {
+    Ok(Json(m.schedule(&id).await?))
+}
+
+async fn update_schedule(
+    State(m): State<Arc<Node>>,
+    Path(id): Path<String>,
+    body: Result<Json<SchedulePatch>, JsonRejection>,
+) -> ApiResult<Json<ScheduleInfo>> {
+    let Json(patch) = body?;
+    let (master, answer) = schedule_write(&m, ScheduleCmd::Update(ScheduleId(id), patch)).await?;
+    Ok(Json(schedule_info(&master, answer)?))
+}
+
+async fn delete_schedule(
+    State(m): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ScheduleInfo>> {
+    let (master, answer) = schedule_write(&m, ScheduleCmd::Delete(ScheduleId(id))).await?;
+    Ok(Json(schedule_info(&master, answer)?))
+}
+
+async fn pause_schedule(
+    State(m): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ScheduleInfo>> {
+    let (master, answer) = schedule_write(&m, ScheduleCmd::Pause(ScheduleId(id))).await?;
+    Ok(Json(schedule_info(&master, answer)?))
+}
+
+async fn resume_schedule(
+    State(m): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ScheduleInfo>> {
+    let (master, answer) = schedule_write(&m, ScheduleCmd::Resume(ScheduleId(id))).await?;
+    Ok(Json(schedule_info(&master, answer)?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TriggerBody {
+    overlap: Option<Overlap>,
+}
+
+/// An optional JSON body: empty means the default.
+fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    body: &Bytes,
+    what: &str,
+) -> ApiResult<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid {what} body: {e}")))
+}
+
+fn outcome_json(t: chrono::DateTime<chrono::Utc>, o: &RunOutcome) -> serde_json::Value {
+    match o {
+        RunOutcome::Created(app) => serde_json::json!({
+            "scheduled_at": t, "outcome": "created", "app_id": app.id}),
+        RunOutcome::Queued => serde_json::json!({"scheduled_at": t, "outcome": "queued"}),
+        RunOutcome::Skipped(why) => serde_json::json!({
+            "scheduled_at": t, "outcome": "skipped", "message": why}),
+    }
+}
+
+/// `POST /api/v1/schedules/{id}/trigger`: 201 with the run, 202 when it waits for earlier
+/// runs (`queue`, `cancel_previous`), 409 when the overlap policy skips it.
+async fn trigger_schedule(
+    State(m): State<Arc<Node>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let TriggerBody { overlap } = optional_body(&body, "trigger")?;
+    let (master, answer) =
+        schedule_write(&m, ScheduleCmd::Trigger(ScheduleId(id.clone()), overlap)).await?;
+    let ScheduleAnswer::Run(outcome) = answer else {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "unexpected answer of the engine",
+        ));
+    };
+    Ok(match outcome {
+        RunOutcome::Created(app) => (
+            StatusCode::CREATED,
+            [(header::LOCATION, format!("/api/v1/apps/{}", app.id))],
+            Json(present(&master.view().cluster, &app).into_owned()),
+        )
+            .into_response(),
+        RunOutcome::Queued => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({"schedule_id": id, "outcome": "queued"})),
+        )
+            .into_response(),
+        RunOutcome::Skipped(why) => {
+            ApiError::new(StatusCode::CONFLICT, format!("not run: {why}")).into_response()
+        }
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackfillBody {
+    start: chrono::DateTime<chrono::Utc>,
+    end: chrono::DateTime<chrono::Utc>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /api/v1/schedules/{id}/backfill`: the nominal times in `[start, end)` and, unless a
+/// dry run, what became of each.
+async fn backfill_schedule(
+    State(m): State<Arc<Node>>,
+    Path(id): Path<String>,
+    body: Result<Json<BackfillBody>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Json(b) = body?;
+    let cmd = ScheduleCmd::Backfill {
+        id: ScheduleId(id.clone()),
+        start: b.start,
+        end: b.end,
+        dry_run: b.dry_run,
+    };
+    let (_, answer) = schedule_write(&m, cmd).await?;
+    let ScheduleAnswer::Backfill(bf) = answer else {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "unexpected answer of the engine",
+        ));
+    };
+    let runs: Vec<serde_json::Value> = bf
+        .times
+        .iter()
+        .zip(bf.outcomes.iter())
+        .map(|(t, o)| outcome_json(*t, o))
+        .collect();
+    Ok(Json(serde_json::json!({
+        "schedule_id": id,
+        "dry_run": b.dry_run,
+        "times": bf.times,
+        "runs": runs,
+    })))
 }

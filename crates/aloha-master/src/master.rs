@@ -16,6 +16,7 @@ use aloha_core::cluster::{
     Cluster, Effects, Lookup, Now, OpError, Placement, Registration, ReportOutcome, Rules,
     Submitted, WorkerReport,
 };
+use aloha_core::schedules::Schedule;
 use aloha_core::{
     App, AppId, AppState, EventBody, SubmitError, SubmitRequest, WorkerId, WorkerRecord,
     WorkerState,
@@ -25,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::engine::{Engine, EngineError, Op, Shared, View};
+use crate::engine::{Engine, EngineError, Op, ScheduleAnswer, ScheduleCmd, Shared, View};
 use crate::events::EventLog;
 use crate::listeners::Listeners;
 use crate::liveness::Beat;
@@ -51,6 +52,9 @@ pub enum MasterError {
     /// No such app.
     #[error("app {0} not found")]
     AppNotFound(String),
+    /// No such schedule.
+    #[error("schedule {0} not found")]
+    ScheduleNotFound(String),
     /// The app ended and was removed by the retention.
     #[error("app {0} expired")]
     AppExpired(String),
@@ -74,6 +78,7 @@ impl From<OpError> for MasterError {
             OpError::Submit(e) => MasterError::Submit(e),
             OpError::BadRequest(m) => MasterError::BadRequest(m),
             OpError::NotFound(id) => MasterError::AppNotFound(id.0),
+            OpError::ScheduleNotFound(id) => MasterError::ScheduleNotFound(id.0),
             OpError::Expired(id) => MasterError::AppExpired(id.0),
             OpError::Conflict(m) => MasterError::Conflict(m),
         }
@@ -177,13 +182,21 @@ impl Master {
         let last_event_seq = read_u64(store.as_ref(), keys::EVENT_SEQ).await?;
         let workers: Vec<WorkerRecord> = load_all(store.as_ref(), keys::WORKERS).await?;
         let apps: Vec<App> = load_all(store.as_ref(), keys::APPS).await?;
+        let schedules: Vec<Schedule> = load_all(store.as_ref(), keys::SCHEDULES).await?;
+        let last_schedule_seq = read_u64(store.as_ref(), keys::SCHEDULE_SEQ).await?;
         let now = Now {
             wall: clock.now(),
             mono_ms: clock.mono_ms(),
         };
         let mut fx = Effects::default();
         let (napps, nworkers) = (apps.len(), workers.len());
-        let cluster = Cluster::recover(rules(&cfg), workers, apps, last_seq, now, &mut fx);
+        let nschedules = schedules.len();
+        let (cluster, errors) =
+            Cluster::recover(rules(&cfg), workers, apps, last_seq, now, &mut fx)
+                .with_schedules(schedules, last_schedule_seq);
+        for e in errors {
+            warn!("{e}; it stays stored but does not fire");
+        }
         fx.events.push(EventBody::LeaderChanged {
             role: aloha_core::api::Role::Alive,
             leader: Some(cfg.http_url()),
@@ -220,6 +233,7 @@ impl Master {
             queued = engine.cluster.queued(),
             unknown = engine.cluster.count(AppState::Unknown),
             workers = nworkers,
+            schedules = nschedules,
             events = engine.last_event_seq,
             store = store.kind(),
             "recovered state"
@@ -375,6 +389,11 @@ impl Master {
             Lookup::Found(a) => Some(a),
             _ => None,
         })
+    }
+
+    /// A schedule operation (see the `Cluster`'s schedule rules).
+    pub async fn schedule_op(&self, cmd: ScheduleCmd) -> Result<ScheduleAnswer, MasterError> {
+        self.call(|reply| Op::Schedule { cmd, reply }).await
     }
 
     // ----------------------------------------------------------------------------------------

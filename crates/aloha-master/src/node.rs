@@ -23,8 +23,9 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use aloha_core::api::{ClusterInfo, Role};
-use aloha_core::cluster::Lookup;
+use aloha_core::api::{ClusterInfo, Role, ScheduleInfo, ScheduleList};
+use aloha_core::cluster::{Cluster, Lookup};
+use aloha_core::schedules::{Schedule, ScheduleId};
 use aloha_core::{App, AppId, AppState, WorkerRecord};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -261,6 +262,81 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// The view schedules are read from: the snapshot, or on a standby still loading its
+    /// replica a mirror built from the store.
+    async fn schedule_view(&self) -> Result<Arc<View>, MasterError> {
+        if let Some(view) = self.snapshot() {
+            return Ok(view);
+        }
+        let apps = self.stored_apps().await?;
+        let schedules: Vec<Schedule> = self
+            .reader
+            .scan_prefix(keys::SCHEDULES)
+            .await?
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+            .collect();
+        let rules = crate::master::rules(&self.cfg);
+        let (cluster, _) = Cluster::mirror(rules, Vec::new(), apps, 0).with_schedules(schedules, 0);
+        Ok(Arc::new(View { cluster, epoch: 0 }))
+    }
+
+    /// A page of schedules, newest first, after the schedule `after`.
+    pub async fn schedules(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ScheduleList, MasterError> {
+        let view = self.schedule_view().await?;
+        let after = after.map(|a| ScheduleId(a.to_string()));
+        if let Some(a) = &after {
+            if view.cluster.schedule(a).is_none() {
+                return Err(MasterError::BadRequest(format!("after: no schedule {a}")));
+            }
+        }
+        let (page, next) = view.cluster.schedule_page(after.as_ref(), limit);
+        Ok(ScheduleList {
+            schedules: page.iter().map(|e| view.cluster.schedule_info(e)).collect(),
+            next,
+        })
+    }
+
+    /// One schedule.
+    pub async fn schedule(&self, id: &str) -> Result<ScheduleInfo, MasterError> {
+        let view = self.schedule_view().await?;
+        let sid = ScheduleId(id.to_string());
+        let e = view
+            .cluster
+            .schedule(&sid)
+            .ok_or_else(|| MasterError::ScheduleNotFound(id.to_string()))?;
+        Ok(view.cluster.schedule_info(e))
+    }
+
+    /// A page of the runs of schedule `id`, newest first.
+    pub async fn schedule_runs(
+        &self,
+        id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<App>, Option<AppId>), MasterError> {
+        let after_seq = match after {
+            None => None,
+            Some(a) => Some(AppId(a.to_string()).seq().ok_or_else(|| {
+                MasterError::BadRequest(format!("after: {a:?} is not an app id"))
+            })?),
+        };
+        let view = self.schedule_view().await?;
+        let page = view
+            .cluster
+            .runs_page(&ScheduleId(id.to_string()), after_seq, limit);
+        let apps = page
+            .apps
+            .iter()
+            .map(|a| present(&view.cluster, a).into_owned())
+            .collect();
+        Ok((apps, page.next))
     }
 
     /// Workers with their usage.

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use aloha_core::api::Role;
 use aloha_core::cluster::{Cluster, Rules};
+use aloha_core::schedules::{Schedule, ScheduleId};
 use aloha_core::{App, AppId, WorkerId, WorkerRecord};
 use arc_swap::ArcSwapOption;
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
@@ -54,7 +55,9 @@ impl Replica {
 enum Key<'a> {
     App(&'a str),
     Worker(&'a str),
+    Schedule(&'a str),
     AppSeq,
+    ScheduleSeq,
     Other,
 }
 
@@ -63,8 +66,12 @@ fn classify(rel: &str) -> Key<'_> {
         Key::App(id)
     } else if let Some(id) = rel.strip_prefix(keys::WORKERS) {
         Key::Worker(id)
+    } else if let Some(id) = rel.strip_prefix(keys::SCHEDULES) {
+        Key::Schedule(id)
     } else if rel == keys::APP_SEQ {
         Key::AppSeq
+    } else if rel == keys::SCHEDULE_SEQ {
+        Key::ScheduleSeq
     } else {
         Key::Other
     }
@@ -197,6 +204,26 @@ fn apply(cluster: &mut Cluster, rel: &str, kind: EventType, value: &[u8]) -> boo
             cluster.mirror_worker_deleted(&WorkerId(id.to_string()));
             true
         }
+        (Key::Schedule(_), EventType::Put) => match serde_json::from_slice::<Schedule>(value) {
+            Ok(sch) => {
+                cluster.mirror_schedule(sch);
+                true
+            }
+            Err(e) => {
+                warn!("standby replica: unreadable schedule record {rel}: {e}");
+                false
+            }
+        },
+        (Key::Schedule(id), EventType::Delete) => {
+            cluster.mirror_schedule_deleted(&ScheduleId(id.to_string()));
+            true
+        }
+        (Key::ScheduleSeq, EventType::Put) => {
+            if let Some(seq) = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok()) {
+                cluster.mirror_last_schedule_seq(seq);
+            }
+            true
+        }
         (Key::AppSeq, EventType::Put) => {
             if let Some(seq) = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok()) {
                 cluster.mirror_last_seq(seq);
@@ -227,16 +254,20 @@ async fn load(client: &Client, prefix: &str, rules: &Rules) -> Result<(Cluster, 
     let workers: Vec<WorkerRecord> =
         scan(&mut c, &format!("{prefix}{}", keys::WORKERS), revision).await?;
     let apps: Vec<App> = scan(&mut c, &format!("{prefix}{}", keys::APPS), revision).await?;
+    let schedules: Vec<Schedule> =
+        scan(&mut c, &format!("{prefix}{}", keys::SCHEDULES), revision).await?;
     debug!(
         revision,
         apps = apps.len(),
         workers = workers.len(),
         "standby replica read"
     );
-    Ok((
-        Cluster::mirror(rules.clone(), workers, apps, last_seq),
-        revision,
-    ))
+    let (cluster, errors) =
+        Cluster::mirror(rules.clone(), workers, apps, last_seq).with_schedules(schedules, 0);
+    for e in errors {
+        warn!("standby replica: {e}");
+    }
+    Ok((cluster, revision))
 }
 
 /// Every record under `prefix` at `revision`, a page at a time.

@@ -25,14 +25,7 @@ use crate::error::ApiError;
 use crate::node::Node;
 
 /// Event types a filter may name.
-pub const TYPES: [&str; 6] = [
-    "app_state_changed",
-    "app_relaunched",
-    "worker_joined",
-    "worker_lost",
-    "leader_changed",
-    "app.expired",
-];
+pub const TYPES: [&str; 15] = aloha_core::EventBody::TYPES;
 
 /// Query parameters of the stream.
 #[derive(Debug, Default, Deserialize)]

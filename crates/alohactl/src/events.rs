@@ -122,6 +122,31 @@ pub fn describe(e: &Event) -> String {
             "{} is {role:?} at epoch {epoch}",
             leader.as_deref().unwrap_or("?")
         ),
+        EventBody::ScheduleFired {
+            schedule_id,
+            name,
+            scheduled_at,
+            app_id,
+        } => format!("{schedule_id} {name:?} run {app_id} for {scheduled_at}"),
+        EventBody::ScheduleSkipped {
+            schedule_id,
+            name,
+            scheduled_at,
+            count,
+            message,
+        } => format!("{schedule_id} {name:?} skipped {count} from {scheduled_at}: {message}"),
+        EventBody::ScheduleMissed {
+            schedule_id,
+            name,
+            scheduled_at,
+            count,
+        } => format!("{schedule_id} {name:?} missed {count} from {scheduled_at}"),
+        EventBody::ScheduleCreated { schedule_id, name }
+        | EventBody::ScheduleUpdated { schedule_id, name }
+        | EventBody::SchedulePaused { schedule_id, name }
+        | EventBody::ScheduleResumed { schedule_id, name }
+        | EventBody::ScheduleEnded { schedule_id, name }
+        | EventBody::ScheduleDeleted { schedule_id, name } => format!("{schedule_id} {name:?}"),
     };
     format!("{:>6} {at} {:<17} {rest}\n", e.seq, e.body.type_name())
 }

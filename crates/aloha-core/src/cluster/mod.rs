@@ -16,6 +16,7 @@
 //! milliseconds for timeouts.
 
 pub mod index;
+pub mod schedules;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use imbl::{HashMap as PMap, OrdMap, OrdSet};
 use crate::app::{App, AppId, SubmitError, SubmitRequest, ON_DEMAND_KEEP};
 use crate::event::{app_events, worker_events, EventBody};
 use crate::report::{self, Outcome, Report};
+use crate::schedules::{Schedule, ScheduleId};
 use crate::state::AppState;
 use crate::worker::{WorkerId, WorkerRecord, WorkerState};
 use index::{CapacityIndex, Shape, WaitQueue};
@@ -142,6 +144,10 @@ pub struct Effects {
     pub commands: Vec<Command>,
     /// Liveness table changes.
     pub liveness: Vec<LiveChange>,
+    /// Schedule writes (`None`: delete the record).
+    pub schedules: BTreeMap<ScheduleId, Option<Arc<Schedule>>>,
+    /// The last schedule sequence number, when it moved.
+    pub schedule_seq: Option<u64>,
 }
 
 impl Effects {
@@ -151,6 +157,8 @@ impl Effects {
             && self.workers.is_empty()
             && self.last_seq.is_none()
             && self.events.is_empty()
+            && self.schedules.is_empty()
+            && self.schedule_seq.is_none()
     }
 }
 
@@ -166,6 +174,9 @@ pub enum OpError {
     /// No such app.
     #[error("app {0} not found")]
     NotFound(AppId),
+    /// No such schedule.
+    #[error("schedule {0} not found")]
+    ScheduleNotFound(ScheduleId),
     /// The app ended and was removed by the retention.
     #[error("app {0} expired")]
     Expired(AppId),
@@ -337,6 +348,21 @@ pub struct Cluster {
     /// when a worker record changes (rare), so reading a waiting app costs no walk over
     /// thousands of workers.
     offers: Arc<Offers>,
+    /// Schedules, by id.
+    schedules: OrdMap<ScheduleId, schedules::ScheduleEntry>,
+    /// Schedule ids by sequence number (paging, newest first).
+    schedule_order: OrdMap<u64, ScheduleId>,
+    /// Schedule timers, by when they fire.
+    schedule_timers: OrdSet<(DateTime<Utc>, ScheduleId)>,
+    /// The retained runs of each schedule (retries included), by app sequence number.
+    schedule_runs: OrdMap<ScheduleId, OrdSet<u64>>,
+    /// The runs of each schedule that have not ended.
+    schedule_active: OrdMap<ScheduleId, OrdSet<u64>>,
+    /// Runs by (schedule, nominal time), retries excluded: never two for one.
+    run_index: PMap<(ScheduleId, DateTime<Utc>), u64>,
+    /// Schedules one of whose runs ended since the last settling.
+    runs_ended: OrdSet<ScheduleId>,
+    last_schedule_seq: u64,
 }
 
 /// The ALIVE workers' total capacities, per kind.
@@ -410,6 +436,14 @@ impl Cluster {
             last_seq: 0,
             recovery_deadline_ms: None,
             offers: Arc::default(),
+            schedules: OrdMap::new(),
+            schedule_order: OrdMap::new(),
+            schedule_timers: OrdSet::new(),
+            schedule_runs: OrdMap::new(),
+            schedule_active: OrdMap::new(),
+            run_index: PMap::new(),
+            runs_ended: OrdSet::new(),
+            last_schedule_seq: 0,
         }
     }
 
@@ -783,6 +817,8 @@ impl Cluster {
                 self.pending_kills.remove(&seq);
             }
         }
+        // Schedule runs.
+        self.reindex_run(old, new);
         // Idempotency keys live exactly as long as their app.
         if let Some(k) = old.and_then(|a| a.idempotency_key.as_ref()) {
             if new.is_none() {
@@ -1631,6 +1667,41 @@ impl Cluster {
                 self.timers, timers
             ));
         }
+        self.check_schedule_invariants()
+    }
+
+    fn check_schedule_invariants(&self) -> Result<(), String> {
+        let mut runs: OrdMap<ScheduleId, OrdSet<u64>> = OrdMap::new();
+        let mut active: OrdMap<ScheduleId, OrdSet<u64>> = OrdMap::new();
+        let mut index: PMap<(ScheduleId, DateTime<Utc>), u64> = PMap::new();
+        for a in self.apps.values() {
+            let Some(sid) = a.schedule_id.as_ref().map(|s| ScheduleId(s.clone())) else {
+                continue;
+            };
+            runs.entry(sid.clone()).or_default().insert(a.seq);
+            if !a.state.is_terminal() {
+                active.entry(sid.clone()).or_default().insert(a.seq);
+            }
+            if let (Some(t), None) = (a.scheduled_at, a.retry_of.as_ref()) {
+                if index.insert((sid.clone(), t), a.seq).is_some() {
+                    return Err(format!("two runs of {sid} for {t}"));
+                }
+            }
+        }
+        if runs != self.schedule_runs || active != self.schedule_active || index != self.run_index {
+            return Err("the schedule run indexes are out of step with the apps".into());
+        }
+        let timers: OrdSet<(DateTime<Utc>, ScheduleId)> = self
+            .schedules
+            .values()
+            .filter_map(|e| self.timer_of(e).map(|t| (t, e.record.id.clone())))
+            .collect();
+        if timers != self.schedule_timers {
+            return Err(format!(
+                "schedule timers {:?} != {:?}",
+                self.schedule_timers, timers
+            ));
+        }
         Ok(())
     }
 }
@@ -1669,5 +1740,7 @@ fn format_ms(ms: u64) -> String {
     parts.join(" ")
 }
 
+#[cfg(test)]
+mod schedule_tests;
 #[cfg(test)]
 mod tests;

@@ -156,6 +156,15 @@ pub mod keys {
     pub const EVENT_SEQ: &str = "meta/event_seq";
     /// Prefix of listener cursors (`listeners/<name>/cursor`).
     pub const LISTENERS: &str = "listeners/";
+    /// Prefix of schedule records.
+    pub const SCHEDULES: &str = "schedules/";
+    /// The last schedule sequence number handed out.
+    pub const SCHEDULE_SEQ: &str = "meta/schedule_seq";
+
+    /// Key of a schedule record.
+    pub fn schedule(id: &aloha_core::schedules::ScheduleId) -> String {
+        format!("{SCHEDULES}{id}")
+    }
 
     /// Key of event `seq` (zero-padded, so key order is sequence order).
     pub fn event(seq: u64) -> String {
