@@ -279,3 +279,34 @@ fn a_standby_serves_reads_from_its_replica_also_without_an_etcd_quorum() {
     drop(masters);
     drop(etcd);
 }
+
+#[test]
+fn readyz_is_200_only_on_the_alive_leader_whose_store_answers() {
+    let c = Cluster::start("2s", &[]);
+    let r = c.api().get("/readyz");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["role"], "ALIVE");
+
+    let dir = tempfile::Builder::new()
+        .prefix("aloha-readyz-")
+        .tempdir()
+        .unwrap();
+    let mut etcd = EtcdCluster::start(1, dir.path());
+    let masters = ha_masters(&etcd, dir.path());
+    let leader = leader_of(&masters);
+    let standby = &masters[1 - leader];
+    wait_for("the leader ready", T, || {
+        (masters[leader].api.get("/readyz").status == 200).then_some(())
+    });
+    let r = standby.api.get("/readyz");
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert!(r.body["error"].as_str().unwrap().contains("STANDBY"), "{:?}", r.body);
+    assert_eq!(standby.api.get("/healthz").status, 200, "the process is up");
+    // Without its store the leader is not ready (and soon not the leader).
+    etcd.kill_member(0);
+    wait_for("the leader not ready", T, || {
+        let r = masters[leader].api.try_get("/readyz").ok()?;
+        (r.status == 503).then_some(())
+    });
+    drop(masters);
+}

@@ -70,6 +70,7 @@ fn parse_wait(text: &str) -> Result<std::time::Duration, ApiError> {
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/apps", post(submit).get(list))
         .route("/api/v1/apps/{id}", get(show))
@@ -123,6 +124,15 @@ async fn track(
 async fn healthz(State(m): State<Arc<Node>>) -> impl IntoResponse {
     let c = m.cluster().await;
     Json(serde_json::json!({"status": "ok", "role": c.role, "epoch": c.epoch, "leader": c.leader}))
+}
+
+/// `GET /readyz`: 200 only on the ALIVE leader whose store answers, else 503 with the reason
+/// (for load balancers: send clients to the leader only).
+async fn readyz(State(m): State<Arc<Node>>) -> Response {
+    match m.ready().await {
+        Ok(()) => Json(serde_json::json!({"status": "ready", "role": m.role()})).into_response(),
+        Err(why) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
 }
 
 async fn metrics(State(m): State<Arc<Node>>) -> impl IntoResponse {

@@ -173,6 +173,25 @@ impl Node {
         }
     }
 
+    /// Whether this process should get traffic (`GET /readyz`): it is the ALIVE leader and its
+    /// store answers a read within 2 s. The reason when not.
+    pub async fn ready(&self) -> Result<(), String> {
+        let role = self.role();
+        let Some(m) = self.active().filter(|_| role == Role::Alive) else {
+            let name = match role {
+                Role::Alive => "ALIVE, but fenced",
+                Role::Standby => "STANDBY",
+                Role::Recovering => "RECOVERING",
+            };
+            return Err(format!("not the ALIVE leader (this master is {name})"));
+        };
+        match tokio::time::timeout(Duration::from_secs(2), m.store().get(keys::APP_SEQ)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("the state store does not answer: {e}")),
+            Err(_) => Err("the state store did not answer within 2s".into()),
+        }
+    }
+
     /// What `GET /api/v1/cluster` shows.
     pub async fn cluster(&self) -> ClusterInfo {
         let leader = self.leader();
