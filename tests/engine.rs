@@ -300,7 +300,11 @@ fn readyz_is_200_only_on_the_alive_leader_whose_store_answers() {
     });
     let r = standby.api.get("/readyz");
     assert_eq!(r.status, 503, "{:?}", r.body);
-    assert!(r.body["error"].as_str().unwrap().contains("STANDBY"), "{:?}", r.body);
+    assert!(
+        r.body["error"].as_str().unwrap().contains("STANDBY"),
+        "{:?}",
+        r.body
+    );
     assert_eq!(standby.api.get("/healthz").status, 200, "the process is up");
     // Without its store the leader is not ready (and soon not the leader).
     etcd.kill_member(0);

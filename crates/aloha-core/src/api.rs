@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::app::{App, AppId};
-use crate::worker::{WorkerId, WorkerState};
+use crate::worker::WorkerId;
 
 /// Every error response: `{"error": "..."}` plus, on a standby, where the leader is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,8 +34,11 @@ pub struct WorkerInfo {
     pub id: WorkerId,
     /// Its WorkerService address.
     pub address: String,
-    /// Health.
-    pub state: WorkerState,
+    /// Health, or `DRAINING`/`DRAINED` for an ALIVE worker being drained.
+    pub state: crate::worker::WorkerStatus,
+    /// The drain's deadline, while it is drained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_deadline: Option<DateTime<Utc>>,
     /// Total cores.
     pub cores: u32,
     /// Cores held by apps.

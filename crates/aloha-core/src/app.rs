@@ -455,6 +455,10 @@ pub struct App {
     /// The attempt that ran past `max_runtime` and is being killed for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_runtime_exceeded: Option<u32>,
+    /// The attempt being stopped because its worker's drain deadline passed (it is then
+    /// relaunched elsewhere, within `max_retries`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evicted: Option<u32>,
 }
 
 /// A state change that the state machine does not allow.
@@ -511,6 +515,7 @@ impl App {
             retry_of: None,
             relaunch_at: None,
             max_runtime_exceeded: None,
+            evicted: None,
         }
     }
 
@@ -861,6 +866,11 @@ impl App {
             "max runtime {} exceeded",
             self.max_runtime.map(format_duration).unwrap_or_default()
         )
+    }
+
+    /// Whether the current attempt is being stopped because its worker's drain ended.
+    pub fn is_evicted(&self) -> bool {
+        self.evicted == Some(self.attempt)
     }
 
     /// Whether the current attempt is being killed for running past `max_runtime`.

@@ -427,6 +427,7 @@ mod tests {
             last_heartbeat: at,
             plugin_errors: vec![],
             dead_since: None,
+            drain: None,
         };
         assert!(matches!(
             worker_events(None, &w)[..],

@@ -69,6 +69,18 @@ pub fn apply(app: &mut App, report: &Report, at: DateTime<Utc>) -> Outcome {
             Err(e) => Outcome::Illegal(e),
         };
     }
+    if app.is_evicted()
+        && !app.kill_requested
+        && !app.over_max_runtime()
+        && matches!(report.state, AppState::Killed | AppState::Failed)
+    {
+        // Stopped by the drain of its worker: lost there, relaunched elsewhere.
+        let reason = format!("worker {} drained: its deadline passed", report.worker);
+        return match app.lose(&reason, at) {
+            Ok(state) => Outcome::Applied(state),
+            Err(e) => Outcome::Illegal(e),
+        };
+    }
     let before = app.exit_code;
     if report.state.is_terminal() {
         app.exit_code = report.exit_code;

@@ -86,6 +86,64 @@ pub struct WorkerRecord {
     /// When it was declared DEAD (DEAD workers are forgotten a while after).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_since: Option<DateTime<Utc>>,
+    /// An operator's drain: no new placements; what still runs at the deadline is stopped and
+    /// relaunched elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<Drain>,
+}
+
+/// A drain of a worker (`POST /api/v1/workers/{id}/drain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drain {
+    /// When it was asked for.
+    pub since: DateTime<Utc>,
+    /// When what still runs there is stopped and relaunched elsewhere.
+    pub deadline: DateTime<Utc>,
+    /// The deadline passed and the remaining apps were told to stop.
+    #[serde(default)]
+    pub deadline_passed: bool,
+}
+
+/// A worker's state as the API shows it: its health, or for an ALIVE worker being drained,
+/// `DRAINING` (apps still on it) or `DRAINED` (empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum WorkerStatus {
+    /// Registered and heartbeating, taking apps.
+    Alive,
+    /// ALIVE, drained, apps still on it.
+    Draining,
+    /// ALIVE, drained and empty.
+    Drained,
+    /// Declared dead.
+    Dead,
+    /// Not heard from since a master recovered.
+    Unknown,
+}
+
+impl WorkerStatus {
+    /// The status of a worker in `state`, with a drain or not, holding `apps` apps.
+    pub fn of(record: &WorkerRecord, apps: usize) -> WorkerStatus {
+        match (record.state, record.drain.is_some()) {
+            (WorkerState::Alive, true) if apps > 0 => WorkerStatus::Draining,
+            (WorkerState::Alive, true) => WorkerStatus::Drained,
+            (WorkerState::Alive, false) => WorkerStatus::Alive,
+            (WorkerState::Dead, _) => WorkerStatus::Dead,
+            (WorkerState::Unknown, _) => WorkerStatus::Unknown,
+        }
+    }
+}
+
+impl fmt::Display for WorkerStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WorkerStatus::Alive => "ALIVE",
+            WorkerStatus::Draining => "DRAINING",
+            WorkerStatus::Drained => "DRAINED",
+            WorkerStatus::Dead => "DEAD",
+            WorkerStatus::Unknown => "UNKNOWN",
+        })
+    }
 }
 
 /// Tracks when each worker was last heard from, on a monotonic millisecond clock supplied by the

@@ -100,6 +100,15 @@ pub enum Op {
         /// The new app.
         reply: Reply<Arc<App>>,
     },
+    /// `POST /api/v1/workers/{id}/drain` (`Some` deadline) or `.../undrain` (`None`).
+    Drain {
+        /// The worker.
+        worker: WorkerId,
+        /// The deadline, from now.
+        deadline: Option<Duration>,
+        /// Done.
+        reply: Reply<()>,
+    },
     /// A schedule operation (`/api/v1/schedules...`).
     Schedule {
         /// What to do.
@@ -322,6 +331,7 @@ enum Pending {
     Report(Reply<ReportOutcome>, ReportOutcome),
     Reports(Reply<Vec<ReportOutcome>>, Vec<ReportOutcome>),
     Schedule(Reply<ScheduleAnswer>, Result<ScheduleAnswer, OpError>),
+    Done(Reply<()>, Result<(), OpError>),
     Tick(Reply<()>),
 }
 
@@ -342,6 +352,7 @@ impl Pending {
             Pending::Report(tx, r) => send(tx, Ok(r), failed),
             Pending::Reports(tx, r) => send(tx, Ok(r), failed),
             Pending::Schedule(tx, r) => send(tx, r, failed),
+            Pending::Done(tx, r) => send(tx, r, failed),
             Pending::Tick(tx) => send(tx, Ok(()), failed),
         }
     }
@@ -491,6 +502,17 @@ impl Engine {
                         submitted += 1;
                     }
                     pending.push(Pending::App(reply, r));
+                }
+                Op::Drain {
+                    worker,
+                    deadline,
+                    reply,
+                } => {
+                    let r = match deadline {
+                        Some(d) => self.cluster.drain_worker(&worker, d, now, &mut fx),
+                        None => self.cluster.undrain_worker(&worker, &mut fx),
+                    };
+                    pending.push(Pending::Done(reply, r.map(|_| ())));
                 }
                 Op::Schedule { cmd, reply } => {
                     let r = self.schedule_op(cmd, now, &mut fx);
@@ -739,6 +761,7 @@ pub fn refuse(op: Op) {
         }
         Op::Register { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
         Op::Schedule { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
+        Op::Drain { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
         Op::Report { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
         Op::Reports { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
         Op::Tick { reply } => drop(reply.send(Err(EngineError::Stopped))),

@@ -45,7 +45,8 @@ impl From<MasterError> for ApiError {
             MasterError::Submit(_) | MasterError::BadRequest(_) => StatusCode::BAD_REQUEST,
             MasterError::AppNotFound(_)
             | MasterError::AppExpired(_)
-            | MasterError::ScheduleNotFound(_) => StatusCode::NOT_FOUND,
+            | MasterError::ScheduleNotFound(_)
+            | MasterError::WorkerNotFound(_) => StatusCode::NOT_FOUND,
             MasterError::Conflict(_) => StatusCode::CONFLICT,
             MasterError::NotLeader { leader } => {
                 return ApiError {

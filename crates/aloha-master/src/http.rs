@@ -91,6 +91,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/schedules/{id}/trigger", post(trigger_schedule))
         .route("/api/v1/schedules/{id}/backfill", post(backfill_schedule))
         .route("/api/v1/workers", get(workers))
+        .route("/api/v1/workers/{id}/drain", post(drain_worker))
+        .route("/api/v1/workers/{id}/undrain", post(undrain_worker))
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/events", get(crate::stream::events))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -294,6 +296,53 @@ async fn retry(State(m): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult<
         Json(present(&master.view().cluster, &app)),
     )
         .into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainBody {
+    /// How long running apps may go on (`"10m"`); default 1h.
+    deadline: Option<String>,
+}
+
+/// The longest drain deadline.
+const MAX_DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// `POST /api/v1/workers/{id}/drain`: no new placements; apps still running at the deadline
+/// are stopped and relaunched elsewhere. 200 with the worker (`DRAINING`, or `DRAINED` when
+/// empty).
+async fn drain_worker(
+    State(m): State<Arc<Node>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<aloha_core::api::WorkerInfo>> {
+    let DrainBody { deadline } = optional_body(&body, "drain")?;
+    let deadline = match deadline.as_deref() {
+        None => std::time::Duration::from_secs(3600),
+        Some(text) => humantime::parse_duration(text).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("deadline must be a duration such as \"10m\" (got {text:?}: {e})"),
+            )
+        })?,
+    };
+    if deadline > MAX_DRAIN_DEADLINE {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "deadline must be at most 7 days",
+        ));
+    }
+    let master = m.leader_master().await?;
+    Ok(Json(master.drain(&id, Some(deadline)).await?))
+}
+
+/// `POST /api/v1/workers/{id}/undrain`: the worker takes apps again.
+async fn undrain_worker(
+    State(m): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<aloha_core::api::WorkerInfo>> {
+    let master = m.leader_master().await?;
+    Ok(Json(master.drain(&id, None).await?))
 }
 
 async fn workers(State(m): State<Arc<Node>>) -> ApiResult<Json<WorkerList>> {

@@ -55,6 +55,9 @@ pub enum MasterError {
     /// No such schedule.
     #[error("schedule {0} not found")]
     ScheduleNotFound(String),
+    /// No such worker.
+    #[error("worker {0} not found")]
+    WorkerNotFound(String),
     /// The app ended and was removed by the retention.
     #[error("app {0} expired")]
     AppExpired(String),
@@ -79,6 +82,7 @@ impl From<OpError> for MasterError {
             OpError::BadRequest(m) => MasterError::BadRequest(m),
             OpError::NotFound(id) => MasterError::AppNotFound(id.0),
             OpError::ScheduleNotFound(id) => MasterError::ScheduleNotFound(id.0),
+            OpError::WorkerNotFound(id) => MasterError::WorkerNotFound(id.0),
             OpError::Expired(id) => MasterError::AppExpired(id.0),
             OpError::Conflict(m) => MasterError::Conflict(m),
         }
@@ -391,6 +395,30 @@ impl Master {
         })
     }
 
+    /// Drains worker `id` (`Some(deadline)`) or ends its drain (`None`); the worker as the API
+    /// then shows it.
+    pub async fn drain(
+        &self,
+        id: &str,
+        deadline: Option<Duration>,
+    ) -> Result<WorkerInfo, MasterError> {
+        let worker = WorkerId(id.to_string());
+        self.call(|reply| Op::Drain {
+            worker: worker.clone(),
+            deadline,
+            reply,
+        })
+        .await?;
+        match deadline {
+            Some(d) => info!(worker_id = %worker, deadline = ?d, "worker drained"),
+            None => info!(worker_id = %worker, "worker undrained"),
+        }
+        self.workers()
+            .into_iter()
+            .find(|w| w.id == worker)
+            .ok_or_else(|| MasterError::WorkerNotFound(id.to_string()))
+    }
+
     /// A schedule operation (see the `Cluster`'s schedule rules).
     pub async fn schedule_op(&self, cmd: ScheduleCmd) -> Result<ScheduleAnswer, MasterError> {
         self.call(|reply| Op::Schedule { cmd, reply }).await
@@ -553,6 +581,7 @@ pub fn cluster_workers(
                 .iter()
                 .filter_map(|s| cluster.app_by_seq(*s).map(|a| a.id.clone()))
                 .collect();
+            info.state = aloha_core::worker::WorkerStatus::of(&w.record, info.apps.len());
             if let Some(t) = heard(&w.record.id) {
                 info.last_heartbeat = t;
             }
@@ -566,7 +595,8 @@ pub fn worker_info(w: &WorkerRecord, cores_used: u32, memory_used_mb: u64) -> Wo
     WorkerInfo {
         id: w.id.clone(),
         address: w.address.clone(),
-        state: w.state,
+        state: aloha_core::worker::WorkerStatus::of(w, 0),
+        drain_deadline: w.drain.map(|d| d.deadline),
         cores: w.cores,
         cores_used,
         memory_mb: w.memory_mb,
@@ -597,6 +627,7 @@ pub fn worker_infos<'a>(
         .map(|w| {
             let (cores_used, memory_used_mb, apps) = usage.remove(&w.id).unwrap_or_default();
             let mut info = worker_info(w, cores_used, memory_used_mb);
+            info.state = aloha_core::worker::WorkerStatus::of(w, apps.len());
             info.apps = apps;
             info
         })

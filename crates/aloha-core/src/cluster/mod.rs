@@ -177,6 +177,9 @@ pub enum OpError {
     /// No such schedule.
     #[error("schedule {0} not found")]
     ScheduleNotFound(ScheduleId),
+    /// No such worker.
+    #[error("worker {0} not found")]
+    WorkerNotFound(WorkerId),
     /// The app ended and was removed by the retention.
     #[error("app {0} expired")]
     Expired(AppId),
@@ -278,7 +281,10 @@ impl Worker {
 
     /// Whether new apps may go there.
     pub fn placeable(&self) -> bool {
-        self.record.state == WorkerState::Alive && !self.suspect && !self.draining
+        self.record.state == WorkerState::Alive
+            && !self.suspect
+            && !self.draining
+            && self.record.drain.is_none()
     }
 
     /// Free cores and memory.
@@ -339,6 +345,8 @@ pub struct Cluster {
     timers: OrdSet<(DateTime<Utc>, u64)>,
     /// DEAD workers by the time they died, for forgetting them.
     dead: OrdSet<(DateTime<Utc>, WorkerId)>,
+    /// Drained workers by their deadline, until it passed.
+    drain_timers: OrdSet<(DateTime<Utc>, WorkerId)>,
     idempotency: PMap<String, u64>,
     /// Apps with a kill pending on a worker: when the kill was last sent (0: never).
     pending_kills: OrdMap<u64, u64>,
@@ -405,7 +413,15 @@ fn app_timer(app: &App) -> Option<DateTime<Utc>> {
 
 /// Whether a kill of the app's current attempt is pending on its worker.
 fn kill_pending(app: &App) -> bool {
-    (app.kill_requested || app.over_max_runtime()) && app.state.is_on_worker()
+    (app.kill_requested || app.over_max_runtime() || app.is_evicted()) && app.state.is_on_worker()
+}
+
+/// When a worker's drain deadline fires, if it has one still to fire.
+fn drain_timer(record: &WorkerRecord) -> Option<DateTime<Utc>> {
+    record
+        .drain
+        .filter(|d| !d.deadline_passed)
+        .map(|d| d.deadline)
 }
 
 /// Where an app holds resources: its worker, when it is on one.
@@ -431,6 +447,7 @@ impl Cluster {
             terminal: OrdSet::new(),
             timers: OrdSet::new(),
             dead: OrdSet::new(),
+            drain_timers: OrdSet::new(),
             idempotency: PMap::new(),
             pending_kills: OrdMap::new(),
             last_seq: 0,
@@ -871,6 +888,9 @@ impl Cluster {
                 if let Some(since) = o.record.dead_since {
                     self.dead.remove(&(since, id.clone()));
                 }
+                if let Some(t) = drain_timer(&o.record) {
+                    self.drain_timers.remove(&(t, id.clone()));
+                }
             }
         }
         if new.placeable() {
@@ -883,6 +903,9 @@ impl Cluster {
             }
             if let (WorkerState::Dead, Some(since)) = (new.record.state, new.record.dead_since) {
                 self.dead.insert((since, id.clone()));
+            }
+            if let Some(t) = drain_timer(&new.record) {
+                self.drain_timers.insert((t, id.clone()));
             }
         }
         let gained =
@@ -941,6 +964,9 @@ impl Cluster {
         }
         if let Some(since) = old.record.dead_since {
             self.dead.remove(&(since, id.clone()));
+        }
+        if let Some(t) = drain_timer(&old.record) {
+            self.drain_timers.remove(&(t, id.clone()));
         }
         fx.workers.insert(id.clone(), None);
         fx.liveness.push(LiveChange::Forget(id.clone()));
@@ -1113,8 +1139,13 @@ impl Cluster {
                 app.kill_reason
                     .clone()
                     .unwrap_or_else(|| "requested by the user".to_string())
-            } else {
+            } else if app.over_max_runtime() {
                 app.max_runtime_message()
+            } else {
+                format!(
+                    "worker {} drained: its deadline passed; relaunching elsewhere",
+                    w.record.id
+                )
             },
         });
         self.pending_kills.insert(seq, now.mono_ms.max(1));
@@ -1138,6 +1169,8 @@ impl Cluster {
             ));
         }
         let wid = reg.id.clone();
+        // A drain outlives re-registrations (and master failovers: it is in the record).
+        let drain = self.workers.get(&wid).and_then(|w| w.record.drain);
         let record = WorkerRecord {
             id: wid.clone(),
             address: reg.address.clone(),
@@ -1149,6 +1182,7 @@ impl Cluster {
             last_heartbeat: now.wall,
             plugin_errors: reg.plugin_errors.clone(),
             dead_since: None,
+            drain,
         };
         self.put_worker(&wid, record, fx);
         if let Some(mut w) = self.workers.get(&wid).cloned() {
@@ -1455,7 +1489,12 @@ impl Cluster {
 
     /// When the earliest app timer fires (see [`Cluster::fire_timers`]).
     pub fn next_timer(&self) -> Option<DateTime<Utc>> {
-        self.timers.get_min().map(|(t, _)| *t)
+        let app = self.timers.get_min().map(|(t, _)| *t);
+        let drain = self.drain_timers.get_min().map(|(t, _)| *t);
+        match (app, drain) {
+            (Some(a), Some(d)) => Some(a.min(d)),
+            (a, d) => a.or(d),
+        }
     }
 
     /// Runs the app timers due at `now`: a relaunch pause that ended queues the app; an
@@ -1488,7 +1527,90 @@ impl Cluster {
             self.put_app(Some(old), app, fx);
             self.send_kill(seq, now, fx);
         }
+        while let Some((at, wid)) = self.drain_timers.get_min().cloned() {
+            if at > now.wall {
+                break;
+            }
+            fired += 1;
+            self.drain_deadline(&wid, now, fx);
+        }
         fired
+    }
+
+    /// A drain's deadline passed: what still runs on the worker is stopped, to be relaunched
+    /// elsewhere within its retries.
+    fn drain_deadline(&mut self, wid: &WorkerId, now: Now, fx: &mut Effects) {
+        let Some(w) = self.workers.get(wid).cloned() else {
+            return;
+        };
+        let mut rec = (*w.record).clone();
+        if let Some(d) = rec.drain.as_mut() {
+            d.deadline_passed = true;
+        }
+        self.put_worker(wid, rec, fx);
+        for seq in w.apps.iter() {
+            let Some(old) = self.apps.get(seq).cloned() else {
+                continue;
+            };
+            if old.kill_requested || old.is_evicted() || !old.state.is_on_worker() {
+                continue;
+            }
+            let mut app = (*old).clone();
+            app.evicted = Some(app.attempt);
+            app.message = Some(format!(
+                "worker {wid} drained: its deadline passed; stopping the app to relaunch it elsewhere"
+            ));
+            self.put_app(Some(old), app, fx);
+            self.send_kill(*seq, now, fx);
+        }
+    }
+
+    /// Drains a worker: nothing new is placed there; what still runs there when `deadline`
+    /// has passed is stopped and relaunched elsewhere. A new drain replaces the deadline.
+    pub fn drain_worker(
+        &mut self,
+        wid: &WorkerId,
+        deadline: std::time::Duration,
+        now: Now,
+        fx: &mut Effects,
+    ) -> Result<Arc<WorkerRecord>, OpError> {
+        let w = self
+            .workers
+            .get(wid)
+            .cloned()
+            .ok_or_else(|| OpError::WorkerNotFound(wid.clone()))?;
+        let deadline = chrono::Duration::from_std(deadline)
+            .map_err(|_| OpError::BadRequest("deadline is out of range".into()))?;
+        let mut rec = (*w.record).clone();
+        rec.drain = Some(crate::worker::Drain {
+            since: rec.drain.map_or(now.wall, |d| d.since),
+            deadline: now.wall + deadline,
+            deadline_passed: false,
+        });
+        self.put_worker(wid, rec, fx);
+        if deadline.is_zero() {
+            self.drain_deadline(wid, now, fx);
+        }
+        Ok(self.workers[wid].record.clone())
+    }
+
+    /// Ends a drain: the worker takes apps again (apps already being stopped still stop).
+    pub fn undrain_worker(
+        &mut self,
+        wid: &WorkerId,
+        fx: &mut Effects,
+    ) -> Result<Arc<WorkerRecord>, OpError> {
+        let w = self
+            .workers
+            .get(wid)
+            .cloned()
+            .ok_or_else(|| OpError::WorkerNotFound(wid.clone()))?;
+        if w.record.drain.is_some() {
+            let mut rec = (*w.record).clone();
+            rec.drain = None;
+            self.put_worker(wid, rec, fx);
+        }
+        Ok(self.workers[wid].record.clone())
     }
 
     /// Sends again the kills workers have not confirmed for a while.
@@ -1654,6 +1776,17 @@ impl Cluster {
             return Err(format!(
                 "terminal index {} != {terminal}",
                 self.terminal.len()
+            ));
+        }
+        let drains: OrdSet<(DateTime<Utc>, WorkerId)> = self
+            .workers
+            .values()
+            .filter_map(|w| drain_timer(&w.record).map(|t| (t, w.record.id.clone())))
+            .collect();
+        if drains != self.drain_timers {
+            return Err(format!(
+                "drain timers {:?} != the workers' {:?}",
+                self.drain_timers, drains
             ));
         }
         let timers: OrdSet<(DateTime<Utc>, u64)> = self

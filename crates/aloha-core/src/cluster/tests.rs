@@ -1145,3 +1145,80 @@ fn submissions_check_the_new_fields() {
     ))
     .is_err());
 }
+
+// ----------------------------------------------------------------------------------------
+// Drain
+
+#[test]
+fn a_drained_worker_gets_nothing_new_and_its_apps_move_at_the_deadline() {
+    let mut t = T::new();
+    t.register("w1", 4, 0);
+    let a = t.running("w1", 0);
+    let b = t.submit_json(body(serde_json::json!({"max_retries": 0})), 0);
+    t.place(0);
+    t.report("w1", &b, 1, AppState::Running, 0);
+    let rec =
+        t.c.drain_worker(
+            &w("w1"),
+            std::time::Duration::from_secs(60),
+            at(1_000),
+            &mut t.fx,
+        )
+        .unwrap();
+    assert_eq!(rec.drain.unwrap().deadline, at(61_000).wall);
+    assert_eq!(
+        crate::worker::WorkerStatus::of(&rec, 2),
+        crate::worker::WorkerStatus::Draining
+    );
+    t.c.check_invariants().unwrap();
+    // Nothing new goes there, even with room.
+    let c = t.submit(1, 0, 2_000);
+    assert_eq!(t.place(2_000), 0);
+    assert!(t.app(&c).state.is_waiting());
+    // Re-registering keeps the drain.
+    t.c.register(
+        reg(
+            "w1",
+            4,
+            vec![rep(&a, 1, AppState::Running), rep(&b, 1, AppState::Running)],
+        ),
+        at(3_000),
+        &mut t.fx,
+    )
+    .unwrap();
+    assert!(t.c.worker(&w("w1")).unwrap().record.drain.is_some());
+    assert_eq!(t.c.next_timer(), Some(at(61_000).wall));
+    t.take();
+    assert_eq!(t.tick(61_000), 1);
+    let fx = t.take();
+    let mut killed = kills(&fx);
+    killed.sort();
+    let mut want = vec![(a.0.clone(), 1), (b.0.clone(), 1)];
+    want.sort();
+    assert_eq!(killed, want);
+    assert_eq!(t.c.next_timer(), None, "the deadline fires once");
+    // The worker stops them; `a` has a retry left and is relaunched, `b` has none.
+    t.register("w2", 4, 62_000);
+    t.report("w1", &a, 1, AppState::Killed, 62_000);
+    t.report("w1", &b, 1, AppState::Killed, 62_000);
+    let a_now = t.app(&a);
+    assert_eq!(a_now.state, AppState::Relaunching, "{a_now:?}");
+    assert!(a_now.message.as_deref().unwrap().contains("drained"));
+    assert_eq!(t.app(&b).state, AppState::Failed);
+    t.place(62_000);
+    assert_eq!(t.app(&a).worker_id, Some(w("w2")));
+    let rec = t.c.worker(&w("w1")).unwrap().record.clone();
+    assert_eq!(
+        crate::worker::WorkerStatus::of(&rec, t.c.worker(&w("w1")).unwrap().apps.len()),
+        crate::worker::WorkerStatus::Drained
+    );
+    // Undrained, it takes apps again.
+    t.c.undrain_worker(&w("w1"), &mut t.fx).unwrap();
+    let d = t.submit(4, 0, 63_000);
+    t.place(63_000);
+    assert_eq!(t.app(&d).worker_id, Some(w("w1")));
+    assert!(matches!(
+        t.c.drain_worker(&w("nope"), std::time::Duration::ZERO, at(0), &mut t.fx),
+        Err(OpError::WorkerNotFound(_))
+    ));
+}

@@ -405,7 +405,7 @@ async fn a_silent_worker_dies_and_its_app_moves() {
         .as_deref()
         .is_some_and(|m| m.starts_with("worker w1 lost: no heartbeat for"))));
     let workers = r.master.workers();
-    assert_eq!(workers[0].state, WorkerState::Dead);
+    assert_eq!(workers[0].state, aloha_core::worker::WorkerStatus::Dead);
     assert_eq!(r.master.heartbeat("w1").await, HeartbeatAnswer::Reregister);
 }
 
