@@ -240,6 +240,10 @@ pub struct SubmitRequest {
     /// failover, forgotten a minute after it ends.
     #[serde(default, skip_serializing_if = "is_false")]
     pub on_demand: bool,
+    /// Libraries the app needs (paths or URLs), handed to the plugin in its description; what
+    /// they mean is the plugin's to say.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub libs: Vec<String>,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -459,6 +463,9 @@ pub struct App {
     /// relaunched elsewhere, within `max_retries`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evicted: Option<u32>,
+    /// Libraries from the submission, handed to the plugin in its description.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub libs: Vec<String>,
 }
 
 /// A state change that the state machine does not allow.
@@ -516,6 +523,7 @@ impl App {
             relaunch_at: None,
             max_runtime_exceeded: None,
             evicted: None,
+            libs: req.libs,
         }
     }
 
@@ -535,6 +543,7 @@ impl App {
             retry_backoff: self.retry_backoff,
             max_backoff: self.max_backoff,
             on_demand: self.on_demand,
+            libs: self.libs.clone(),
         }
     }
 
@@ -553,6 +562,7 @@ impl App {
             && self.retry_backoff == req.retry_backoff
             && self.max_backoff == req.max_backoff
             && self.on_demand == req.on_demand
+            && self.libs == req.libs
     }
 
     /// The single place an app changes state: checks legality, records history and keeps the
@@ -622,6 +632,8 @@ impl App {
             schedule_id: Option<&'a str>,
             #[serde(skip_serializing_if = "Option::is_none")]
             scheduled_at: Option<DateTime<Utc>>,
+            #[serde(skip_serializing_if = "<[String]>::is_empty")]
+            libs: &'a [String],
         }
         // Plain data with string keys: serializing cannot fail.
         serde_json::to_string(&Borrowed {
@@ -635,6 +647,7 @@ impl App {
             labels: &self.labels,
             schedule_id: self.schedule_id.as_deref(),
             scheduled_at: self.scheduled_at,
+            libs: &self.libs,
         })
         .expect("descriptions serialize to JSON")
     }
@@ -652,6 +665,7 @@ impl App {
             labels: self.labels.clone(),
             schedule_id: self.schedule_id.clone(),
             scheduled_at: self.scheduled_at,
+            libs: self.libs.clone(),
         }
     }
 }
@@ -681,6 +695,9 @@ pub struct AppDescription {
     /// The run's nominal time (RFC 3339, UTC), if it is a schedule's run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled_at: Option<DateTime<Utc>>,
+    /// Libraries from the submission (paths or URLs), for the plugin to use as it sees fit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub libs: Vec<String>,
 }
 
 #[cfg(test)]
@@ -834,6 +851,19 @@ mod tests {
         other = r.clone();
         other.cores = 2;
         assert!(!app.same_request(&other));
+        other = r.clone();
+        other.libs = vec!["lib/a.jar".into()];
+        assert!(!app.same_request(&other));
+        assert!(
+            !app.description_json().contains("libs"),
+            "no libs, no field"
+        );
+        let with_libs = App::submitted(AppId::new(2, t(0)), 2, other.clone(), t(0));
+        assert!(with_libs.same_request(&other));
+        assert_eq!(with_libs.template(), other);
+        let desc: AppDescription = serde_json::from_str(&with_libs.description_json()).unwrap();
+        assert_eq!(desc, with_libs.description());
+        assert_eq!(desc.libs, ["lib/a.jar"]);
     }
 
     #[test]

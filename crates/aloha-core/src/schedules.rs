@@ -184,6 +184,7 @@ impl AppTemplate {
             retry_backoff: self.retry_backoff,
             max_backoff: self.max_backoff,
             on_demand: false,
+            libs: Vec::new(),
         }
     }
 }
