@@ -20,9 +20,11 @@
 //! }
 //! ```
 //! - `resource` (required): the application, a `.py` file or a `.jar`; a relative path is
-//!   resolved against the app directory, a URL (`hdfs://...`, `local:/...`) is passed as is.
+//!   resolved against the app directory, a URL (`hdfs://...`, `local:/...`, `file:/...`) is
+//!   passed as is.
 //! - `main_class`: `--class`, for a jar without a `Main-Class`. `args`: the application's own.
-//! - `master`: `--master`, default `local[*]`. `deploy_mode`: `"client"` or `"cluster"`.
+//! - `master`: `--master`; default the worker's `master` (`[plugins.spark] master = "..."`),
+//!   else `local[*]`. `deploy_mode`: `"client"` or `"cluster"`.
 //! - `conf`: `--conf key=value` pairs; values may be strings, numbers or booleans.
 //! - `name`: `--name`; default the Aloha app's name.
 //! - `spark_home` or `spark_submit` (not both): which `spark-submit` runs. Default: the worker's

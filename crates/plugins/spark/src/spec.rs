@@ -131,8 +131,11 @@ pub fn parse(
     };
     let main_class = check::non_empty(KIND, "main_class", raw.main_class)?;
     check::check_args(KIND, "args", &raw.args)?;
-    let master =
-        check::non_empty(KIND, "master", raw.master)?.unwrap_or_else(|| DEFAULT_MASTER.to_owned());
+    // The spec's master, else the worker's (`[plugins.spark] master`), else local mode.
+    let master = match check::non_empty(KIND, "master", raw.master)? {
+        Some(master) => master,
+        None => check::conf_str(KIND, conf, "master")?.unwrap_or_else(|| DEFAULT_MASTER.to_owned()),
+    };
     let deploy_mode = match raw.deploy_mode.as_deref() {
         None => None,
         Some("client") => Some(DeployMode::Client),
@@ -177,8 +180,9 @@ pub fn parse(
 }
 
 /// Whether a resource names something `spark-submit` fetches itself rather than a local file.
+/// `file:/abs/app.jar` is what Spark's own REST client sends for a local jar.
 fn is_url(resource: &str) -> bool {
-    resource.contains("://") || resource.starts_with("local:")
+    resource.contains("://") || resource.starts_with("local:") || resource.starts_with("file:")
 }
 
 /// `conf` values may be strings, numbers or booleans; keys are Spark property names.
@@ -376,9 +380,37 @@ mod tests {
 
     #[test]
     fn urls_are_kept_as_they_are() {
-        for url in ["hdfs://nn/jobs/a.jar", "local:/opt/a.jar", "s3a://b/k.py"] {
+        for url in [
+            "hdfs://nn/jobs/a.jar",
+            "local:/opt/a.jar",
+            "s3a://b/k.py",
+            "file:/tmp/a.jar",
+        ] {
             assert_eq!(parse_ok(json!({"resource": url})).resource, url);
         }
+    }
+
+    #[test]
+    fn the_workers_master_is_the_default_and_the_spec_beats_it() {
+        let dir = Path::new("/a");
+        let conf = json!({"master": "spark://10.0.0.9:7077"});
+        let s = parse(&json!({"resource": "x.py"}), &conf, dir, None, no_env).unwrap();
+        assert_eq!(s.master, "spark://10.0.0.9:7077");
+        let spec = json!({"resource": "x.py", "master": "local[2]"});
+        let s = parse(&spec, &conf, dir, None, no_env).unwrap();
+        assert_eq!(s.master, "local[2]");
+        let err = parse(
+            &json!({"resource": "x.py"}),
+            &json!({"master": 7}),
+            dir,
+            None,
+            no_env,
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("invalid worker configuration for the spark plugin: master"),
+            "{err}"
+        );
     }
 
     #[test]
