@@ -16,6 +16,9 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// gRPC listen address for workers.
     pub rpc_addr: SocketAddr,
+    /// Spark's REST submission protocol (`spark-submit --deploy-mode cluster`) listens here;
+    /// off when unset. Unauthenticated: see docs/rest-api.md.
+    pub submission_addr: Option<SocketAddr>,
     /// HTTP address advertised to clients and other masters (defaults to `http_addr`).
     pub advertise_http: Option<String>,
     /// gRPC address advertised to workers (defaults to `rpc_addr`).
@@ -60,6 +63,7 @@ impl Default for Config {
         Config {
             http_addr: "127.0.0.1:8080".parse().expect("literal address"),
             rpc_addr: "127.0.0.1:7077".parse().expect("literal address"),
+            submission_addr: None,
             advertise_http: None,
             advertise_rpc: None,
             state_dir: PathBuf::from("./aloha-data/master"),
@@ -123,6 +127,10 @@ pub struct Args {
     /// gRPC listen address for workers [default: 127.0.0.1:7077].
     #[arg(long, env = "ALOHA_RPC_ADDR")]
     pub rpc_addr: Option<SocketAddr>,
+    /// Serve Spark's REST submission protocol here, e.g. 127.0.0.1:6066 [default: off].
+    /// No authentication: bind it to loopback or put it behind an authenticating proxy.
+    #[arg(long, env = "ALOHA_SUBMISSION_ADDR")]
+    pub submission_addr: Option<SocketAddr>,
     /// HTTP address advertised to clients [default: the http address].
     #[arg(long, env = "ALOHA_ADVERTISE_HTTP")]
     pub advertise_http: Option<String>,
@@ -191,6 +199,9 @@ impl Args {
         }
         if let Some(v) = self.rpc_addr {
             cfg.rpc_addr = v;
+        }
+        if let Some(v) = self.submission_addr {
+            cfg.submission_addr = Some(v);
         }
         if let Some(v) = self.advertise_http {
             cfg.advertise_http = Some(v);
@@ -297,6 +308,36 @@ mod tests {
         assert_eq!(cfg.worker_timeout, Duration::from_secs(5));
         assert_eq!(cfg.state_dir, PathBuf::from("/var/lib/aloha"));
         assert_eq!(cfg.http_addr, Config::default().http_addr);
+        assert_eq!(cfg.submission_addr, None, "off by default");
+    }
+
+    #[test]
+    fn the_submission_address_comes_from_the_file_or_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.toml");
+        std::fs::write(&file, "submission_addr = \"127.0.0.1:6066\"\n").unwrap();
+        let from_file = Args::try_parse_from(["aloha-master", "--config", file.to_str().unwrap()])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(
+            from_file.submission_addr,
+            Some("127.0.0.1:6066".parse().unwrap())
+        );
+        let from_flag = Args::try_parse_from([
+            "aloha-master",
+            "--config",
+            file.to_str().unwrap(),
+            "--submission-addr",
+            "127.0.0.1:7066",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap();
+        assert_eq!(
+            from_flag.submission_addr,
+            Some("127.0.0.1:7066".parse().unwrap())
+        );
     }
 
     #[test]

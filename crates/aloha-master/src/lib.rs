@@ -19,7 +19,7 @@
 //! - [`rpc`]: the gRPC MasterService workers call; [`worker_client`]: commands to workers.
 //! - [`events`]: the event log; [`listeners`]: listener plugins; [`stream`]: the SSE stream.
 //! - [`http`]: the REST API and [`error`], its one error type; [`metrics`]: Prometheus
-//!   metrics.
+//!   metrics; [`submission`]: Spark's REST submission protocol (`--submission-addr`).
 //! - [`clock`]: injected time.
 
 pub mod clock;
@@ -39,6 +39,7 @@ pub mod replica;
 pub mod rpc;
 pub mod store;
 pub mod stream;
+pub mod submission;
 pub mod worker_client;
 
 use std::sync::Arc;
@@ -63,6 +64,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let rpc_listener = TcpListener::bind(cfg.rpc_addr)
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", cfg.rpc_addr))?;
+    let submission_listener = match cfg.submission_addr {
+        None => None,
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen for Spark REST submissions on {addr}")
+        })?),
+    };
 
     let loaded = listeners::load(&cfg.listeners).map_err(|e| anyhow::anyhow!(e))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -121,6 +128,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.cluster_name
         )
     };
+    let submission_task = submission_listener.map(|listener| {
+        let mut stop = stop_rx.clone();
+        let router = submission::router(node.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await
+        })
+    });
+    if let Some(addr) = cfg.submission_addr {
+        info!(%addr, "serving Spark's REST submission protocol (no authentication)");
+    }
     info!(http = %cfg.http_url(), rpc = %cfg.rpc_url(), %mode, "aloha-master ready");
 
     let http_task = tokio::spawn(async move { http.await });
@@ -132,6 +153,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = background.await;
     node::stop_listeners(single_listeners).await;
     http_task.await??;
+    if let Some(task) = submission_task {
+        task.await??;
+    }
     rpc_task.await??;
     Ok(())
 }
