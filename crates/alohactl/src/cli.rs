@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use aloha_core::app::{Restart, MAX_RETRIES_LIMIT};
+use aloha_core::schedules::{Misfire, Overlap};
 use aloha_core::{AppState, SubmitRequest};
+use chrono::{DateTime, Utc};
 use clap::builder::NonEmptyStringValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use reqwest::Url;
@@ -97,6 +99,309 @@ pub enum Command {
     /// Print events (app state changes, relaunches, workers, leadership); `--follow` streams
     /// them and resumes after a disconnect or failover without missing one.
     Events(EventsArgs),
+    /// Create, list, inspect, change, pause, trigger and backfill schedules: apps created on a
+    /// cron expression or a fixed period.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
+}
+
+/// `alohactl schedule ...`.
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Create a schedule (a command after `--` becomes the runs' process spec).
+    ///
+    /// Not resent to another master once it may have reached one: after an uncertain failure,
+    /// check `alohactl schedule list` before creating it again.
+    Create(ScheduleCreateArgs),
+    /// List schedules, newest first, one page at a time (`--all` for every page).
+    List(ScheduleListArgs),
+    /// Show one schedule: its rule, policies, template, counters, recent runs and next runs
+    /// (in its time zone and in UTC).
+    Show {
+        /// The schedule id.
+        #[arg(value_parser = parse_schedule_id)]
+        id: String,
+    },
+    /// Change a schedule: only the given fields change. Template flags (the command, --cores,
+    /// --label, ...) are merged into the current template, which then replaces it.
+    Update(ScheduleUpdateArgs),
+    /// Pause a schedule: nominal times pass without runs until it is resumed.
+    Pause {
+        /// The schedule id.
+        #[arg(value_parser = parse_schedule_id)]
+        id: String,
+    },
+    /// Resume a paused schedule.
+    Resume {
+        /// The schedule id.
+        #[arg(value_parser = parse_schedule_id)]
+        id: String,
+    },
+    /// Create a run now, under the schedule's overlap policy (exit 1 if the policy skips it).
+    Trigger {
+        /// The schedule id.
+        #[arg(value_parser = parse_schedule_id)]
+        id: String,
+        /// Run even if earlier runs have not ended, whatever the overlap policy.
+        #[arg(long)]
+        allow_overlap: bool,
+    },
+    /// Create the runs of the nominal times in [--start, --end), each under the overlap policy.
+    Backfill(BackfillArgs),
+    /// Delete a schedule; its runs are left alone.
+    Delete {
+        /// The schedule id.
+        #[arg(value_parser = parse_schedule_id)]
+        id: String,
+    },
+}
+
+/// `--overlap`: what a run does while an earlier one has not ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OverlapPolicy {
+    /// The run is not created.
+    #[value(name = "skip")]
+    Skip,
+    /// The run waits for the earlier ones (at most --max-queued wait).
+    #[value(name = "queue")]
+    Queue,
+    /// The earlier runs are killed.
+    #[value(name = "cancel_previous")]
+    CancelPrevious,
+    /// Runs overlap.
+    #[value(name = "allow")]
+    Allow,
+}
+
+impl From<OverlapPolicy> for Overlap {
+    fn from(p: OverlapPolicy) -> Overlap {
+        match p {
+            OverlapPolicy::Skip => Overlap::Skip,
+            OverlapPolicy::Queue => Overlap::Queue,
+            OverlapPolicy::CancelPrevious => Overlap::CancelPrevious,
+            OverlapPolicy::Allow => Overlap::Allow,
+        }
+    }
+}
+
+/// `--misfire`: what happens to nominal times that could not fire in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MisfirePolicy {
+    /// Every missed time fires, oldest first.
+    #[value(name = "run_all")]
+    RunAll,
+    /// Only the latest missed time fires.
+    #[value(name = "run_latest")]
+    RunLatest,
+    /// No missed time fires.
+    #[value(name = "skip")]
+    Skip,
+}
+
+impl From<MisfirePolicy> for Misfire {
+    fn from(p: MisfirePolicy) -> Misfire {
+        match p {
+            MisfirePolicy::RunAll => Misfire::RunAll,
+            MisfirePolicy::RunLatest => Misfire::RunLatest,
+            MisfirePolicy::Skip => Misfire::Skip,
+        }
+    }
+}
+
+/// When and how a schedule fires: the flags `schedule create` and `schedule update` share.
+#[derive(Debug, Args)]
+pub struct RuleArgs {
+    /// A cron expression: 5 fields (minute first), 6 with seconds first, or an @alias.
+    #[arg(long, value_name = "EXPR", conflicts_with = "every")]
+    pub cron: Option<String>,
+
+    /// A fixed period from --start-at instead of a cron expression (at least 1s; e.g. 30s, 1h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_api_duration)]
+    pub every: Option<Duration>,
+
+    /// The IANA time zone whose wall clock --cron is read on (e.g. Europe/Berlin) [master's
+    /// default: UTC].
+    #[arg(long, value_name = "ZONE", value_parser = NonEmptyStringValueParser::new())]
+    pub time_zone: Option<String>,
+
+    /// The first possible nominal time (RFC 3339); in the past, the missed times are run
+    /// [master's default: now].
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub start_at: Option<DateTime<Utc>>,
+
+    /// No nominal time at or after this time (RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub end_at: Option<DateTime<Utc>>,
+
+    /// What a run does while an earlier one has not ended [master's default: skip].
+    #[arg(long, value_enum)]
+    pub overlap: Option<OverlapPolicy>,
+
+    /// Most runs waiting under --overlap queue [master's default: 100].
+    #[arg(long, value_name = "N")]
+    pub max_queued: Option<u32>,
+
+    /// What happens to nominal times that could not fire within --misfire-grace [master's
+    /// default: run_latest].
+    #[arg(long, value_enum)]
+    pub misfire: Option<MisfirePolicy>,
+
+    /// How late a nominal time may fire and still be on time [master's default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_api_duration)]
+    pub misfire_grace: Option<Duration>,
+
+    /// The largest offset added to every nominal time, fixed per schedule [master's default:
+    /// none].
+    #[arg(long, value_name = "DURATION", value_parser = parse_api_duration)]
+    pub jitter: Option<Duration>,
+
+    /// Create the schedule paused (`update`: pause it).
+    #[arg(long)]
+    pub paused: bool,
+}
+
+/// The app every run is made from: the flags `schedule create` and `schedule update` share.
+#[derive(Debug, Args)]
+pub struct TemplateArgs {
+    /// The plugin kind that runs the runs [create's default: process].
+    #[arg(long, value_parser = NonEmptyStringValueParser::new())]
+    pub kind: Option<String>,
+
+    /// The plugin spec, a JSON object.
+    #[arg(long, value_name = "JSON", conflicts_with_all = ["spec_file", "command"])]
+    pub spec: Option<String>,
+
+    /// Read the plugin spec (a JSON object) from a file; `-` reads stdin.
+    #[arg(long, value_name = "PATH", conflicts_with = "command")]
+    pub spec_file: Option<PathBuf>,
+
+    /// Cores a run needs on one worker [master's default: 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cores: Option<u32>,
+
+    /// Memory a run needs on one worker, in MiB [master's default: 256].
+    #[arg(long = "memory-mb", value_name = "MIB")]
+    pub memory_mb: Option<u64>,
+
+    /// Relaunches allowed per run [master's default: 0].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_RETRIES_LIMIT)))]
+    pub max_retries: Option<u32>,
+
+    /// Kill an attempt that runs longer than this; it ends FAILED.
+    #[arg(long, value_name = "DURATION", value_parser = parse_api_duration)]
+    pub max_runtime: Option<Duration>,
+
+    /// What happens when an attempt ends by itself [master's default: never].
+    #[arg(long, value_enum)]
+    pub restart: Option<RestartPolicy>,
+
+    /// The pause before the first relaunch by --restart [master's default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_api_duration)]
+    pub retry_backoff: Option<Duration>,
+
+    /// The longest pause between relaunches by --restart [master's default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_api_duration)]
+    pub max_backoff: Option<Duration>,
+
+    /// A label of every run; repeat for more. Given, they replace the template's labels.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+
+    /// The command every run executes (kind `process` only): becomes the spec
+    /// `{"command": [...]}`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+impl TemplateArgs {
+    /// Whether any template flag was given (`update` then replaces the template).
+    pub fn any(&self) -> bool {
+        self.kind.is_some()
+            || self.spec.is_some()
+            || self.spec_file.is_some()
+            || self.cores.is_some()
+            || self.memory_mb.is_some()
+            || self.max_retries.is_some()
+            || self.max_runtime.is_some()
+            || self.restart.is_some()
+            || self.retry_backoff.is_some()
+            || self.max_backoff.is_some()
+            || !self.labels.is_empty()
+            || !self.command.is_empty()
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleCreateArgs {
+    /// The schedule's name; runs are named `<name>@<nominal time>`.
+    #[arg(long, value_parser = NonEmptyStringValueParser::new(), required_unless_present = "file")]
+    pub name: Option<String>,
+
+    /// Read the whole schedule (the JSON body of POST /api/v1/schedules) from a file; `-` reads
+    /// stdin. Flags given beside it override its fields.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub rule: RuleArgs,
+
+    #[command(flatten)]
+    pub template: TemplateArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleUpdateArgs {
+    /// The schedule id.
+    #[arg(value_parser = parse_schedule_id)]
+    pub id: String,
+
+    /// A new name.
+    #[arg(long, value_parser = NonEmptyStringValueParser::new())]
+    pub name: Option<String>,
+
+    /// Remove the end time: the schedule fires for ever.
+    #[arg(long, conflicts_with = "end_at")]
+    pub clear_end_at: bool,
+
+    #[command(flatten)]
+    pub rule: RuleArgs,
+
+    #[command(flatten)]
+    pub template: TemplateArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleListArgs {
+    /// At most this many schedules a page [master's default: 100; it serves at most 1000].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
+
+    /// Start after this schedule (exclusive): the `next` of the previous page.
+    #[arg(long, value_name = "ID", value_parser = parse_schedule_id)]
+    pub after: Option<String>,
+
+    /// Fetch every page; JSON output is then one object, `{"schedules": [...], "next": null}`.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BackfillArgs {
+    /// The schedule id.
+    #[arg(value_parser = parse_schedule_id)]
+    pub id: String,
+
+    /// The first nominal time considered (RFC 3339, inclusive).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub start: DateTime<Utc>,
+
+    /// The end of the range (RFC 3339, exclusive).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub end: DateTime<Utc>,
+
+    /// Only list the nominal times; nothing is created.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -292,6 +597,23 @@ pub fn parse_app_id(s: &str) -> Result<String, String> {
         "." | ".." => Err(format!("{s:?} is not an app id")),
         _ => Ok(s.to_string()),
     }
+}
+
+/// A schedule id: non-empty, and not a relative path segment.
+pub fn parse_schedule_id(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    match s {
+        "" => Err("a schedule id must not be empty".into()),
+        "." | ".." => Err(format!("{s:?} is not a schedule id")),
+        _ => Ok(s.to_string()),
+    }
+}
+
+/// An instant in RFC 3339 (`2026-12-03T10:00:00Z`, `2026-12-03T11:00:00+01:00`), kept in UTC.
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s.trim())
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| format!("invalid time {s:?}: expected RFC 3339, e.g. 2026-12-03T10:00:00Z"))
 }
 
 /// The longest `--idempotency-key` accepted.

@@ -11,7 +11,8 @@
 //! A POST that carries an `Idempotency-Key` (a submission) is safe to repeat: the master answers a
 //! repeat of the same key and body with the app the first one created. So it is resent, with the
 //! same key, to the other masters after a timeout or a lost connection too, like a GET. So is a
-//! POST that changes nothing (a submission's dry run).
+//! POST that changes nothing (a submission's dry run, a backfill's). PATCH and DELETE (schedule
+//! updates and deletions) follow the rule of a POST without a key.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -164,6 +165,36 @@ impl Client {
             path,
             query: &[],
             body: body.map(encode).transpose()?,
+            idempotency_key: None,
+            read_only: false,
+        })
+    }
+
+    /// `PATCH path` with a JSON body, decoded as `T`. Like a POST without a key, not repeated
+    /// on another master once it may have reached one.
+    pub fn patch<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<Served<T>, CtlError> {
+        self.call(&Request {
+            method: Method::PATCH,
+            path,
+            query: &[],
+            body: Some(encode(body)?),
+            idempotency_key: None,
+            read_only: false,
+        })
+    }
+
+    /// `DELETE path`, decoded as `T`. Not repeated on another master once it may have reached
+    /// one: a repeat would answer 404 for a deletion that succeeded.
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<Served<T>, CtlError> {
+        self.call(&Request {
+            method: Method::DELETE,
+            path,
+            query: &[],
+            body: None,
             idempotency_key: None,
             read_only: false,
         })

@@ -5,8 +5,9 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use aloha_core::api::{AppList, ClusterInfo, WorkerList};
-use aloha_core::{App, AppId, SubmitRequest};
+use aloha_core::{App, SubmitRequest};
 use chrono::Utc;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::cli::{Cli, Command, ListArgs, Output, SubmitArgs};
@@ -29,6 +30,7 @@ pub fn run(cli: Cli, io: &mut Io<'_>) -> Result<(), CtlError> {
         Command::Workers => workers(&client, format, io),
         Command::Cluster => cluster(&client, format, io),
         Command::Events(args) => crate::events::run(&client, format, &args, io),
+        Command::Schedule(command) => crate::schedules::run(&client, format, command, io),
     }
 }
 
@@ -146,54 +148,89 @@ fn fetch_apps(client: &Client, args: &ListArgs) -> Result<Served<AppList>, CtlEr
     if let Some(limit) = args.limit {
         query.push(("limit", limit.to_string()));
     }
+    fetch_pages(
+        client,
+        "/api/v1/apps",
+        &query,
+        args.after.as_deref(),
+        args.all,
+    )
+}
+
+/// A page of a listing (`GET /api/v1/apps`, `GET /api/v1/schedules`): its items and the cursor
+/// of the next page.
+pub(crate) trait Page: DeserializeOwned {
+    /// The key of the items in the JSON body.
+    const ITEMS: &'static str;
+    /// One item.
+    type Item;
+    /// The items and the next page's cursor.
+    fn into_parts(self) -> (Vec<Self::Item>, Option<String>);
+    /// The last page: these items, no cursor.
+    fn last(items: Vec<Self::Item>) -> Self;
+}
+
+impl Page for AppList {
+    const ITEMS: &'static str = "apps";
+    type Item = App;
+    fn into_parts(self) -> (Vec<App>, Option<String>) {
+        (self.apps, self.next.map(|n| n.0))
+    }
+    fn last(apps: Vec<App>) -> AppList {
+        AppList { apps, next: None }
+    }
+}
+
+/// One page of `path` after `after`, as served; with `all`, every page from there on, joined
+/// into one whose `next` is null (JSON: the items as the master sent them, fields this
+/// alohactl does not know included).
+pub(crate) fn fetch_pages<P: Page>(
+    client: &Client,
+    path: &str,
+    query: &[(&str, String)],
+    after: Option<&str>,
+    all: bool,
+) -> Result<Served<P>, CtlError> {
     let page_query = |after: Option<&str>| {
-        let mut q = query.clone();
+        let mut q = query.to_vec();
         q.extend(after.map(|a| ("after", a.to_string())));
         q
     };
-    let first: Served<AppList> = client.get("/api/v1/apps", &page_query(args.after.as_deref()))?;
-    if !args.all {
+    let first: Served<P> = client.get(path, &page_query(after))?;
+    if !all {
         return Ok(first);
     }
 
-    let mut raw_apps = Vec::new();
-    let mut apps = Vec::new();
+    let mut raw_items = Vec::new();
+    let mut items = Vec::new();
     // Cursors already followed: a master that hands one back twice would loop forever.
-    let mut followed: HashSet<AppId> = args.after.iter().cloned().map(AppId).collect();
+    let mut followed: HashSet<String> = after.iter().map(|a| a.to_string()).collect();
     let mut page = first;
     loop {
-        raw_apps.extend(served_apps(&page));
-        apps.append(&mut page.data.apps);
-        let Some(next) = page.data.next.take() else {
+        // Present: the page decoded, so its items are an array.
+        if let Some(served) = page.raw.get(P::ITEMS).and_then(Value::as_array) {
+            raw_items.extend(served.iter().cloned());
+        }
+        let (mut these, next) = page.data.into_parts();
+        items.append(&mut these);
+        let Some(next) = next else {
             break;
         };
         if !followed.insert(next.clone()) {
             return Err(CtlError::Internal(format!(
                 "the master gave the page cursor {} twice; stopped listing to avoid a loop",
-                output::clean(next.as_str())
+                output::clean(&next)
             )));
         }
-        page = client.get("/api/v1/apps", &page_query(Some(next.as_str())))?;
+        page = client.get(path, &page_query(Some(&next)))?;
     }
-    let raw = serde_json::json!({ "apps": raw_apps, "next": null });
+    let mut raw = serde_json::Map::new();
+    raw.insert(P::ITEMS.to_string(), Value::Array(raw_items));
+    raw.insert("next".to_string(), Value::Null);
     Ok(Served {
-        raw,
-        data: AppList { apps, next: None },
+        raw: Value::Object(raw),
+        data: P::last(items),
     })
-}
-
-/// The apps of a page as the master sent them (fields this alohactl does not know included).
-fn served_apps(page: &Served<AppList>) -> Vec<Value> {
-    match page.raw.get("apps").and_then(Value::as_array) {
-        Some(items) => items.clone(),
-        // Not reached: the page decoded as an AppList, so `apps` is an array.
-        None => page
-            .data
-            .apps
-            .iter()
-            .filter_map(|a| serde_json::to_value(a).ok())
-            .collect(),
-    }
 }
 
 fn kill(client: &Client, format: Output, id: &str, io: &mut Io<'_>) -> Result<(), CtlError> {
@@ -250,14 +287,23 @@ fn app_path(id: &str) -> String {
 }
 
 /// Reads `--spec-file`; `-` is `stdin`.
-fn read_spec_file(path: &Path, stdin: &mut dyn Read) -> Result<String, CtlError> {
+pub(crate) fn read_spec_file(path: &Path, stdin: &mut dyn Read) -> Result<String, CtlError> {
+    read_input("--spec-file", path, stdin)
+}
+
+/// Reads the file named by `flag`; `-` is `stdin`.
+pub(crate) fn read_input(
+    flag: &str,
+    path: &Path,
+    stdin: &mut dyn Read,
+) -> Result<String, CtlError> {
     let mut text = String::new();
     let read = if path == Path::new("-") {
         stdin.read_to_string(&mut text).map(|_| ())
     } else {
         std::fs::read_to_string(path).map(|t| text = t)
     };
-    read.map_err(|e| CtlError::Usage(format!("cannot read --spec-file {}: {e}", path.display())))?;
+    read.map_err(|e| CtlError::Usage(format!("cannot read {flag} {}: {e}", path.display())))?;
     Ok(text)
 }
 

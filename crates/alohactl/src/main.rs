@@ -1,12 +1,13 @@
 //! # alohactl
 //!
-//! The Aloha-rs command-line client: submits, lists, inspects, kills and retries apps and shows
-//! workers and the cluster, over the masters' REST API.
+//! The Aloha-rs command-line client: submits, lists, inspects, kills and retries apps, manages
+//! schedules and shows workers and the cluster, over the masters' REST API.
 //!
 //! ## Layout
 //! - `cli`: the command line (clap) and the parsers of its values. Parsing only.
 //! - `client`: the blocking HTTP client; failover across masters and following the leader.
 //! - `commands`: one function per subcommand, and building a submission from flags.
+//! - `schedules`: `alohactl schedule ...`, and building schedule bodies from flags.
 //! - `events`: `alohactl events`, reading the Server-Sent Events stream across masters.
 //! - `io`: where commands write (`Io`) and `print`; shared by `commands` and `events`.
 //! - `wait`: `submit --wait`, polling an app until it ends (time injected for tests).
@@ -23,6 +24,7 @@ mod error;
 mod events;
 mod io;
 mod output;
+mod schedules;
 mod wait;
 
 use std::io::Write;

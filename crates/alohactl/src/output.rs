@@ -5,10 +5,12 @@
 
 use std::time::Duration;
 
-use aloha_core::api::{ClusterInfo, Role, WorkerInfo};
+use aloha_core::api::{ClusterInfo, Role, ScheduleInfo, WorkerInfo};
 use aloha_core::app::{format_duration, Restart};
+use aloha_core::schedules::{AppTemplate, Overlap};
 use aloha_core::{App, AppState, HistoryEntry};
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use comfy_table::{presets, ContentArrangement, Table};
 use serde::Deserialize;
 use serde_json::Value;
@@ -292,6 +294,312 @@ pub fn cluster(info: &ClusterInfo) -> String {
     ])
 }
 
+/// `schedule show` (and `create`, `update`): every field, the template, the next runs in the
+/// schedule's zone and in UTC, then the recent runs.
+pub fn schedule_detail(info: &ScheduleInfo) -> String {
+    let s = &info.schedule;
+    let spec = &s.spec;
+    let zone = spec.time_zone.as_deref();
+    let mut rows = vec![
+        ("Id", clean(s.id.as_str())),
+        ("Name", clean(&spec.name)),
+        ("State", info.state.to_string()),
+        ("Rule", rule(info)),
+        ("Time zone", zone.map_or_else(|| "UTC".to_string(), clean)),
+        ("Start at", spec.start_at.map_or(dash(), time)),
+        ("End at", spec.end_at.map_or(dash(), time)),
+        ("Overlap", api_name(&spec.overlap)),
+    ];
+    if spec.overlap == Overlap::Queue {
+        rows.push(("Max queued", spec.max_queued.to_string()));
+    }
+    rows.extend([
+        (
+            "Misfire",
+            format!(
+                "{} (grace {})",
+                api_name(&spec.misfire),
+                format_duration(spec.misfire_grace)
+            ),
+        ),
+        (
+            "Jitter",
+            if spec.jitter.is_zero() {
+                dash()
+            } else {
+                format!("up to {}", format_duration(spec.jitter))
+            },
+        ),
+        (
+            "Runs",
+            format!(
+                "{} created, {} skipped, {} missed",
+                s.counters.runs, s.counters.skipped, s.counters.missed
+            ),
+        ),
+        ("Last scheduled", s.last_scheduled_at.map_or(dash(), time)),
+    ]);
+    if !s.pending.is_empty() {
+        let pending: Vec<String> = s.pending.iter().map(|t| time(*t)).collect();
+        rows.push(("Pending", pending.join(", ")));
+    }
+    rows.extend([
+        ("Created", time(s.created_at)),
+        ("Updated", time(s.updated_at)),
+    ]);
+    rows.extend(template_rows(&spec.app));
+    let mut text = fields(&rows);
+
+    text.push_str("\nNext runs:\n");
+    if info.next_runs.is_empty() {
+        text.push_str("-\n");
+    }
+    for t in &info.next_runs {
+        text.push_str(&zoned_time(*t, zone));
+        text.push('\n');
+    }
+    text.push_str("\nRecent runs:\n");
+    if s.recent_runs.is_empty() {
+        text.push_str("-\n");
+    } else {
+        text.push_str(&grid(
+            &["APP", "SCHEDULED AT", "STATE"],
+            s.recent_runs
+                .iter()
+                .map(|r| {
+                    vec![
+                        clean(r.app_id.as_str()),
+                        time(r.scheduled_at),
+                        r.state.map_or(dash(), |st| st.to_string()),
+                    ]
+                })
+                .collect(),
+        ));
+    }
+    text
+}
+
+/// The template's rows: what every run is made of.
+fn template_rows(app: &AppTemplate) -> Vec<(&'static str, String)> {
+    let mut rows = vec![
+        ("Kind", clean(&app.kind)),
+        ("Spec", clean(&app.spec.to_string())),
+        ("Cores", app.cores.to_string()),
+        ("Memory", format!("{} MiB", app.memory_mb)),
+        ("Max retries", app.max_retries.to_string()),
+    ];
+    if app.restart != Restart::Never {
+        rows.push((
+            "Restart",
+            format!(
+                "{} (backoff {}, doubling up to {})",
+                app.restart,
+                format_duration(app.retry_backoff),
+                format_duration(app.max_backoff)
+            ),
+        ));
+    }
+    if let Some(d) = app.max_runtime {
+        rows.push(("Max runtime", format_duration(d)));
+    }
+    rows.push(("Labels", label_list(&app.labels)));
+    rows
+}
+
+/// `schedule pause|resume|delete`: the schedule in a few lines.
+pub fn schedule_summary(info: &ScheduleInfo) -> String {
+    let s = &info.schedule;
+    let next = info
+        .next_runs
+        .first()
+        .map_or(dash(), |t| zoned_time(*t, s.spec.time_zone.as_deref()));
+    fields(&[
+        ("Id", clean(s.id.as_str())),
+        ("Name", clean(&s.spec.name)),
+        ("State", info.state.to_string()),
+        ("Rule", rule(info)),
+        ("Next run", next),
+        (
+            "Runs",
+            format!(
+                "{} created, {} skipped, {} missed",
+                s.counters.runs, s.counters.skipped, s.counters.missed
+            ),
+        ),
+    ])
+}
+
+/// `schedule list`: one row per schedule; next runs in UTC, the zone beside them.
+pub fn schedule_list(schedules: &[ScheduleInfo]) -> String {
+    if schedules.is_empty() {
+        return "No schedules.\n".to_string();
+    }
+    grid(
+        &[
+            "ID",
+            "NAME",
+            "STATE",
+            "RULE",
+            "ZONE",
+            "NEXT RUN",
+            "RUNS/SKIPPED/MISSED",
+        ],
+        schedules
+            .iter()
+            .map(|info| {
+                let s = &info.schedule;
+                vec![
+                    clean(s.id.as_str()),
+                    truncate(&clean(&s.spec.name), LIST_NAME_CHARS),
+                    info.state.to_string(),
+                    rule(info),
+                    s.spec
+                        .time_zone
+                        .as_deref()
+                        .map_or_else(|| "UTC".into(), clean),
+                    info.next_runs.first().map_or(dash(), |t| time(*t)),
+                    format!(
+                        "{}/{}/{}",
+                        s.counters.runs, s.counters.skipped, s.counters.missed
+                    ),
+                ]
+            })
+            .collect(),
+    )
+}
+
+/// The line after a `schedule list` page that is not the last (on stderr).
+pub fn more_schedules(limit: Option<u32>, next: &str) -> String {
+    let mut line = "more: alohactl schedule list".to_string();
+    if let Some(limit) = limit {
+        line.push_str(&format!(" --limit {limit}"));
+    }
+    line.push_str(&format!(" --after {}\n", clean(next)));
+    line
+}
+
+/// `cron <expr>` or `every <period>`.
+fn rule(info: &ScheduleInfo) -> String {
+    let spec = &info.schedule.spec;
+    match (&spec.cron, spec.every) {
+        (Some(cron), _) => format!("cron {}", clean(cron)),
+        (None, Some(every)) => format!("every {}", format_duration(every)),
+        (None, None) => dash(),
+    }
+}
+
+/// A nominal time on the schedule's wall clock and in UTC:
+/// `2026-12-03 11:00:00 CET  (2026-12-03T10:00:00Z)`. A UTC schedule's times are printed once;
+/// a zone this alohactl does not know is named beside the UTC time.
+pub fn zoned_time(t: DateTime<Utc>, zone: Option<&str>) -> String {
+    let Some(name) = zone.filter(|z| !matches!(*z, "UTC" | "Etc/UTC")) else {
+        return time(t);
+    };
+    match name.parse::<Tz>() {
+        Ok(tz) => format!(
+            "{}  ({})",
+            t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z"),
+            time(t)
+        ),
+        Err(_) => format!("{}  (zone {} unknown here)", time(t), clean(name)),
+    }
+}
+
+/// The answer to `POST .../trigger`: the run created (201), or that it waits (202).
+#[derive(Debug, Clone)]
+pub enum Triggered {
+    /// The run's app.
+    Run(Box<App>),
+    /// The run waits for earlier runs to end.
+    Queued,
+}
+
+impl Triggered {
+    /// Reads a trigger's answer: `{"outcome": "queued", ...}` or an app.
+    pub fn from_json(raw: &Value) -> Result<Triggered, serde_json::Error> {
+        if raw.get("outcome").and_then(Value::as_str) == Some("queued") {
+            return Ok(Triggered::Queued);
+        }
+        App::deserialize(raw).map(|app| Triggered::Run(Box::new(app)))
+    }
+}
+
+/// `schedule trigger`: the run, as `submit` prints an app, or that it is queued.
+pub fn triggered(id: &str, answer: &Triggered) -> String {
+    match answer {
+        Triggered::Run(app) => app_summary(app),
+        Triggered::Queued => format!(
+            "queued: the run of {} starts when the earlier runs end\n",
+            clean(id)
+        ),
+    }
+}
+
+/// The answer to `POST .../backfill`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Backfill {
+    /// The nominal times in the range.
+    pub times: Vec<DateTime<Utc>>,
+    /// What became of each (empty for a dry run).
+    #[serde(default)]
+    pub runs: Vec<BackfillRun>,
+}
+
+/// What became of one backfilled nominal time.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BackfillRun {
+    /// The nominal time.
+    pub scheduled_at: DateTime<Utc>,
+    /// `created`, `queued` or `skipped`.
+    pub outcome: String,
+    /// The run created.
+    #[serde(default)]
+    pub app_id: Option<String>,
+    /// Why it was skipped.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// `schedule backfill`: the nominal times of a dry run, or one line per time with its outcome.
+pub fn backfill(answer: &Backfill, dry_run: bool) -> String {
+    if dry_run {
+        let mut text: String = answer.times.iter().map(|t| time(*t) + "\n").collect();
+        text.push_str(&format!(
+            "{} nominal time{}; dry run: nothing was created\n",
+            answer.times.len(),
+            if answer.times.len() == 1 { "" } else { "s" }
+        ));
+        return text;
+    }
+    if answer.runs.is_empty() {
+        return "No nominal time in the range.\n".to_string();
+    }
+    grid(
+        &["SCHEDULED AT", "OUTCOME", "APP / MESSAGE"],
+        answer
+            .runs
+            .iter()
+            .map(|r| {
+                let detail = r
+                    .app_id
+                    .as_deref()
+                    .or(r.message.as_deref())
+                    .map(|d| truncate(&clean(d), LIST_MESSAGE_CHARS))
+                    .unwrap_or_default();
+                vec![time(r.scheduled_at), clean(&r.outcome), detail]
+            })
+            .collect(),
+    )
+}
+
+/// The API's name of a policy (`cancel_previous`).
+fn api_name<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        _ => dash(),
+    }
+}
+
 /// One state change followed by `submit --wait`: `<time> <id> <STATE> [message]`.
 pub fn state_line(id: &str, entry: &HistoryEntry) -> String {
     let mut line = format!("{} {} {}", time(entry.at), clean(id), entry.state);
@@ -352,10 +660,14 @@ fn dash() -> String {
 }
 
 fn labels(app: &App) -> String {
-    if app.labels.is_empty() {
+    label_list(&app.labels)
+}
+
+fn label_list(labels: &std::collections::BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
         return dash();
     }
-    app.labels
+    labels
         .iter()
         .map(|(k, v)| format!("{}={}", clean(k), clean(v)))
         .collect::<Vec<_>>()
@@ -647,6 +959,146 @@ Members:  http://m1:8080, http://m2:8080
             state_line(a.id.as_str(), &a.history[3]),
             "2024-01-02T03:04:50Z app-20240102030405-0007 RELAUNCHING worker w1 lost; relaunching (retry 1 of 2)\n"
         );
+    }
+
+    /// A Berlin schedule as a master serves it, with runs.
+    fn schedule() -> ScheduleInfo {
+        serde_json::from_value(serde_json::json!({
+            "id": "sched-20261203093000-0001", "seq": 1, "name": "hourly",
+            "app": {"kind": "process", "spec": {"command": ["etl"]}, "cores": 2,
+                    "memory_mb": 512, "max_retries": 1, "labels": {"team": "data"},
+                    "restart": "on_failure", "retry_backoff": "1s", "max_backoff": "5m",
+                    "max_runtime": "30m"},
+            "cron": "0 * * * *", "every": null, "time_zone": "Europe/Berlin",
+            "start_at": "2026-12-03T09:30:00Z", "end_at": null, "overlap": "queue",
+            "max_queued": 3, "misfire": "run_latest", "misfire_grace": "10s", "jitter": "0s",
+            "paused": false, "ended": false, "created_at": "2026-12-03T09:30:00Z",
+            "updated_at": "2026-12-03T09:31:00Z", "last_scheduled_at": "2026-12-03T10:00:00Z",
+            "counters": {"runs": 1, "skipped": 2, "missed": 0},
+            "recent_runs": [{"app_id": "app-20261203100000-0001",
+                             "scheduled_at": "2026-12-03T10:00:00Z", "state": "RUNNING"}],
+            "pending": [], "state": "ACTIVE",
+            "next_runs": ["2026-12-03T11:00:00Z", "2026-12-03T12:00:00Z"]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn schedule_detail_view() {
+        let expected = "\
+Id:              sched-20261203093000-0001
+Name:            hourly
+State:           ACTIVE
+Rule:            cron 0 * * * *
+Time zone:       Europe/Berlin
+Start at:        2026-12-03T09:30:00Z
+End at:          -
+Overlap:         queue
+Max queued:      3
+Misfire:         run_latest (grace 10s)
+Jitter:          -
+Runs:            1 created, 2 skipped, 0 missed
+Last scheduled:  2026-12-03T10:00:00Z
+Created:         2026-12-03T09:30:00Z
+Updated:         2026-12-03T09:31:00Z
+Kind:            process
+Spec:            {\"command\":[\"etl\"]}
+Cores:           2
+Memory:          512 MiB
+Max retries:     1
+Restart:         on_failure (backoff 1s, doubling up to 5m)
+Max runtime:     30m
+Labels:          team=data
+
+Next runs:
+2026-12-03 12:00:00 CET  (2026-12-03T11:00:00Z)
+2026-12-03 13:00:00 CET  (2026-12-03T12:00:00Z)
+
+Recent runs:
+APP                      SCHEDULED AT          STATE
+app-20261203100000-0001  2026-12-03T10:00:00Z  RUNNING
+";
+        assert_eq!(schedule_detail(&schedule()), expected);
+    }
+
+    #[test]
+    fn schedule_summary_list_and_zones() {
+        let mut every = schedule();
+        every.schedule.id = aloha_core::schedules::ScheduleId("sched-2".into());
+        every.schedule.spec.cron = None;
+        every.schedule.spec.every = Some(Duration::from_secs(90));
+        every.schedule.spec.time_zone = None;
+        every.state = aloha_core::schedules::ScheduleState::Paused;
+        every.next_runs.clear();
+        let expected = "\
+ID                         NAME    STATE   RULE            ZONE           NEXT RUN              RUNS/SKIPPED/MISSED
+sched-20261203093000-0001  hourly  ACTIVE  cron 0 * * * *  Europe/Berlin  2026-12-03T11:00:00Z  1/2/0
+sched-2                    hourly  PAUSED  every 1m 30s    UTC            -                     1/2/0
+";
+        assert_eq!(schedule_list(&[schedule(), every.clone()]), expected);
+        assert_eq!(schedule_list(&[]), "No schedules.\n");
+        assert_eq!(
+            more_schedules(Some(5), "sched-2"),
+            "more: alohactl schedule list --limit 5 --after sched-2\n"
+        );
+        let summary = schedule_summary(&every);
+        assert!(
+            summary.contains("State:     PAUSED\nRule:      every 1m 30s\nNext run:  -\n"),
+            "{summary}"
+        );
+
+        let t = at("2026-07-01T10:00:00Z");
+        assert_eq!(zoned_time(t, None), "2026-07-01T10:00:00Z");
+        assert_eq!(zoned_time(t, Some("UTC")), "2026-07-01T10:00:00Z");
+        assert_eq!(
+            zoned_time(t, Some("Europe/Berlin")),
+            "2026-07-01 12:00:00 CEST  (2026-07-01T10:00:00Z)"
+        );
+        assert_eq!(
+            zoned_time(t, Some("Mars/Olympus")),
+            "2026-07-01T10:00:00Z  (zone Mars/Olympus unknown here)"
+        );
+    }
+
+    #[test]
+    fn backfill_and_trigger_views() {
+        let answer: Backfill = serde_json::from_value(serde_json::json!({
+            "schedule_id": "sched-1", "dry_run": false,
+            "times": ["2026-12-01T00:00:00Z", "2026-12-02T00:00:00Z", "2026-12-03T00:00:00Z"],
+            "runs": [
+                {"scheduled_at": "2026-12-01T00:00:00Z", "outcome": "created",
+                 "app_id": "app-20261203100000-0004"},
+                {"scheduled_at": "2026-12-02T00:00:00Z", "outcome": "queued"},
+                {"scheduled_at": "2026-12-03T00:00:00Z", "outcome": "skipped",
+                 "message": "a run of this time exists"}
+            ]
+        }))
+        .unwrap();
+        let expected = "\
+SCHEDULED AT          OUTCOME  APP / MESSAGE
+2026-12-01T00:00:00Z  created  app-20261203100000-0004
+2026-12-02T00:00:00Z  queued
+2026-12-03T00:00:00Z  skipped  a run of this time exists
+";
+        assert_eq!(backfill(&answer, false), expected);
+        let none = Backfill {
+            times: vec![],
+            runs: vec![],
+        };
+        assert_eq!(
+            backfill(&none, true),
+            "0 nominal times; dry run: nothing was created\n"
+        );
+        assert_eq!(backfill(&none, false), "No nominal time in the range.\n");
+
+        let queued = serde_json::json!({"schedule_id": "s", "outcome": "queued"});
+        assert!(matches!(
+            Triggered::from_json(&queued),
+            Ok(Triggered::Queued)
+        ));
+        let run = Triggered::from_json(&serde_json::from_str(APP).unwrap()).unwrap();
+        assert_eq!(triggered("s", &run), app_summary(&app()));
+        assert!(Triggered::from_json(&serde_json::json!({"x": 1})).is_err());
     }
 
     #[test]
