@@ -10,6 +10,12 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ "${ALOHA_NEED_ETCD:-0}" = 1 ] && ! command -v etcd >/dev/null 2>&1; then
   need_apt+=(etcd-server)
 fi
+# The console's browser test: Debian's chromium, driven by npm's playwright-core.
+if [ "${ALOHA_NEED_BROWSER:-0}" = 1 ]; then
+  [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+  command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+  command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "missing packages: ${need_apt[*]}; run as root or install them first" >&2

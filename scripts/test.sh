@@ -3,10 +3,13 @@
 # real binaries. Installs what it needs first (see install-deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ALOHA_NEED_ETCD=1 source scripts/install-deps.sh
+ALOHA_NEED_ETCD=1 ALOHA_NEED_BROWSER=1 source scripts/install-deps.sh
 # Real Spark (pyspark) and Flink (apache-flink) for the spark and flink plugin tests: Java and
 # two venvs under ${ALOHA_TOOLS_DIR:-~/.cache/aloha-tools}; exports SPARK_HOME, FLINK_HOME, ...
 source scripts/install-spark-flink.sh
+
+echo "== npm ci (playwright-core for the console's browser test)"
+npm ci --prefix tests/console --no-audit --no-fund --loglevel=error
 
 export CARGO_TERM_COLOR=never
 echo "== cargo fmt --check"

@@ -30,6 +30,13 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The status and the message.
+    pub fn parts(&self) -> (StatusCode, &str) {
+        (self.status, &self.body.error)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(self.body)).into_response()

@@ -95,6 +95,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/workers/{id}/undrain", post(undrain_worker))
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/events", get(crate::stream::events))
+        .merge(crate::console::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -24,6 +24,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod election;
 pub mod engine;
 pub mod error;
@@ -66,9 +67,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen for gRPC on {}", cfg.rpc_addr))?;
     let submission_listener = match cfg.submission_addr {
         None => None,
-        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
-            format!("cannot listen for Spark REST submissions on {addr}")
-        })?),
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for Spark REST submissions on {addr}"))?,
+        ),
     };
 
     let loaded = listeners::load(&cfg.listeners).map_err(|e| anyhow::anyhow!(e))?;

@@ -283,9 +283,9 @@ impl Node {
         }
     }
 
-    /// The view schedules are read from: the snapshot, or on a standby still loading its
-    /// replica a mirror built from the store.
-    async fn schedule_view(&self) -> Result<Arc<View>, MasterError> {
+    /// The view schedules (and the console) are read from: the snapshot, or on a standby still
+    /// loading its replica a mirror built from the store.
+    pub(crate) async fn schedule_view(&self) -> Result<Arc<View>, MasterError> {
         if let Some(view) = self.snapshot() {
             return Ok(view);
         }

@@ -658,6 +658,18 @@ impl Cluster {
     /// A page of apps, newest first: at most `limit`, optionally only in `state`, starting
     /// after the app `after` (exclusive).
     pub fn page(&self, state: Option<AppState>, after: Option<u64>, limit: usize) -> Page {
+        self.page_where(state, after, limit, |_| true)
+    }
+
+    /// Like [`Cluster::page`], keeping only the apps `keep` accepts (a console filter; it may
+    /// walk many apps to fill a page).
+    pub fn page_where(
+        &self,
+        state: Option<AppState>,
+        after: Option<u64>,
+        limit: usize,
+        keep: impl Fn(&App) -> bool,
+    ) -> Page {
         let upper = after.unwrap_or(u64::MAX);
         let seqs: Box<dyn Iterator<Item = u64>> = match state {
             Some(s) => Box::new(self.states[s as usize].range(..upper).rev().copied()),
@@ -670,7 +682,7 @@ impl Cluster {
                 more = true;
                 break;
             }
-            if let Some(a) = self.apps.get(&seq) {
+            if let Some(a) = self.apps.get(&seq).filter(|a| keep(a)) {
                 apps.push(a.clone());
             }
         }

@@ -1,0 +1,98 @@
+//! The web console in a real browser: Debian's chromium, headless, driven by npm's
+//! `playwright-core` (`tests/console/console.mjs`), against a real master and worker. The
+//! script submits an app through the form and sees it reach FINISHED without a reload, kills a
+//! running app, reads its logs, walks every page and follows the live event feed; screenshots
+//! go to `target/console-screenshots/`.
+//!
+//! Needs `node`, `/usr/bin/chromium` and `tests/console/node_modules` (`scripts/test.sh`
+//! installs all three); without them the test fails, saying what is missing.
+
+use std::path::Path;
+use std::process::Command;
+
+use aloha_e2e::{target_dir, workspace_root, Cluster};
+
+#[test]
+fn the_console_works_in_a_real_browser() {
+    let dir = workspace_root().join("tests/console");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} is missing: apt-get install -y chromium (scripts/test.sh does it)"
+    );
+    assert!(
+        dir.join("node_modules/playwright-core").is_dir(),
+        "tests/console/node_modules is missing: npm ci --prefix tests/console (scripts/test.sh does it)"
+    );
+    let c = Cluster::start("3s", &[("w1", 4)]);
+    let shots = target_dir()
+        .parent()
+        .expect("the target dir")
+        .join("console-screenshots");
+    let out = Command::new("node")
+        .arg(dir.join("console.mjs"))
+        .arg(&c.api().base)
+        .arg(&shots)
+        .env("CHROMIUM", &chromium)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run node (apt-get install -y nodejs): {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the browser test failed ({}):\n{stdout}\n{stderr}\nscreenshots: {}",
+        out.status,
+        shots.display()
+    );
+    assert!(stdout.contains("every check passed"), "{stdout}");
+}
+
+#[test]
+fn the_console_pages_are_plain_html_with_a_strict_policy() {
+    let c = Cluster::start("3s", &[]);
+    let base = &c.api().base;
+    for path in [
+        "/",
+        "/ui/apps",
+        "/ui/workers",
+        "/ui/schedules",
+        "/ui/events",
+        "/ui/submit",
+    ] {
+        let r = reqwest::blocking::get(format!("{base}{path}")).unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let csp = r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(csp.contains("default-src 'self'"), "{path}: {csp}");
+        let body = r.text().unwrap();
+        assert!(body.starts_with("<!DOCTYPE html>"), "{path}");
+        assert!(!body.contains("<script>"), "{path}: no inline script");
+        assert!(!body.contains("style="), "{path}: no inline style");
+        assert!(body.contains("<h1>"), "{path}");
+    }
+    let r = reqwest::blocking::get(format!("{base}/ui/apps/app-20200101000000-0042")).unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().unwrap().contains("not found"));
+    let r = reqwest::blocking::get(format!("{base}/ui/static/console.js")).unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+    // A form post that the master refuses shows the reason.
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{base}/ui/submit"))
+        .form(&[
+            ("name", "x"),
+            ("kind", "process"),
+            ("command", ""),
+            ("cores", "1"),
+            ("memory_mb", "1"),
+        ])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("give a command"));
+}

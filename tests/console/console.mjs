@@ -1,0 +1,116 @@
+// Drives the Aloha-rs console in Debian's chromium, headless:
+//   node console.mjs <master base URL> <screenshot dir>
+// Submits an app through the form and sees it reach FINISHED live (no reload), kills a
+// running app, reads its logs, walks every page, and saves screenshots. Exits non-zero (with
+// the reason) at the first failure.
+import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
+
+const [base, out] = process.argv.slice(2);
+if (!base || !out) {
+  console.error("usage: node console.mjs <base URL> <screenshot dir>");
+  process.exit(2);
+}
+mkdirSync(out, { recursive: true });
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+const problems = [];
+page.on("console", (m) => { if (m.type() === "error") problems.push(`console error: ${m.text()}`); });
+page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+let navigations = 0;
+page.on("framenavigated", (f) => { if (f === page.mainFrame()) navigations++; });
+
+async function shot(name) {
+  await page.screenshot({ path: `${out}/${name}.png`, fullPage: true });
+}
+function fail(msg) { throw new Error(msg); }
+
+try {
+  // The cluster page.
+  const r = await page.goto(`${base}/`);
+  if (r.status() !== 200) fail(`GET / answered ${r.status()}`);
+  const csp = r.headers()["content-security-policy"] || "";
+  if (!csp.includes("default-src 'self'")) fail(`no CSP default-src 'self': ${csp}`);
+  await page.getByRole("heading", { name: "Cluster" }).waitFor();
+  await shot("01-cluster");
+
+  // Submit a slow app through the form; its page follows it to FINISHED without a reload.
+  await page.getByRole("link", { name: "Submit", exact: true }).click();
+  await page.getByLabel("Name").fill("from-the-console");
+  await page.getByLabel("Command (process; split on spaces)").fill("sh -c 'sleep 2; echo done'");
+  // A command with quotes needs the JSON spec.
+  await page.getByLabel("Or the spec as JSON").fill('{"command": ["sh", "-c", "echo hello from the console; sleep 2; echo done"]}');
+  await shot("02-submit-form");
+  await page.getByRole("button", { name: "Submit" }).click();
+  await page.waitForURL(/\/ui\/apps\/app-/);
+  const appUrl = page.url();
+  const before = navigations;
+  await page.locator(".lead .state", { hasText: "FINISHED" }).waitFor({ timeout: 30000 });
+  if (navigations !== before) fail(`the page reloaded (${navigations - before} navigations) instead of updating live`);
+  await page.locator("pre.log", { hasText: "hello from the console" }).waitFor({ timeout: 15000 });
+  await shot("03-app-finished-live");
+
+  // Kill a running app from its page.
+  await page.goto(`${base}/ui/submit`);
+  await page.getByLabel("Name").fill("to-kill");
+  await page.getByLabel("Command (process; split on spaces)").fill("sleep 600");
+  await page.getByRole("button", { name: "Submit" }).click();
+  await page.waitForURL(/\/ui\/apps\/app-/);
+  await page.locator(".lead .state", { hasText: "RUNNING" }).waitFor({ timeout: 30000 });
+  await page.getByLabel("Reason").fill("stopped in the browser test");
+  await shot("04-app-running");
+  await page.getByRole("button", { name: "Kill" }).click();
+  await page.locator(".lead .state", { hasText: "KILLED" }).waitFor({ timeout: 30000 });
+  await shot("05-app-killed");
+
+  // Its logs, stderr too.
+  await page.goto(appUrl);
+  await page.locator("pre.log", { hasText: "done" }).waitFor({ timeout: 15000 });
+  await page.getByLabel("Stream").selectOption("stderr");
+  await shot("06-app-logs");
+
+  // Every other page renders, with headings and no script errors.
+  for (const [path, heading, name] of [
+    ["/ui/apps", "Apps", "07-apps"],
+    ["/ui/apps?state=KILLED", "Apps", "08-apps-killed"],
+    ["/ui/workers", "Workers", "09-workers"],
+    ["/ui/schedules", "Schedules", "10-schedules"],
+    ["/ui/events", "Events", "11-events"],
+  ]) {
+    const resp = await page.goto(`${base}${path}`);
+    if (resp.status() !== 200) fail(`GET ${path} answered ${resp.status()}`);
+    await page.getByRole("heading", { name: heading, exact: true }).waitFor();
+    await shot(name);
+  }
+  // The filter found the killed app.
+  await page.goto(`${base}/ui/apps?state=KILLED`);
+  await page.getByText("to-kill").waitFor();
+
+  // The live event feed shows a submission made elsewhere.
+  await page.goto(`${base}/ui/events`);
+  await page.waitForTimeout(500);
+  const sub = await fetch(`${base}/api/v1/apps`, {
+    method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ name: "feed-probe", kind: "process", spec: { command: ["true"] } }),
+  });
+  if (sub.status !== 201) fail(`POST /api/v1/apps answered ${sub.status}`);
+  const id = (await sub.json()).id;
+  await page.locator("ol.feed li", { hasText: id }).first().waitFor({ timeout: 15000 });
+  await shot("12-events-live");
+
+  if (problems.length) fail(problems.join("\n"));
+  console.log(`console: every check passed; screenshots in ${out}`);
+} catch (e) {
+  await shot("failure").catch(() => {});
+  console.error(`console test failed at ${page.url()}: ${e.message}`);
+  if (problems.length) console.error(problems.join("\n"));
+  await browser.close();
+  process.exit(1);
+}
+await browser.close();
