@@ -8,12 +8,14 @@
 //! - [`config`]: flags, env vars and the TOML file, merged into one [`Config`].
 //! - [`worker`]: the app table; one OS thread per app attempt drives its plugin.
 //! - [`session`]: registration, heartbeats and ordered, acknowledged report delivery.
-//! - [`rpc`]: the gRPC WorkerService (launch, kill) the master calls.
+//! - [`rpc`]: the gRPC WorkerService (launch, kill, logs) the master calls.
+//! - [`logs`]: the attempts' `stdout`/`stderr`, read by range or followed as they grow.
 //! - `src/bin/aloha-supervise.rs`: the process supervisor, a separate small binary that leads
 //!   each app's process group and kills it when the worker dies; handed to plugins in
 //!   `AppContext::supervisor` (see [`default_supervisor`]).
 
 pub mod config;
+pub mod logs;
 pub mod rpc;
 pub mod session;
 pub mod worker;

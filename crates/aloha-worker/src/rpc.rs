@@ -1,23 +1,53 @@
 //! The gRPC WorkerService the master calls.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use aloha_proto as pb;
 use aloha_proto::worker_service_server::WorkerService;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use crate::logs::{Chunk, LogError, LogQuery, Logs};
 use crate::worker::Worker;
 
-/// Adapts [`Worker`] to the generated tonic trait.
+/// Adapts [`Worker`] and its [`Logs`] to the generated tonic trait.
 pub struct WorkerRpc {
     worker: Arc<Worker>,
+    logs: Arc<Logs>,
 }
 
 impl WorkerRpc {
     /// Wraps a worker.
     pub fn new(worker: Arc<Worker>) -> Self {
-        WorkerRpc { worker }
+        let logs = Arc::new(Logs::of(worker.clone()));
+        WorkerRpc { worker, logs }
+    }
+}
+
+fn log_query(r: pb::ReadLogRequest) -> Result<LogQuery, Status> {
+    LogQuery::new(&r.app_id, r.attempt, &r.stream, r.offset, r.limit).map_err(status)
+}
+
+fn log_chunk(c: Chunk) -> pb::LogChunk {
+    pb::LogChunk {
+        data: c.data,
+        offset: c.offset,
+        next_offset: c.next_offset,
+        size: c.size,
+        ended: c.ended,
+    }
+}
+
+/// The one mapping of log errors to gRPC codes (the master maps the codes to HTTP).
+fn status(e: LogError) -> Status {
+    match e {
+        LogError::BadRequest(m) => Status::invalid_argument(m),
+        LogError::NotFound(m) => Status::not_found(m),
+        LogError::Busy(m) => Status::resource_exhausted(m),
+        e @ LogError::Io(_) => Status::internal(e.to_string()),
     }
 }
 
@@ -66,5 +96,30 @@ impl WorkerService for WorkerRpc {
                 }
             }
         }))
+    }
+
+    async fn read_log(
+        &self,
+        req: Request<pb::ReadLogRequest>,
+    ) -> Result<Response<pb::LogChunk>, Status> {
+        let q = log_query(req.into_inner())?;
+        let chunk = self.logs.read(&q).await.map_err(status)?;
+        Ok(Response::new(log_chunk(chunk)))
+    }
+
+    type FollowLogStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+
+    async fn follow_log(
+        &self,
+        req: Request<pb::ReadLogRequest>,
+    ) -> Result<Response<Self::FollowLogStream>, Status> {
+        let q = log_query(req.into_inner())?;
+        let (app_id, attempt) = (q.app_id.clone(), q.attempt);
+        let rx = self.logs.follow(q).await.map_err(|e| {
+            warn!(%app_id, attempt, "log follow refused: {e}");
+            status(e)
+        })?;
+        let stream = ReceiverStream::new(rx).map(|r| r.map(log_chunk).map_err(status));
+        Ok(Response::new(Box::pin(stream)))
     }
 }

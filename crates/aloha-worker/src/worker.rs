@@ -230,6 +230,22 @@ impl Worker {
         lock(&self.reports).len()
     }
 
+    /// The directory app attempts run in: `<work_dir>/<app_id>/<attempt>`.
+    pub fn work_dir(&self) -> &std::path::Path {
+        &self.cfg.work_dir
+    }
+
+    /// The state of `attempt` of `app_id` while this worker keeps its record: LAUNCHING or
+    /// RUNNING while it runs, then terminal until the master acknowledged the final report.
+    /// `None` when there is no record of that attempt: it never ran here, a newer attempt
+    /// replaced it, or it ended and was forgotten.
+    pub fn attempt_state(&self, app_id: &str, attempt: u32) -> Option<AppState> {
+        lock(&self.apps)
+            .get(app_id)
+            .filter(|e| e.attempt == attempt)
+            .map(|e| e.state)
+    }
+
     /// Apps not yet in a terminal state.
     pub fn active_apps(&self) -> usize {
         lock(&self.apps)

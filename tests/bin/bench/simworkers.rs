@@ -111,6 +111,22 @@ impl WorkerService for Service {
             message: String::new(),
         }))
     }
+
+    async fn read_log(
+        &self,
+        _req: Request<aloha_proto::ReadLogRequest>,
+    ) -> Result<Response<aloha_proto::LogChunk>, Status> {
+        Err(Status::unimplemented("simulated workers keep no logs"))
+    }
+
+    type FollowLogStream = tokio_stream::Empty<Result<aloha_proto::LogChunk, Status>>;
+
+    async fn follow_log(
+        &self,
+        _req: Request<aloha_proto::ReadLogRequest>,
+    ) -> Result<Response<Self::FollowLogStream>, Status> {
+        Err(Status::unimplemented("simulated workers keep no logs"))
+    }
 }
 
 /// The running simulation. [`SimWorkers::stop`] ends every task it started.
