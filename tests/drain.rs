@@ -64,3 +64,25 @@ fn a_drained_worker_finishes_its_apps_until_the_deadline_then_they_move() {
     assert_eq!(r.status, 400, "{:?}", r.body);
     assert!(r.body["error"].as_str().unwrap().contains("deadline"));
 }
+
+#[test]
+fn alohactl_drains_and_undrains_a_worker() {
+    let c = Cluster::start("3s", &[("w1", 2)]);
+    let (code, out, err) = c.ctl(&["workers", "drain", "w1", "--deadline", "10m"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("worker w1 is DRAINED"), "{out}");
+    assert_eq!(worker(c.api(), "w1")["state"], "DRAINED");
+    let (code, out, _) = c.ctl(&["workers"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("DRAINED"), "{out}");
+    let (code, out, err) = c.ctl(&["workers", "undrain", "w1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("worker w1 is ALIVE"), "{out}");
+    let (code, _, err) = c.ctl(&["workers", "drain", "nope"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("worker nope not found"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let (code, _, err) = c.ctl(&["workers", "drain", "w1", "--deadline", "soon"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("deadline"), "{err}");
+}

@@ -92,8 +92,12 @@ pub enum Command {
         #[arg(value_parser = parse_app_id)]
         id: String,
     },
-    /// List workers with their resources.
-    Workers,
+    /// List workers with their resources; `workers drain|undrain <id>` for maintenance.
+    Workers {
+        /// Drain or undrain a worker (none: list them).
+        #[command(subcommand)]
+        action: Option<WorkersCommand>,
+    },
     /// Show the answering master's view of the cluster: role, leader, epoch, members.
     Cluster,
     /// Print events (app state changes, relaunches, workers, leadership); `--follow` streams
@@ -103,6 +107,26 @@ pub enum Command {
     /// cron expression or a fixed period.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
+}
+
+/// `alohactl workers drain|undrain`.
+#[derive(Debug, Subcommand)]
+pub enum WorkersCommand {
+    /// No new placements on the worker; its apps go on until they end or the deadline passes,
+    /// then they are stopped and relaunched elsewhere within their retries. The worker shows
+    /// DRAINING, then DRAINED when empty.
+    Drain {
+        /// The worker's id.
+        id: String,
+        /// How long its apps may go on (e.g. `10m`); the master's default is 1h.
+        #[arg(long)]
+        deadline: Option<String>,
+    },
+    /// End a drain: the worker takes apps again.
+    Undrain {
+        /// The worker's id.
+        id: String,
+    },
 }
 
 /// `alohactl schedule ...`.
@@ -757,7 +781,18 @@ mod tests {
         assert_eq!(cli.masters, vec![DEFAULT_MASTER.to_string()]);
         assert_eq!(cli.output, Output::Table);
         assert_eq!(cli.timeout, Duration::from_secs(10));
-        assert!(matches!(cli.command, Command::Workers));
+        assert!(matches!(cli.command, Command::Workers { action: None }));
+        let cli = parse(&["workers", "drain", "w1", "--deadline", "10m"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Workers { action: Some(WorkersCommand::Drain { ref id, ref deadline }) }
+                if id == "w1" && deadline.as_deref() == Some("10m")
+        ));
+        let cli = parse(&["workers", "undrain", "w1"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Workers { action: Some(WorkersCommand::Undrain { .. }) }
+        ));
     }
 
     #[test]

@@ -4,13 +4,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::path::Path;
 
-use aloha_core::api::{AppList, ClusterInfo, WorkerList};
+use aloha_core::api::{AppList, ClusterInfo, WorkerInfo, WorkerList};
 use aloha_core::{App, SubmitRequest};
 use chrono::Utc;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::cli::{Cli, Command, ListArgs, Output, SubmitArgs};
+use crate::cli::{Cli, Command, ListArgs, Output, SubmitArgs, WorkersCommand};
 use crate::client::{fresh_idempotency_key, segment, Client, Served};
 use crate::error::CtlError;
 use crate::io::{print, Io};
@@ -27,7 +27,10 @@ pub fn run(cli: Cli, io: &mut Io<'_>) -> Result<(), CtlError> {
         Command::List(args) => list(&client, format, &args, io),
         Command::Kill { id } => kill(&client, format, &id, io),
         Command::Retry { id } => retry(&client, format, &id, io),
-        Command::Workers => workers(&client, format, io),
+        Command::Workers { action: None } => workers(&client, format, io),
+        Command::Workers {
+            action: Some(action),
+        } => drain(&client, format, action, io),
         Command::Cluster => cluster(&client, format, io),
         Command::Events(args) => crate::events::run(&client, format, &args, io),
         Command::Schedule(command) => crate::schedules::run(&client, format, command, io),
@@ -267,6 +270,52 @@ fn workers(client: &Client, format: Output, io: &mut Io<'_>) -> Result<(), CtlEr
         &match format {
             Output::Table => output::worker_list(&workers.data.workers, Utc::now()),
             Output::Json => output::json(&workers.raw),
+        },
+    )
+}
+
+/// `workers drain|undrain`: a POST without a key, like a kill (repeating it is harmless, but
+/// it is not resent once it may have reached a master).
+fn drain(
+    client: &Client,
+    format: Output,
+    action: WorkersCommand,
+    io: &mut Io<'_>,
+) -> Result<(), CtlError> {
+    let worker: Served<WorkerInfo> = match &action {
+        WorkersCommand::Drain { id, deadline } => {
+            let body = serde_json::json!({ "deadline": deadline });
+            let body = if deadline.is_some() {
+                body
+            } else {
+                serde_json::json!({})
+            };
+            client.post(
+                &format!("/api/v1/workers/{}/drain", segment(id)),
+                Some(&body),
+            )?
+        }
+        WorkersCommand::Undrain { id } => client.post(
+            &format!("/api/v1/workers/{}/undrain", segment(id)),
+            None::<&()>,
+        )?,
+    };
+    let w = &worker.data;
+    print(
+        io,
+        &match format {
+            Output::Table => format!(
+                "worker {} is {}{}\n",
+                output::clean(w.id.as_str()),
+                w.state,
+                w.drain_deadline
+                    .map(|d| format!(
+                        "; what still runs at {} is stopped and relaunched elsewhere",
+                        d.format("%Y-%m-%dT%H:%M:%SZ")
+                    ))
+                    .unwrap_or_default()
+            ),
+            Output::Json => output::json(&worker.raw),
         },
     )
 }
