@@ -76,6 +76,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/apps/{id}", get(show))
         .route("/api/v1/apps/{id}/kill", post(kill))
         .route("/api/v1/apps/{id}/retry", post(retry))
+        .route("/api/v1/apps/{id}/logs", get(crate::logs::app_logs))
         .route(
             "/api/v1/schedules",
             post(create_schedule).get(list_schedules),

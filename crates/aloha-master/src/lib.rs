@@ -18,6 +18,7 @@
 //! - [`store`]: the [`store::StateStore`] trait with the redb (embedded), etcd and memory stores.
 //! - [`rpc`]: the gRPC MasterService workers call; [`worker_client`]: commands to workers.
 //! - [`events`]: the event log; [`listeners`]: listener plugins; [`stream`]: the SSE stream.
+//! - [`logs`]: apps' `stdout`/`stderr`, proxied from their workers.
 //! - [`http`]: the REST API and [`error`], its one error type; [`metrics`]: Prometheus
 //!   metrics; [`submission`]: Spark's REST submission protocol (`--submission-addr`).
 //! - [`clock`]: injected time.
@@ -33,6 +34,7 @@ pub mod http;
 pub mod lease;
 pub mod listeners;
 pub mod liveness;
+pub mod logs;
 pub mod master;
 pub mod metrics;
 pub mod node;

@@ -1,14 +1,56 @@
-//! Commands from the master to workers (launch, kill), behind a trait so the scheduling logic is
-//! testable without sockets.
+//! Commands from the master to workers (launch, kill) and reads of their apps' logs, behind a
+//! trait so the scheduling logic is testable without sockets.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use aloha_proto::worker_service_client::WorkerServiceClient;
-use aloha_proto::{KillAppRequest, KillAppResponse, LaunchAppRequest, LaunchAppResponse};
+use aloha_proto::{
+    KillAppRequest, KillAppResponse, LaunchAppRequest, LaunchAppResponse, LogChunk, ReadLogRequest,
+};
 use async_trait::async_trait;
+use tokio_stream::{Stream, StreamExt};
 use tonic::transport::{Channel, Endpoint};
+
+/// Why a worker did not serve a log request; the gRPC code, classified once here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogCallError {
+    /// The worker has no such attempt or file (its message says which).
+    #[error("{0}")]
+    NotFound(String),
+    /// The worker refused the request's fields (a malformed id, an offset past the end).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The worker serves as many followers as it will.
+    #[error("{0}")]
+    Busy(String),
+    /// The worker could not be reached, or the connection broke.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// Anything else the worker or the transport said.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<tonic::Status> for LogCallError {
+    fn from(s: tonic::Status) -> Self {
+        let m = s.message().to_string();
+        match s.code() {
+            tonic::Code::NotFound => LogCallError::NotFound(m),
+            tonic::Code::InvalidArgument | tonic::Code::OutOfRange => LogCallError::BadRequest(m),
+            tonic::Code::ResourceExhausted => LogCallError::Busy(m),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                LogCallError::Unreachable(m)
+            }
+            code => LogCallError::Failed(format!("{code}: {m}")),
+        }
+    }
+}
+
+/// The chunks of a followed log, until the attempt ended (the last has `ended`) or an error.
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, LogCallError>> + Send>>;
 
 /// Sends commands to the WorkerService at a worker's address.
 #[async_trait]
@@ -21,6 +63,22 @@ pub trait WorkerConnector: Send + Sync + 'static {
     ) -> Result<LaunchAppResponse, String>;
     /// Asks the worker to kill an app attempt.
     async fn kill(&self, address: &str, req: KillAppRequest) -> Result<KillAppResponse, String>;
+    /// Reads a range of an app attempt's `stdout` or `stderr`.
+    async fn read_log(
+        &self,
+        _address: &str,
+        _req: ReadLogRequest,
+    ) -> Result<LogChunk, LogCallError> {
+        Err(LogCallError::Failed("this connector reads no logs".into()))
+    }
+    /// Follows an app attempt's `stdout` or `stderr` until the attempt ended.
+    async fn follow_log(
+        &self,
+        _address: &str,
+        _req: ReadLogRequest,
+    ) -> Result<LogStream, LogCallError> {
+        Err(LogCallError::Failed("this connector reads no logs".into()))
+    }
 }
 
 /// The real connector: one lazily connected gRPC channel per worker address.
@@ -30,6 +88,10 @@ pub struct GrpcWorkerConnector {
 }
 
 impl GrpcWorkerConnector {
+    fn log_client(&self, address: &str) -> Result<WorkerServiceClient<Channel>, LogCallError> {
+        self.client(address).map_err(LogCallError::Failed)
+    }
+
     fn client(&self, address: &str) -> Result<WorkerServiceClient<Channel>, String> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ch) = channels.get(address) {
@@ -70,5 +132,21 @@ impl WorkerConnector for GrpcWorkerConnector {
             .await
             .map(|r| r.into_inner())
             .map_err(|s| format!("{}: {}", s.code(), s.message()))
+    }
+
+    async fn read_log(&self, address: &str, req: ReadLogRequest) -> Result<LogChunk, LogCallError> {
+        let mut c = self.log_client(address)?;
+        Ok(c.read_log(req).await?.into_inner())
+    }
+
+    async fn follow_log(
+        &self,
+        address: &str,
+        req: ReadLogRequest,
+    ) -> Result<LogStream, LogCallError> {
+        let mut c = self.log_client(address)?;
+        // The channel's timeout bounds the call until the stream starts, not the stream.
+        let stream = c.follow_log(req).await?.into_inner();
+        Ok(Box::pin(stream.map(|r| r.map_err(LogCallError::from))))
     }
 }
