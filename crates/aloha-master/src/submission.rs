@@ -34,7 +34,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::master::{present, MasterError};
 use crate::node::Node;
@@ -540,6 +540,10 @@ fn not_alive(node: &Node, action: Action, what: &str, id: Option<&str>) -> Answe
         format!("{NOT_ALIVE}: {role}. Can only {what} in ALIVE state.{leader}"),
     );
     reply.submission_id = id.map(str::to_string);
+    debug!(
+        action = action.as_str(),
+        role, "not the leader: answered success false"
+    );
     Answer(StatusCode::OK, reply)
 }
 
