@@ -252,7 +252,28 @@ fn followers_per_worker_are_limited() {
     );
     // Reads are not followers.
     assert_eq!(get(&c, &logs(&id, "")).status(), 200);
+    // Followers that hang up free their places, plain or SSE, though the log is quiet.
     drop(held);
+    let sse = |c: &Cluster| {
+        client()
+            .get(format!("{}{}", c.api().base, logs(&id, "?follow=true")))
+            .header("accept", "text/event-stream")
+            .send()
+            .unwrap()
+    };
+    let held: Vec<Response> = (0..16)
+        .map(|_| {
+            wait_for("a follower's place", T, || {
+                let r = sse(&c);
+                (r.status() == 200).then_some(r)
+            })
+        })
+        .collect();
+    assert_eq!(get(&c, &logs(&id, "?follow=true")).status(), 429);
+    drop(held);
+    wait_for("a follower's place after SSE clients left", T, || {
+        (get(&c, &logs(&id, "?follow=true")).status() == 200).then_some(())
+    });
 }
 
 #[test]

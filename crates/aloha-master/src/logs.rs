@@ -346,7 +346,15 @@ fn sse_body(
         let mut text = Utf8Text::default();
         let mut pos = first.offset;
         let mut size = first.size;
-        while let Some(r) = chunks.next().await {
+        loop {
+            // A client that went away frees its place at the worker even while the log is quiet.
+            let r = tokio::select! {
+                r = chunks.next() => match r {
+                    Some(r) => r,
+                    None => return,
+                },
+                _ = tx.closed() => return,
+            };
             let chunk = match r {
                 Ok(c) => c,
                 Err(e) => {
