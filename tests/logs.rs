@@ -308,3 +308,34 @@ fn wait_worker_state(api: &aloha_e2e::Api, id: &str, state: &str) {
             .then_some(())
     });
 }
+
+#[test]
+fn alohactl_logs_prints_and_follows_an_apps_output() {
+    let c = aloha_e2e::Cluster::start("3s", &[("w1", 2)]);
+    let api = c.api();
+    let id = api.submit_cmd(
+        "talk",
+        &[
+            "sh",
+            "-c",
+            "echo out-1; echo err-1 >&2; sleep 1; echo out-2",
+        ],
+        serde_json::json!({}),
+    );
+    api.wait_state(&id, "RUNNING", std::time::Duration::from_secs(30));
+    let (code, out, err) = c.ctl(&["logs", "-f", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, "out-1\nout-2\n", "followed to the end");
+    let (code, out, err) = c.ctl(&["logs", "--stderr", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, "err-1\n");
+    let (code, out, _) = c.ctl(&["logs", "--attempt", "1", &id]);
+    assert_eq!((code, out.as_str()), (0, "out-1\nout-2\n"));
+    let (code, _, err) = c.ctl(&["logs", "app-20200101000000-0001"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("not found") || err.contains("expired"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

@@ -101,8 +101,26 @@ try {
   });
   if (sub.status !== 201) fail(`POST /api/v1/apps answered ${sub.status}`);
   const id = (await sub.json()).id;
-  await page.locator("ol.feed li", { hasText: id }).first().waitFor({ timeout: 15000 });
+  await page.locator("ul.feed li", { hasText: id }).first().waitFor({ timeout: 15000 });
   await shot("12-events-live");
+
+  // A schedule: its page shows the next runs; "Trigger a run now" adds a run live.
+  const sch = await fetch(`${base}/api/v1/schedules`, {
+    method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ name: "nightly", app: { kind: "process", spec: { command: ["true"] } },
+                           cron: "0 3 * * *", time_zone: "Europe/Berlin" }),
+  });
+  if (sch.status !== 201) fail(`POST /api/v1/schedules answered ${sch.status}`);
+  const sid = (await sch.json()).id;
+  await page.goto(`${base}/ui/schedules`);
+  await page.getByRole("link", { name: sid }).click();
+  await page.getByRole("heading", { name: "Next runs" }).waitFor();
+  await page.getByText("None yet.").waitFor();
+  await page.getByRole("button", { name: "Trigger a run now" }).click();
+  await page.locator("table", { hasText: "FINISHED" }).waitFor({ timeout: 30000 });
+  await page.getByRole("button", { name: "Pause" }).click();
+  await page.locator(".lead .state", { hasText: "PAUSED" }).waitFor();
+  await shot("13-schedule");
 
   if (problems.length) fail(problems.join("\n"));
   console.log(`console: every check passed; screenshots in ${out}`);

@@ -92,6 +92,9 @@ pub enum Command {
         #[arg(value_parser = parse_app_id)]
         id: String,
     },
+    /// Print an app's output (the last 64 KiB of stdout of its latest attempt); `-f` follows it
+    /// until the attempt ends.
+    Logs(LogsArgs),
     /// List workers with their resources; `workers drain|undrain <id>` for maintenance.
     Workers {
         /// Drain or undrain a worker (none: list them).
@@ -107,6 +110,23 @@ pub enum Command {
     /// cron expression or a fixed period.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
+}
+
+/// `alohactl logs`.
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// The app.
+    #[arg(value_parser = parse_app_id)]
+    pub id: String,
+    /// Follow the output until the attempt ends.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Print stderr instead of stdout.
+    #[arg(long)]
+    pub stderr: bool,
+    /// The attempt (default: the latest).
+    #[arg(long)]
+    pub attempt: Option<u32>,
 }
 
 /// `alohactl workers drain|undrain`.
@@ -791,7 +811,9 @@ mod tests {
         let cli = parse(&["workers", "undrain", "w1"]).unwrap();
         assert!(matches!(
             cli.command,
-            Command::Workers { action: Some(WorkersCommand::Undrain { .. }) }
+            Command::Workers {
+                action: Some(WorkersCommand::Undrain { .. })
+            }
         ));
     }
 

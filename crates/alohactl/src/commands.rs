@@ -27,6 +27,7 @@ pub fn run(cli: Cli, io: &mut Io<'_>) -> Result<(), CtlError> {
         Command::List(args) => list(&client, format, &args, io),
         Command::Kill { id } => kill(&client, format, &id, io),
         Command::Retry { id } => retry(&client, format, &id, io),
+        Command::Logs(args) => crate::logs::run(&client, &args, io),
         Command::Workers { action: None } => workers(&client, format, io),
         Command::Workers {
             action: Some(action),

@@ -23,6 +23,7 @@ mod commands;
 mod error;
 mod events;
 mod io;
+mod logs;
 mod output;
 mod schedules;
 mod wait;

@@ -46,6 +46,9 @@
   try {
     var es = new EventSource("/api/v1/events");
     es.onmessage = function () { if (!feed) schedule(300); };
+    // Changes between the page's render and the stream's (re)connection are not in the
+    // stream: look again once it is open.
+    es.onopen = function () { if (!feed) schedule(0); };
     ["app_state_changed", "app_relaunched", "worker_joined", "worker_lost", "leader_changed",
      "app.expired", "schedule.created", "schedule.updated", "schedule.fired", "schedule.skipped",
      "schedule.missed", "schedule.paused", "schedule.resumed", "schedule.ended",

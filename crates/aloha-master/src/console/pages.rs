@@ -433,6 +433,14 @@ pub(crate) async fn schedules(State(node): State<Arc<Node>>, headers: HeaderMap)
     page(&f, "Schedules", "/ui/schedules", body)
 }
 
+/// A policy as the API names it (`run_latest`).
+fn api_name(v: &impl serde::Serialize) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 fn rule(s: &aloha_core::schedules::ScheduleRequest) -> Markup {
     let zone = s.time_zone.clone().unwrap_or_else(|| "UTC".into());
     html! {
@@ -469,8 +477,8 @@ pub(crate) async fn schedule(
         }
         dl.fields {
             dt { "Rule" } dd { (rule(spec)) }
-            dt { "Overlap" } dd { (format!("{:?}", spec.overlap).to_lowercase()) }
-            dt { "Misfire" } dd { (format!("{:?}", spec.misfire).to_lowercase()) " (grace " (aloha_core::app::format_duration(spec.misfire_grace)) ")" }
+            dt { "Overlap" } dd { (api_name(&spec.overlap)) }
+            dt { "Misfire" } dd { (api_name(&spec.misfire)) " (grace " (aloha_core::app::format_duration(spec.misfire_grace)) ")" }
             dt { "Start" } dd { (opt_time(&spec.start_at)) }
             dt { "End" } dd { (opt_time(&spec.end_at)) }
             dt { "Last scheduled" } dd { (opt_time(&s.schedule.last_scheduled_at)) }
@@ -523,7 +531,7 @@ pub(crate) async fn events(State(node): State<Arc<Node>>, headers: HeaderMap) ->
     let body = html! {
         h1 { "Events" }
         p { "State changes as they happen, newest first." }
-        ol.feed data-feed reversed { }
+        ul.feed data-feed { }
     };
     page(&f, "Events", "/ui/events", body)
 }
