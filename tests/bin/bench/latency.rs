@@ -4,8 +4,6 @@
 //! read on its own thread) delivers the app's change to RUNNING: no polling interval in it.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -13,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::report::{ms, percentile, report};
-use crate::setup::{app_body, Setup};
+use crate::setup::{app_body, EventStream, Setup};
 use crate::T;
 
 #[derive(clap::Args)]
@@ -29,29 +27,18 @@ pub(crate) struct LatencyArgs {
     write: Option<PathBuf>,
 }
 
-/// Reads an SSE stream and sends `(app_id, when)` for every change to RUNNING. Ends when the
-/// stream does (the master stops) or the receiver is gone.
-fn read_running(body: impl BufRead, tx: mpsc::Sender<(String, Instant)>) {
-    let mut data = String::new();
-    for line in body.lines() {
-        let Ok(line) = line else { return };
-        if let Some(d) = line.strip_prefix("data:") {
-            data.push_str(d.trim_start());
-        } else if line.is_empty() && !data.is_empty() {
-            // A blank line ends an SSE event.
-            let at = Instant::now();
-            if let Ok(e) = serde_json::from_str::<Value>(&data) {
-                if e["new_state"] == "RUNNING" {
-                    if let Some(id) = e["app_id"].as_str() {
-                        if tx.send((id.to_string(), at)).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            data.clear();
-        }
-    }
+/// The app of an event that is a change to RUNNING.
+fn running(data: &str) -> Option<String> {
+    let e = serde_json::from_str::<Value>(data).ok()?;
+    (e["new_state"] == "RUNNING")
+        .then(|| e["app_id"].as_str().map(str::to_string))
+        .flatten()
+}
+
+/// Sends `(app_id, when)` for every change to RUNNING; false once the receiver is gone.
+fn send_running(data: &str, tx: &mpsc::Sender<(String, Instant)>) -> bool {
+    let at = Instant::now();
+    running(data).is_none_or(|id| tx.send((id, at)).is_ok())
 }
 
 /// Per app: (submit → 201, submit → RUNNING), in submission order.
@@ -63,43 +50,11 @@ fn latency_run(a: &LatencyArgs) -> Vec<(Duration, Duration)> {
     let api = s.masters[0].api.clone();
     api.wait_alive_workers(1, T);
 
-    // A plain HTTP/1.0 request on a socket of our own (no chunked encoding: the body is the
-    // stream itself), so the run can close it at the end: the master waits for open
-    // connections before it exits.
-    let addr = api.base.trim_start_matches("http://").to_string();
-    let mut sock = TcpStream::connect(&addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    write!(
-        sock,
-        "GET /api/v1/events?type=app_state_changed HTTP/1.0\r\nHost: {addr}\r\n\
-         Accept: text/event-stream\r\n\r\n"
-    )
-    .expect("send the event stream request");
-    let mut reader = BufReader::new(sock.try_clone().expect("dup socket"));
-    let mut status = String::new();
-    reader.read_line(&mut status).expect("read the status line");
-    assert!(status.contains(" 200"), "GET /api/v1/events: {status}");
-    // Skip the headers: once they are out, the stream's starting point is fixed and every
-    // later event comes.
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("read the headers");
-        if line.trim().is_empty() {
-            break;
-        }
-    }
     let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || read_running(reader, tx));
-    // Closes the stream (and so ends the reader) however the run ends.
-    struct Close(TcpStream, Option<std::thread::JoinHandle<()>>);
-    impl Drop for Close {
-        fn drop(&mut self) {
-            let _ = self.0.shutdown(Shutdown::Both);
-            if let Some(h) = self.1.take() {
-                let _ = h.join();
-            }
-        }
-    }
-    let _close = Close(sock, Some(reader));
+    // Closed (and its reader ended) however the run ends.
+    let _stream = EventStream::open(&api, "type=app_state_changed", move |data| {
+        send_running(data, &tx)
+    });
 
     let mut early: HashMap<String, Instant> = HashMap::new();
     let mut wait_running = |id: &str| -> Instant {
@@ -168,6 +123,7 @@ pub(crate) fn latency(a: &LatencyArgs, command_line: &str) -> Result<(), String>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::setup::read_sse;
 
     #[test]
     fn running_changes_are_read_from_the_stream() {
@@ -180,7 +136,8 @@ mod tests {
             data: {\"seq\":3,\"type\":\"app_state_changed\",\"app_id\":\"a2\",\"new_state\":\"RUNNING\"}\n";
         let (tx, rx) = mpsc::channel();
         // The last event has no closing blank line: the stream ended mid-event.
-        read_running(stream.as_bytes(), tx);
+        read_sse(stream.as_bytes(), |d| send_running(d, &tx));
+        drop(tx);
         let got: Vec<String> = rx.iter().map(|(id, _)| id).collect();
         assert_eq!(got, vec!["a1".to_string()]);
     }

@@ -1,6 +1,7 @@
 //! Many submissions fast: `connections` tasks on one tokio runtime, each keeping its own
 //! keep-alive connection busy, until `n` apps are acknowledged. Used to fill a queue (`queue`)
-//! and to feed the simulated workers (`scale`); what it measures is the master, not itself.
+//! and to feed the simulated workers (`scale`), and to create schedules (`schedules`); what it
+//! measures is the master, not itself.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,29 +17,47 @@ pub(crate) async fn submit_many_async(
     connections: usize,
     done: Arc<AtomicUsize>,
 ) -> Result<(), String> {
+    let body = app_body("load").to_string();
+    let url = format!("{base}/api/v1/apps");
+    post_many_async(&url, n, connections, done, move |_| body.clone()).await
+}
+
+/// POSTs `n` JSON bodies (`body(i)` for the i-th) to `url` from `connections` concurrent tasks,
+/// each on its own keep-alive connection; `done` counts the `201`s as they come. Fails at the
+/// first other answer.
+pub(crate) async fn post_many_async(
+    url: &str,
+    n: usize,
+    connections: usize,
+    done: Arc<AtomicUsize>,
+    body: impl Fn(usize) -> String + Send + Sync + 'static,
+) -> Result<(), String> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(connections)
         .timeout(Duration::from_secs(60))
         .build()
         .map_err(|e| format!("http client: {e}"))?;
-    let url = format!("{base}/api/v1/apps");
-    let body = app_body("load").to_string();
+    let body = Arc::new(body);
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..connections.max(1) {
         let (client, url, body, next, done) = (
             client.clone(),
-            url.clone(),
+            url.to_string(),
             body.clone(),
             next.clone(),
             done.clone(),
         );
         tasks.spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < n {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok(());
+                }
                 let r = client
                     .post(&url)
                     .header("content-type", "application/json")
-                    .body(body.clone())
+                    .body(body(i))
                     .send()
                     .await
                     .map_err(|e| format!("POST {url}: {e}"))?;
@@ -50,7 +69,6 @@ pub(crate) async fn submit_many_async(
                 }
                 done.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(())
         });
     }
     let mut first_err = None;

@@ -15,7 +15,9 @@
 //! - `queue.rs`: submission latency with 0, 100k, 1M apps queued, and the master's RSS.
 //! - `scale.rs`: thousands of simulated workers over real gRPC (`simworkers.rs`): apps to
 //!   FINISHED, placements/s, the master's CPU for heartbeats.
-//! - `setup.rs`: the processes of one run; `load.rs`: many concurrent submissions;
+//! - `schedules.rs`: 100k schedules firing every minute, their runs on the simulated workers:
+//!   fire lag from the event stream, and no firing lost or doubled.
+//! - `setup.rs`: the processes of one run and the event stream; `load.rs`: many concurrent submissions;
 //!   `report.rs`: percentiles, the printed tables and `--write`.
 //!
 //! Build first (`cargo build --workspace`, or `--release` with `aloha-bench --release`): the
@@ -32,6 +34,7 @@ mod load;
 mod queue;
 mod report;
 mod scale;
+mod schedules;
 mod setup;
 mod simworkers;
 mod submit;
@@ -74,6 +77,8 @@ enum Cmd {
     Queue(queue::QueueArgs),
     /// Thousands of simulated workers over gRPC: apps to FINISHED, heartbeat CPU.
     Scale(scale::ScaleArgs),
+    /// Many schedules firing every minute, runs on simulated workers: fire lag, lost, doubled.
+    Schedules(schedules::SchedulesArgs),
     /// The bare axum endpoint `http` compares with (started by `http` itself).
     #[command(hide = true)]
     BareServer(bare::BareArgs),
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
         Cmd::Latency(a) => latency::latency(&a, &command_line),
         Cmd::Queue(a) => queue::queue(&a, &command_line),
         Cmd::Scale(a) => scale::scale(&a, &command_line),
+        Cmd::Schedules(a) => schedules::schedules(&a, &command_line),
         Cmd::BareServer(_) => unreachable!("handled above"),
     };
     match result {

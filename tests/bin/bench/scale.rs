@@ -45,7 +45,7 @@ pub(crate) struct ScaleArgs {
 const FINISHED_TOTAL: &str = "aloha_app_transitions_total{state=\"FINISHED\"}";
 
 /// CPU time (user + system) a process has used, from `/proc/<pid>/stat`.
-fn cpu_time(pid: i32) -> Option<Duration> {
+pub(crate) fn cpu_time(pid: i32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // "pid (comm) state ...": comm may hold spaces, so count fields after the last ')'.
     let rest: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
@@ -58,7 +58,7 @@ fn cpu_time(pid: i32) -> Option<Duration> {
 
 /// Lifts the open-file limit to its hard maximum: every simulated worker holds a listener and
 /// two connections here, and the master (which inherits the limit) one connection each way.
-fn raise_fd_limit() -> u64 {
+pub(crate) fn raise_fd_limit() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

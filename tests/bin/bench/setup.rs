@@ -1,4 +1,7 @@
-//! The processes of one run and how to read a master's metrics.
+//! The processes of one run, how to read a master's metrics, and its event stream.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Shutdown, TcpStream};
 
 use aloha_e2e::etcd::EtcdCluster;
 use aloha_e2e::{free_port, start_worker, wait_for, Api, MasterOpts, MasterProc, Proc, WorkerOpts};
@@ -109,4 +112,78 @@ pub(crate) fn metrics(api: &Api) -> String {
     reqwest::blocking::get(&url)
         .and_then(|r| r.error_for_status()?.text())
         .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// `GET /api/v1/events?QUERY`, read on a thread of its own. The request is plain HTTP/1.0 on a
+/// socket of our own (no chunked encoding: the body is the stream itself), so dropping this
+/// closes it: the master waits for open connections before it exits.
+pub(crate) struct EventStream {
+    sock: TcpStream,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EventStream {
+    /// Opens the stream and returns once its headers are read: from then on the stream's
+    /// starting point is fixed and every later event comes. The thread passes each event's
+    /// `data` to `on_event` until it returns false or the stream ends.
+    pub(crate) fn open(
+        api: &Api,
+        query: &str,
+        on_event: impl FnMut(&str) -> bool + Send + 'static,
+    ) -> EventStream {
+        let addr = api.base.trim_start_matches("http://").to_string();
+        let mut sock = TcpStream::connect(&addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        write!(
+            sock,
+            "GET /api/v1/events?{query} HTTP/1.0\r\nHost: {addr}\r\n\
+             Accept: text/event-stream\r\n\r\n"
+        )
+        .expect("send the event stream request");
+        let mut reader = BufReader::new(sock.try_clone().expect("dup socket"));
+        let mut status = String::new();
+        reader.read_line(&mut status).expect("read the status line");
+        assert!(
+            status.contains(" 200"),
+            "GET /api/v1/events?{query}: {status}"
+        );
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("read the headers");
+            if line.trim().is_empty() {
+                break;
+            }
+        }
+        let reader = std::thread::spawn(move || read_sse(reader, on_event));
+        EventStream {
+            sock,
+            reader: Some(reader),
+        }
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        let _ = self.sock.shutdown(Shutdown::Both);
+        if let Some(h) = self.reader.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Reads an SSE stream, passing each event's `data` to `on_event` until it returns false or the
+/// stream ends (an event cut off by the end is dropped).
+pub(crate) fn read_sse(body: impl BufRead, mut on_event: impl FnMut(&str) -> bool) {
+    let mut data = String::new();
+    for line in body.lines() {
+        let Ok(line) = line else { return };
+        if let Some(d) = line.strip_prefix("data:") {
+            data.push_str(d.trim_start());
+        } else if line.is_empty() && !data.is_empty() {
+            // A blank line ends an SSE event.
+            if !on_event(&data) {
+                return;
+            }
+            data.clear();
+        }
+    }
 }
