@@ -8,7 +8,7 @@ use crate::app::{App, AppId};
 use crate::worker::WorkerId;
 
 /// Every error response: `{"error": "..."}` plus, on a standby, where the leader is.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// What went wrong, one line.
     pub error: String,
@@ -18,7 +18,7 @@ pub struct ErrorBody {
 }
 
 /// `GET /api/v1/apps`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AppList {
     /// Apps, newest first.
     pub apps: Vec<App>,
@@ -28,7 +28,7 @@ pub struct AppList {
 }
 
 /// One worker in `GET /api/v1/workers`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkerInfo {
     /// Id.
     pub id: WorkerId,
@@ -59,14 +59,14 @@ pub struct WorkerInfo {
 }
 
 /// `GET /api/v1/workers`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkerList {
     /// Workers, by id.
     pub workers: Vec<WorkerInfo>,
 }
 
 /// A master's role in the cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Role {
     /// The leader, scheduling.
@@ -78,7 +78,7 @@ pub enum Role {
 }
 
 /// `GET /api/v1/cluster`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterInfo {
     /// This master's role.
     pub role: Role,
@@ -97,7 +97,7 @@ pub struct ClusterInfo {
 
 /// A schedule as the API serves it: the record, its state and its next nominal times (the
 /// states of `recent_runs` filled in from the apps).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScheduleInfo {
     /// The record.
     #[serde(flatten)]
@@ -109,7 +109,7 @@ pub struct ScheduleInfo {
 }
 
 /// The body of `GET /api/v1/schedules`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScheduleList {
     /// A page of schedules, newest first.
     pub schedules: Vec<ScheduleInfo>,

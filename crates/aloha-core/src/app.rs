@@ -23,7 +23,9 @@ pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 pub const ON_DEMAND_KEEP: Duration = Duration::from_secs(60);
 
 /// What happens when an attempt ends by itself (not by a user's kill).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Restart {
     /// The app ends with its attempt.
@@ -78,7 +80,9 @@ pub fn format_duration(d: Duration) -> String {
 
 /// An app id, `app-<yyyymmddhhmmss>-<seq>`: unique across master restarts because the sequence
 /// is persisted with the app.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(transparent)]
 pub struct AppId(pub String);
 
@@ -189,7 +193,7 @@ impl<'de> Deserialize<'de> for Spec {
 }
 
 /// The body of `POST /api/v1/apps`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
     /// A human-readable name; need not be unique.
@@ -198,6 +202,7 @@ pub struct SubmitRequest {
     pub kind: String,
     /// Plugin-specific settings, handed to the plugin untouched. Must be a JSON object.
     #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
     pub spec: serde_json::Value,
     /// Cores the app needs on one worker (at least 1).
     #[serde(default = "default_cores")]
@@ -217,6 +222,7 @@ pub struct SubmitRequest {
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, example = "30s")]
     pub max_runtime: Option<Duration>,
     /// What happens when an attempt ends by itself: `never`, `on_failure`, `always`.
     #[serde(default, skip_serializing_if = "is_never")]
@@ -228,6 +234,7 @@ pub struct SubmitRequest {
         with = "humantime_serde",
         skip_serializing_if = "is_default_retry_backoff"
     )]
+    #[schema(value_type = String, example = "1s")]
     pub retry_backoff: Duration,
     /// The longest pause between relaunches.
     #[serde(
@@ -235,6 +242,7 @@ pub struct SubmitRequest {
         with = "humantime_serde",
         skip_serializing_if = "is_default_max_backoff"
     )]
+    #[schema(value_type = String, example = "1s")]
     pub max_backoff: Duration,
     /// Kept only in the master's memory: never stored, not recovered after a restart or a
     /// failover, forgotten a minute after it ends.
@@ -360,7 +368,7 @@ impl SubmitRequest {
 }
 
 /// One entry of an app's history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     /// The state entered.
     pub state: AppState,
@@ -372,7 +380,7 @@ pub struct HistoryEntry {
 }
 
 /// An app as the master keeps, persists and serves it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct App {
     /// Unique id.
     pub id: AppId,
@@ -383,6 +391,7 @@ pub struct App {
     /// Plugin kind.
     pub kind: String,
     /// Plugin spec from the submission.
+    #[schema(value_type = Object)]
     pub spec: Spec,
     /// Cores needed.
     pub cores: u32,
@@ -431,15 +440,18 @@ pub struct App {
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, example = "30s")]
     pub max_runtime: Option<Duration>,
     /// The restart policy.
     #[serde(default)]
     pub restart: Restart,
     /// The first relaunch pause of the restart policy (doubling per relaunch).
     #[serde(default = "default_retry_backoff", with = "humantime_serde")]
+    #[schema(value_type = String, example = "1s")]
     pub retry_backoff: Duration,
     /// The longest relaunch pause.
     #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    #[schema(value_type = String, example = "1s")]
     pub max_backoff: Duration,
     /// Kept in memory only (see [`SubmitRequest::on_demand`]).
     #[serde(default, skip_serializing_if = "is_false")]

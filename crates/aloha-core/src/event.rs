@@ -14,7 +14,7 @@ use crate::state::AppState;
 use crate::worker::{WorkerId, WorkerRecord, WorkerState};
 
 /// One event as stored, streamed and handed to listeners.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     /// Position in the event log: 1, 2, 3, ... without gaps.
     pub seq: u64,
@@ -26,7 +26,7 @@ pub struct Event {
 }
 
 /// The kinds of event, tagged by `type` in JSON.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventBody {
     /// An app changed state (including its submission, with `old_state` null).

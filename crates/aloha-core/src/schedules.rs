@@ -23,7 +23,9 @@ pub const MAX_BACKFILL: usize = 10_000;
 pub const MAX_MISFIRE_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A schedule id, `sched-<yyyymmddhhmmss>-<seq>`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(transparent)]
 pub struct ScheduleId(pub String);
 
@@ -46,7 +48,7 @@ impl fmt::Display for ScheduleId {
 }
 
 /// What a run does when an earlier run of the same schedule has not ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Overlap {
     /// The run is not created (counted in `skipped`).
@@ -63,7 +65,7 @@ pub enum Overlap {
 
 /// What happens to nominal times that could not fire within `misfire_grace` (the master was
 /// down, failing over or overloaded).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Misfire {
     /// Every missed time fires, oldest first.
@@ -77,7 +79,7 @@ pub enum Misfire {
 }
 
 /// A schedule's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ScheduleState {
     /// Firing.
@@ -130,13 +132,14 @@ fn default_misfire_grace() -> Duration {
 /// The app every run of a schedule is made from: a submission without its name (a run is named
 /// `<schedule name>@<nominal time>`). On-demand runs are not offered: a run must survive a
 /// failover to be run exactly once.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppTemplate {
     /// The plugin kind.
     pub kind: String,
     /// The plugin spec.
     #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
     pub spec: serde_json::Value,
     /// Cores.
     #[serde(default = "default_cores")]
@@ -156,15 +159,18 @@ pub struct AppTemplate {
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, example = "30s")]
     pub max_runtime: Option<Duration>,
     /// Restart policy.
     #[serde(default)]
     pub restart: Restart,
     /// First relaunch pause.
     #[serde(default = "default_retry_backoff", with = "humantime_serde")]
+    #[schema(value_type = String, example = "1s")]
     pub retry_backoff: Duration,
     /// Longest relaunch pause.
     #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    #[schema(value_type = String, example = "1s")]
     pub max_backoff: Duration,
 }
 
@@ -190,7 +196,7 @@ impl AppTemplate {
 }
 
 /// The body of `POST /api/v1/schedules`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleRequest {
     /// Name; runs are named `<name>@<nominal time>`.
@@ -202,6 +208,7 @@ pub struct ScheduleRequest {
     pub cron: Option<String>,
     /// A fixed period (at least 1s) from `start_at`.
     #[serde(default, with = "humantime_serde")]
+    #[schema(value_type = Option<String>, example = "30s")]
     pub every: Option<Duration>,
     /// IANA zone for `cron` (default UTC).
     #[serde(default)]
@@ -223,13 +230,52 @@ pub struct ScheduleRequest {
     pub misfire: Misfire,
     /// How late a nominal time may fire and still be on time.
     #[serde(default = "default_misfire_grace", with = "humantime_serde")]
+    #[schema(value_type = String, example = "1s")]
     pub misfire_grace: Duration,
     /// Largest per-schedule offset added to every nominal time.
     #[serde(default, with = "humantime_serde")]
+    #[schema(value_type = String, example = "1s")]
     pub jitter: Duration,
     /// Created paused.
     #[serde(default)]
     pub paused: bool,
+}
+
+/// The fields of a [`ScheduleRequest`] as a stored schedule carries them, for the API
+/// description only: the same fields, but without the request's "no other field" rule, which
+/// would forbid the record's own fields beside them. A test keeps the two in step.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+pub struct ScheduleFields {
+    /// Name; runs are named `<name>@<nominal time>`.
+    name: String,
+    /// The runs' template.
+    app: AppTemplate,
+    /// A cron expression; exactly one of `cron` and `every`.
+    cron: Option<String>,
+    /// A fixed period (at least 1s) from `start_at`.
+    #[schema(value_type = Option<String>, example = "30s")]
+    every: Option<Duration>,
+    /// IANA zone for `cron` (default UTC).
+    time_zone: Option<String>,
+    /// First possible nominal time.
+    start_at: Option<DateTime<Utc>>,
+    /// No nominal time at or after it.
+    end_at: Option<DateTime<Utc>>,
+    /// Overlap policy.
+    overlap: Overlap,
+    /// Most runs waiting under `overlap: queue`.
+    max_queued: u32,
+    /// Misfire policy.
+    misfire: Misfire,
+    /// How late a nominal time may fire and still be on time.
+    #[schema(value_type = String, example = "10s")]
+    misfire_grace: Duration,
+    /// Largest per-schedule offset added to every nominal time.
+    #[schema(value_type = String, example = "0s")]
+    jitter: Duration,
+    /// Paused.
+    paused: bool,
 }
 
 impl ScheduleRequest {
@@ -273,7 +319,7 @@ impl ScheduleRequest {
 
 /// `PATCH /api/v1/schedules/{id}`: any subset of the fields. `null` clears an optional field
 /// (`cron`, `every`, `time_zone`, `end_at`).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulePatch {
     /// Name.
@@ -285,6 +331,7 @@ pub struct SchedulePatch {
     pub cron: Option<Option<String>>,
     /// Every.
     #[serde(default, deserialize_with = "some_duration")]
+    #[schema(value_type = Option<String>)]
     pub every: Option<Option<Duration>>,
     /// Zone.
     #[serde(default, deserialize_with = "some")]
@@ -302,9 +349,11 @@ pub struct SchedulePatch {
     pub misfire: Option<Misfire>,
     /// Grace.
     #[serde(default, with = "humantime_serde")]
+    #[schema(value_type = Option<String>)]
     pub misfire_grace: Option<Duration>,
     /// Jitter.
     #[serde(default, with = "humantime_serde")]
+    #[schema(value_type = Option<String>)]
     pub jitter: Option<Duration>,
     /// Paused.
     pub paused: Option<bool>,
@@ -388,7 +437,7 @@ impl SchedulePatch {
 }
 
 /// A schedule's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Counters {
     /// Runs created (backfills and triggers included).
     pub runs: u64,
@@ -399,7 +448,7 @@ pub struct Counters {
 }
 
 /// One of a schedule's latest runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecentRun {
     /// The run's app.
     pub app_id: AppId,
@@ -411,7 +460,7 @@ pub struct RecentRun {
 }
 
 /// A schedule as the master keeps and persists it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Schedule {
     /// Id.
     pub id: ScheduleId,
@@ -419,6 +468,7 @@ pub struct Schedule {
     pub seq: u64,
     /// The request as it is now (creation plus patches), `start_at` resolved.
     #[serde(flatten)]
+    #[schema(value_type = ScheduleFields)]
     pub spec: ScheduleRequest,
     /// Whether its last nominal time passed and its runs ended.
     #[serde(default)]
@@ -436,10 +486,12 @@ pub struct Schedule {
     pub counters: Counters,
     /// The latest runs, newest last.
     #[serde(default)]
+    #[schema(value_type = Vec<RecentRun>)]
     pub recent_runs: VecDeque<RecentRun>,
     /// Nominal times waiting for earlier runs to end (`queue`, `cancel_previous`), oldest
     /// first.
     #[serde(default)]
+    #[schema(value_type = Vec<DateTime<Utc>>)]
     pub pending: VecDeque<DateTime<Utc>>,
 }
 
@@ -475,5 +527,30 @@ impl Schedule {
         while self.recent_runs.len() > RECENT_RUNS {
             self.recent_runs.pop_front();
         }
+    }
+}
+
+#[cfg(test)]
+mod schema_tests {
+    use utoipa::PartialSchema;
+
+    fn properties(schema: utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>) -> Vec<String> {
+        let v = serde_json::to_value(schema).unwrap();
+        let mut p: Vec<String> = v["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        p.sort();
+        p
+    }
+
+    #[test]
+    fn the_documented_fields_of_a_schedule_are_those_of_its_request() {
+        assert_eq!(
+            properties(super::ScheduleFields::schema()),
+            properties(super::ScheduleRequest::schema())
+        );
     }
 }

@@ -21,7 +21,19 @@ use serde::{Deserialize, Serialize};
 ///
 /// SUBMITTED and RELAUNCHING are the waiting states (the app is in the queue); FINISHED, FAILED,
 /// KILLED and ERROR are terminal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AppState {
     /// Accepted and queued, never launched.

@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// A worker id, chosen by the worker (`--id`) and stable for the life of its process.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(transparent)]
 pub struct WorkerId(pub String);
 
@@ -106,7 +108,7 @@ pub struct Drain {
 
 /// A worker's state as the API shows it: its health, or for an ALIVE worker being drained,
 /// `DRAINING` (apps still on it) or `DRAINED` (empty).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum WorkerStatus {
     /// Registered and heartbeating, taking apps.

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use aloha_core::api::{AppList, WorkerList};
-use aloha_core::api::{ScheduleInfo, ScheduleList};
+use aloha_core::api::{ClusterInfo, ErrorBody, ScheduleInfo, ScheduleList, WorkerInfo};
 use aloha_core::cluster::schedules::RunOutcome;
 use aloha_core::cluster::Placement;
 use aloha_core::schedules::{Overlap, ScheduleId, SchedulePatch, ScheduleRequest};
+use aloha_core::App;
 use aloha_core::{AppState, SubmitRequest};
 use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -72,6 +73,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/apps", post(submit).get(list))
         .route("/api/v1/apps/{id}", get(show))
         .route("/api/v1/apps/{id}/kill", post(kill))
@@ -109,6 +111,40 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
+/// The OpenAPI 3.1 description of the REST API, generated from the handlers and the types.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Aloha-rs REST API",
+        description = "The master's REST API: apps, schedules, workers, the cluster, events, logs and probes. Every error is `{\"error\": \"...\"}`; a standby answers writes with 503 and the leader's address. The web console (`/`, `/ui/...`) and Spark's submission protocol (`--submission-addr`) are not part of this API.",
+    ),
+    paths(
+        healthz, readyz, metrics, openapi, submit, list, show, kill, retry,
+        crate::logs::app_logs, create_schedule, list_schedules, show_schedule, update_schedule,
+        delete_schedule, pause_schedule, resume_schedule, trigger_schedule, backfill_schedule,
+        workers, drain_worker, undrain_worker, cluster, crate::stream::events,
+    ),
+    components(schemas(
+        App, AppState, SubmitRequest, AppList, ErrorBody, WorkerInfo, WorkerList, ClusterInfo,
+        ScheduleInfo, ScheduleList, ScheduleRequest, SchedulePatch, aloha_core::Event,
+    )),
+    tags(
+        (name = "apps", description = "Submit, list, inspect, kill and retry apps; their logs"),
+        (name = "schedules", description = "Cron and fixed-period schedules"),
+        (name = "workers", description = "Workers and their drains"),
+        (name = "cluster", description = "Leadership"),
+        (name = "events", description = "The event stream"),
+        (name = "probes", description = "Liveness, readiness, metrics, this document"),
+    )
+)]
+pub struct ApiDoc;
+
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "probes",
+    responses((status = 200, description = "this document (OpenAPI 3.1)", body = Object)))]
+async fn openapi() -> impl IntoResponse {
+    Json(<ApiDoc as utoipa::OpenApi>::openapi())
+}
+
 /// Times every routed request into `aloha_http_request_duration_seconds{route}`.
 async fn track(
     State(node): State<Arc<Node>>,
@@ -125,6 +161,8 @@ async fn track(
     next.run(req).await
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "probes",
+    responses((status = 200, description = "the process serves HTTP: its role, epoch and the leader", body = Object)))]
 async fn healthz(State(m): State<Arc<Node>>) -> impl IntoResponse {
     let c = m.cluster().await;
     Json(serde_json::json!({"status": "ok", "role": c.role, "epoch": c.epoch, "leader": c.leader}))
@@ -132,6 +170,9 @@ async fn healthz(State(m): State<Arc<Node>>) -> impl IntoResponse {
 
 /// `GET /readyz`: 200 only on the ALIVE leader whose store answers, else 503 with the reason
 /// (for load balancers: send clients to the leader only).
+#[utoipa::path(get, path = "/readyz", tag = "probes",
+    responses((status = 200, description = "the ALIVE leader whose store answers", body = Object),
+              (status = 503, description = "not the ALIVE leader, or its store does not answer", body = ErrorBody)))]
 async fn readyz(State(m): State<Arc<Node>>) -> Response {
     match m.ready().await {
         Ok(()) => Json(serde_json::json!({"status": "ready", "role": m.role()})).into_response(),
@@ -139,6 +180,8 @@ async fn readyz(State(m): State<Arc<Node>>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "probes",
+    responses((status = 200, description = "Prometheus / OpenMetrics text", content_type = "application/openmetrics-text", body = String)))]
 async fn metrics(State(m): State<Arc<Node>>) -> impl IntoResponse {
     (
         [(
@@ -154,6 +197,15 @@ async fn metrics(State(m): State<Arc<Node>>) -> impl IntoResponse {
 /// differs). `?dry_run=true`: 200 with the app as it would be and its placement, nothing
 /// created. `?wait=30s`: the answer comes when the app ended or the wait ran out, with the
 /// app as it then is.
+#[utoipa::path(post, path = "/api/v1/apps", tag = "apps",
+    params(("dry_run" = Option<bool>, Query, description = "validate and place, create nothing (200)"),
+           ("wait" = Option<String>, Query, description = "answer once the app ended or this ran out (e.g. 30s, at most 300s)"),
+           ("Idempotency-Key" = Option<String>, Header, description = "a repeat with the same key and body answers 200 with the first app")),
+    request_body = SubmitRequest,
+    responses((status = 201, description = "created and durable", body = App),
+              (status = 200, description = "an idempotent repeat (the first app), or a dry run (the app as it would be, with dry_run and placement)", body = App),
+              (status = 400, description = "invalid submission, key or query", body = ErrorBody), (status = 409, description = "the key was used with another body", body = ErrorBody),
+              (status = 422, description = "unknown kind or field, or a body of the wrong type", body = ErrorBody), (status = 503, description = "not the leader (the body names it), or the store failed", body = ErrorBody)))]
 async fn submit(
     State(m): State<Arc<Node>>,
     headers: HeaderMap,
@@ -227,6 +279,12 @@ fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     Ok(limit.min(MAX_LIST_LIMIT))
 }
 
+#[utoipa::path(get, path = "/api/v1/apps", tag = "apps",
+    params(("state" = Option<AppState>, Query, description = "only apps in this state"),
+           ("limit" = Option<usize>, Query, description = "page size, default 100, served up to 1000"),
+           ("after" = Option<String>, Query, description = "the cursor: the `next` of the previous page"),
+           ("schedule_id" = Option<String>, Query, description = "only the runs of this schedule")),
+    responses((status = 200, description = "a page, newest first", body = AppList), (status = 400, description = "a bad query", body = ErrorBody)))]
 async fn list(
     State(m): State<Arc<Node>>,
     q: Result<Query<ListQuery>, QueryRejection>,
@@ -255,6 +313,9 @@ async fn list(
     Ok(Json(AppList { apps, next }))
 }
 
+#[utoipa::path(get, path = "/api/v1/apps/{id}", tag = "apps",
+    params(("id" = String, Path, description = "app id")),
+    responses((status = 200, description = "the app", body = App), (status = 404, description = "unknown or expired", body = ErrorBody)))]
 async fn show(State(m): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult<Response> {
     Ok(Json(m.app(&id).await?).into_response())
 }
@@ -265,6 +326,11 @@ struct KillBody {
     reason: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/apps/{id}/kill", tag = "apps",
+    params(("id" = String, Path, description = "app id")),
+    request_body(content = Object, description = "optional: {\"reason\": \"...\"}"),
+    responses((status = 202, description = "kill requested", body = App), (status = 400, description = "a bad body", body = ErrorBody),
+              (status = 404, description = "unknown or expired", body = ErrorBody), (status = 409, description = "the app already ended", body = ErrorBody), (status = 503, description = "not the leader (the body names it), or the store failed", body = ErrorBody)))]
 async fn kill(
     State(m): State<Arc<Node>>,
     Path(id): Path<String>,
@@ -288,6 +354,10 @@ async fn kill(
 }
 
 /// `POST /api/v1/apps/{id}/retry`: 201 with a new app made from the ended app's template.
+#[utoipa::path(post, path = "/api/v1/apps/{id}/retry", tag = "apps",
+    params(("id" = String, Path, description = "the ended app")),
+    responses((status = 201, description = "a new app from its template, with retry_of", body = App),
+              (status = 404, description = "unknown or expired", body = ErrorBody), (status = 409, description = "the app has not ended", body = ErrorBody), (status = 503, description = "not the leader (the body names it), or the store failed", body = ErrorBody)))]
 async fn retry(State(m): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult<Response> {
     let master = m.leader_master().await?;
     let app = master.retry(&id).await?;
@@ -313,6 +383,11 @@ const MAX_DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(7
 /// `POST /api/v1/workers/{id}/drain`: no new placements; apps still running at the deadline
 /// are stopped and relaunched elsewhere. 200 with the worker (`DRAINING`, or `DRAINED` when
 /// empty).
+#[utoipa::path(post, path = "/api/v1/workers/{id}/drain", tag = "workers",
+    params(("id" = String, Path, description = "worker id")),
+    request_body(content = Object, description = "optional: {\"deadline\": \"10m\"} (default 1h, at most 7 days)"),
+    responses((status = 200, description = "the worker, DRAINING or DRAINED", body = WorkerInfo),
+              (status = 400, description = "a bad deadline", body = ErrorBody), (status = 404, description = "unknown worker", body = ErrorBody), (status = 503, description = "not the leader (the body names it), or the store failed", body = ErrorBody)))]
 async fn drain_worker(
     State(m): State<Arc<Node>>,
     Path(id): Path<String>,
@@ -339,6 +414,10 @@ async fn drain_worker(
 }
 
 /// `POST /api/v1/workers/{id}/undrain`: the worker takes apps again.
+#[utoipa::path(post, path = "/api/v1/workers/{id}/undrain", tag = "workers",
+    params(("id" = String, Path, description = "worker id")),
+    responses((status = 200, description = "the worker, taking apps again", body = WorkerInfo),
+              (status = 404, description = "unknown worker", body = ErrorBody), (status = 503, description = "not the leader (the body names it), or the store failed", body = ErrorBody)))]
 async fn undrain_worker(
     State(m): State<Arc<Node>>,
     Path(id): Path<String>,
@@ -347,12 +426,16 @@ async fn undrain_worker(
     Ok(Json(master.drain(&id, None).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/workers", tag = "workers",
+    responses((status = 200, description = "every worker with its usage", body = WorkerList), (status = 503, description = "the store failed", body = ErrorBody)))]
 async fn workers(State(m): State<Arc<Node>>) -> ApiResult<Json<WorkerList>> {
     Ok(Json(WorkerList {
         workers: m.workers().await?,
     }))
 }
 
+#[utoipa::path(get, path = "/api/v1/cluster", tag = "cluster",
+    responses((status = 200, description = "this master's role, the leader, the epoch, the members", body = ClusterInfo)))]
 async fn cluster(State(m): State<Arc<Node>>) -> impl IntoResponse {
     Json(m.cluster().await)
 }
@@ -387,6 +470,10 @@ fn schedule_info(master: &Master, answer: ScheduleAnswer) -> ApiResult<ScheduleI
 }
 
 /// `POST /api/v1/schedules`: 201 with the schedule.
+#[utoipa::path(post, path = "/api/v1/schedules", tag = "schedules",
+    request_body = ScheduleRequest,
+    responses((status = 201, description = "created", body = ScheduleInfo),
+              (status = 400, description = "a bad rule, zone, window or template", body = ErrorBody), (status = 422, description = "unknown field or wrong type", body = ErrorBody), (status = 503, description = "not the leader (the body names it), or the store failed", body = ErrorBody)))]
 async fn create_schedule(
     State(m): State<Arc<Node>>,
     body: Result<Json<ScheduleRequest>, JsonRejection>,
@@ -410,6 +497,10 @@ struct ScheduleListQuery {
     after: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/schedules", tag = "schedules",
+    params(("limit" = Option<usize>, Query, description = "page size, default 100, up to 1000"),
+           ("after" = Option<String>, Query, description = "the cursor: the `next` of the previous page")),
+    responses((status = 200, description = "a page, newest first", body = ScheduleList), (status = 400, description = "a bad query", body = ErrorBody)))]
 async fn list_schedules(
     State(m): State<Arc<Node>>,
     q: Result<Query<ScheduleListQuery>, QueryRejection>,
@@ -420,6 +511,9 @@ async fn list_schedules(
     Ok(Json(m.schedules(after, limit).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/schedules/{id}", tag = "schedules",
+    params(("id" = String, Path, description = "schedule id")),
+    responses((status = 200, description = "the schedule", body = ScheduleInfo), (status = 404, description = "unknown schedule", body = ErrorBody)))]
 async fn show_schedule(
     State(m): State<Arc<Node>>,
     Path(id): Path<String>,
@@ -427,6 +521,11 @@ async fn show_schedule(
     Ok(Json(m.schedule(&id).await?))
 }
 
+#[utoipa::path(patch, path = "/api/v1/schedules/{id}", tag = "schedules",
+    params(("id" = String, Path, description = "schedule id")),
+    request_body = SchedulePatch,
+    responses((status = 200, description = "the schedule after the change", body = ScheduleInfo),
+              (status = 400, description = "a bad change", body = ErrorBody), (status = 404, description = "unknown schedule", body = ErrorBody), (status = 422, description = "unknown field or wrong type", body = ErrorBody), (status = 503, description = "not the leader (the body names it), or the store failed", body = ErrorBody)))]
 async fn update_schedule(
     State(m): State<Arc<Node>>,
     Path(id): Path<String>,
@@ -437,6 +536,10 @@ async fn update_schedule(
     Ok(Json(schedule_info(&master, answer)?))
 }
 
+#[utoipa::path(delete, path = "/api/v1/schedules/{id}", tag = "schedules",
+    params(("id" = String, Path, description = "schedule id")),
+    responses((status = 200, description = "the schedule as it was (its runs are left alone)", body = ScheduleInfo),
+              (status = 404, description = "unknown schedule", body = ErrorBody), (status = 503, description = "not the leader (the body names it), or the store failed", body = ErrorBody)))]
 async fn delete_schedule(
     State(m): State<Arc<Node>>,
     Path(id): Path<String>,
@@ -445,6 +548,10 @@ async fn delete_schedule(
     Ok(Json(schedule_info(&master, answer)?))
 }
 
+#[utoipa::path(post, path = "/api/v1/schedules/{id}/pause", tag = "schedules",
+    params(("id" = String, Path, description = "schedule id")),
+    responses((status = 200, description = "paused", body = ScheduleInfo), (status = 404, description = "unknown schedule", body = ErrorBody),
+              (status = 409, description = "the schedule has ended", body = ErrorBody), (status = 503, description = "not the leader (the body names it), or the store failed", body = ErrorBody)))]
 async fn pause_schedule(
     State(m): State<Arc<Node>>,
     Path(id): Path<String>,
@@ -453,6 +560,10 @@ async fn pause_schedule(
     Ok(Json(schedule_info(&master, answer)?))
 }
 
+#[utoipa::path(post, path = "/api/v1/schedules/{id}/resume", tag = "schedules",
+    params(("id" = String, Path, description = "schedule id")),
+    responses((status = 200, description = "resumed (times passed while paused are skipped)", body = ScheduleInfo),
+              (status = 404, description = "unknown schedule", body = ErrorBody), (status = 503, description = "not the leader (the body names it), or the store failed", body = ErrorBody)))]
 async fn resume_schedule(
     State(m): State<Arc<Node>>,
     Path(id): Path<String>,
@@ -491,6 +602,12 @@ fn outcome_json(t: chrono::DateTime<chrono::Utc>, o: &RunOutcome) -> serde_json:
 
 /// `POST /api/v1/schedules/{id}/trigger`: 201 with the run, 202 when it waits for earlier
 /// runs (`queue`, `cancel_previous`), 409 when the overlap policy skips it.
+#[utoipa::path(post, path = "/api/v1/schedules/{id}/trigger", tag = "schedules",
+    params(("id" = String, Path, description = "schedule id")),
+    request_body(content = Object, description = "optional: {\"overlap\": \"allow\"}"),
+    responses((status = 201, description = "the run", body = App),
+              (status = 202, description = "it waits for earlier runs", body = Object),
+              (status = 404, description = "unknown schedule", body = ErrorBody), (status = 409, description = "skipped by the overlap policy, or the schedule ended", body = ErrorBody), (status = 503, description = "not the leader (the body names it), or the store failed", body = ErrorBody)))]
 async fn trigger_schedule(
     State(m): State<Arc<Node>>,
     Path(id): Path<String>,
@@ -534,6 +651,12 @@ struct BackfillBody {
 
 /// `POST /api/v1/schedules/{id}/backfill`: the nominal times in `[start, end)` and, unless a
 /// dry run, what became of each.
+#[utoipa::path(post, path = "/api/v1/schedules/{id}/backfill", tag = "schedules",
+    params(("id" = String, Path, description = "schedule id")),
+    request_body(content = Object, description = "{\"start\", \"end\", \"dry_run\"}: RFC 3339 times, [start, end)"),
+    responses((status = 200, description = "{times, runs: [{scheduled_at, outcome, app_id | message}]}", body = Object),
+              (status = 400, description = "a bad window (more than 10000 times, or end before start)", body = ErrorBody), (status = 404, description = "unknown schedule", body = ErrorBody),
+              (status = 422, description = "a bad body", body = ErrorBody), (status = 503, description = "not the leader (the body names it), or the store failed", body = ErrorBody)))]
 async fn backfill_schedule(
     State(m): State<Arc<Node>>,
     Path(id): Path<String>,

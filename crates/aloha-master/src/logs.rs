@@ -260,6 +260,18 @@ fn header_pairs(t: &Target, chunk: Option<&LogChunk>) -> HeaderMap {
 }
 
 /// The handler.
+#[utoipa::path(get, path = "/api/v1/apps/{id}/logs", tag = "apps",
+    params(("id" = String, Path, description = "app id"),
+           ("stream" = Option<String>, Query, description = "stdout (default) or stderr"),
+           ("attempt" = Option<u32>, Query, description = "the attempt (default: the latest)"),
+           ("offset" = Option<u64>, Query, description = "read from this byte (default: the last `limit` bytes)"),
+           ("limit" = Option<u64>, Query, description = "at most this many bytes, default 65536, at most 1 MiB"),
+           ("follow" = Option<bool>, Query, description = "stream the log as it grows until the attempt ends (chunked text, or SSE with Accept: text/event-stream)")),
+    responses((status = 200, description = "the bytes, with X-Log-Size, X-Log-Offset, X-Log-Next-Offset, X-Log-Ended headers", content_type = "text/plain", body = String),
+              (status = 400, description = "bad parameters", body = aloha_core::api::ErrorBody),
+              (status = 404, description = "unknown or expired app, not launched yet, no such attempt or file", body = aloha_core::api::ErrorBody),
+              (status = 429, description = "too many followers on the app's worker", body = aloha_core::api::ErrorBody),
+              (status = 503, description = "the app's worker is gone or unreachable (the message names it)", body = aloha_core::api::ErrorBody)))]
 pub async fn app_logs(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,

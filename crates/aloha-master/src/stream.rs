@@ -72,6 +72,15 @@ fn sse_event(e: &Event) -> sse::Event {
 }
 
 /// The handler.
+#[utoipa::path(get, path = "/api/v1/events", tag = "events",
+    params(("type" = Option<String>, Query, description = "comma-separated event types"),
+           ("app_id" = Option<String>, Query, description = "only events about this app"),
+           ("kind" = Option<String>, Query, description = "only events about apps of this kind"),
+           ("after" = Option<u64>, Query, description = "start after this event sequence number (as Last-Event-ID)"),
+           ("follow" = Option<bool>, Query, description = "keep streaming (default true)"),
+           ("Last-Event-ID" = Option<String>, Header, description = "resume after this event")),
+    responses((status = 200, description = "Server-Sent Events; each `data` is an Event", content_type = "text/event-stream", body = aloha_core::Event),
+              (status = 400, description = "a bad filter", body = aloha_core::api::ErrorBody)))]
 pub async fn events(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,

@@ -192,7 +192,7 @@ impl Tally {
             return Slot::Unexpected;
         };
         // Exactly a whole number of periods after its start_at (no sub-µs part either).
-        let exact = f.scheduled_at.timestamp_subsec_nanos() % 1000 == 0;
+        let exact = f.scheduled_at.timestamp_subsec_nanos().is_multiple_of(1000);
         if d < 0 || d % PERIOD_US != 0 || !exact {
             return Slot::Unexpected;
         }
@@ -551,7 +551,7 @@ pub(crate) fn schedules(a: &SchedulesArgs, command_line: &str) -> Result<(), Str
          | minute | nominal times | fired | doubled | lost | fire lag p50 | p90 | p99 | max | received p99 |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n{rows}\n\
          Created {n} schedules in {created:.1} s ({create_rate:.0}/s, {conns} connections); \
-         the first nominal time came {lead} after the creation began. Over the {minutes} \
+         the first nominal time came {lead:.1} s after the creation began. Over the {minutes} \
          minutes: master CPU {cpu} of one core, bench CPU {bench_cpu}. Master RSS at the end: \
          {rss}. Runs FINISHED (acknowledged by the master): {finished}. Firings after the \
          window: {after}; at times not expected: {unexpected}; committed before their nominal \
@@ -567,7 +567,7 @@ pub(crate) fn schedules(a: &SchedulesArgs, command_line: &str) -> Result<(), Str
         created = r.creation.as_secs_f64(),
         create_rate = a.schedules as f64 / r.creation.as_secs_f64(),
         conns = a.connections,
-        lead = format!("{:.1} s", r.lead.as_secs_f64()),
+        lead = r.lead.as_secs_f64(),
         minutes = a.minutes,
         cpu = pct(r.cpu),
         bench_cpu = pct(r.bench_cpu),
