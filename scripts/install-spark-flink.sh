@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real Spark and Flink the end-to-end tests of the `spark` and `flink` plugins run
 # (tests/spark.rs, tests/flink.rs), skipping whatever is already there:
-#   - Java (a JRE; `apt-get install openjdk-17-jre-headless` when `java` is missing, as root),
+#   - Java (a JRE; `apt-get install openjdk-17-jre-headless` when `java` is missing, as root, and
+#     a JDK's javac and jar for the Spark submission test: `openjdk-17-jdk-headless`),
 #   - pyspark in one venv (its `bin/spark-submit`, with the Spark jars under site-packages),
 #   - apache-flink in another (a whole Flink distribution under site-packages/pyflink: bin/flink,
 #     bin/start-cluster.sh, conf/, lib/, examples/).
@@ -29,6 +30,16 @@ _aloha_tools_main() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >&2
   fi
   java -version 2>&1 | head -1 >&2
+  # The Spark submission protocol's test compiles a one-class jar: javac and jar (a JDK).
+  if ! command -v javac >/dev/null 2>&1 || ! command -v jar >/dev/null 2>&1; then
+    if [ "$(id -u)" != 0 ]; then
+      echo "javac/jar are missing: install a JDK 17 (apt-get install -y openjdk-17-jdk-headless) or run this as root" >&2
+      return 1
+    fi
+    echo "installing openjdk-17-jdk-headless" >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jdk-headless >&2
+  fi
 
   if ! command -v "$python" >/dev/null 2>&1; then
     echo "$python is missing: install Python 3.9-3.11 with venv and pip" >&2
