@@ -16,6 +16,10 @@
 //!   worker.
 //! - [`EventListener`] and [`declare_listener!`]: the same for a listener plugin.
 //! - [`ExitState`], [`ExitKind`], [`AppContext`], [`PluginEvent`]: the JSON payloads.
+//! - [`from_json`] and [`AppContext::spec_as`]: a spec or a configuration as the plugin's own
+//!   `serde` type, with errors that name the field.
+//! - [`testing`]: a plugin tested in-process (an [`AppContext`] around a spec and a temporary
+//!   app directory, an [`ExitNotifier`] that collects what the app reports).
 //! - [`abi`]: the raw `#[repr(C)]` types and symbol names.
 //! - `host` (cargo feature `host`): loading libraries, scanning a plugin directory, the safe
 //!   `AppInstance` handle the worker drives, and the `ListenerPlugin` / `ListenerInstance` pair
@@ -149,10 +153,13 @@ pub mod abi;
 mod export;
 #[cfg(feature = "host")]
 pub mod host;
+mod json;
 mod listener;
+pub mod testing;
 mod types;
 
 pub use export::{Application, ExitNotifier};
+pub use json::from_json;
 pub use listener::EventListener;
 pub use types::{AppContext, ExitKind, ExitState, PluginEvent};
 
@@ -160,3 +167,9 @@ pub use types::{AppContext, ExitKind, ExitState, PluginEvent};
 /// meaning of the C ABI (see the crate docs); hosts refuse plugins built with another value.
 /// Version 1 comprises both [`abi::ApplicationPluginV1`] and [`abi::ListenerPluginV1`].
 pub const ABI_VERSION: u32 = 1;
+
+/// `docs/plugin-guide.md`, whose Rust snippets `cargo test -p aloha-plugin --doc` compiles (and
+/// runs, unless marked `no_run`), so that the guide cannot drift from this crate.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/plugin-guide.md")]
+mod plugin_guide {}

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// How an app ended, from the plugin's point of view.
@@ -66,7 +67,9 @@ impl ExitState {
 pub struct AppContext {
     /// The app's description as JSON, the shape of `aloha_core::AppDescription`: `id`, `name`,
     /// `kind`, `spec` (the plugin-specific settings from the submission), `cores`, `memory_mb`,
-    /// `attempt` and `labels`. Kept as JSON so this crate does not depend on the domain crate and
+    /// `attempt` and `labels`, and when they apply `schedule_id` and `scheduled_at` (a
+    /// schedule's run: the schedule and the run's nominal time, RFC 3339 UTC) and `libs` (the
+    /// submission's libraries, paths or URLs). Kept as JSON so this crate does not depend on the domain crate and
     /// fields added there reach plugins without an ABI change.
     pub description: serde_json::Value,
     /// A directory that belongs to this attempt of the app: it exists when `create` is called,
@@ -124,6 +127,25 @@ impl AppContext {
         self.description
             .get("spec")
             .unwrap_or(&serde_json::Value::Null)
+    }
+
+    /// The spec as the plugin's own type `T`: the way to read a spec, so that serde checks it
+    /// and a bad one is refused in `create` with a message naming the field,
+    /// `invalid spec: seconds: invalid type: string "x", expected u64` (see
+    /// [`from_json`](crate::from_json)). Put `#[serde(deny_unknown_fields)]` on `T` so that a
+    /// misspelt field is refused (``invalid spec: secs: unknown field `secs`, expected
+    /// `seconds` ``) rather than silently ignored. A submission without a spec is JSON `null`,
+    /// which a struct refuses; use `Option<T>` to accept it.
+    pub fn spec_as<T: DeserializeOwned>(&self) -> Result<T, String> {
+        crate::from_json(self.spec()).map_err(|e| format!("invalid spec: {e}"))
+    }
+
+    /// The worker's configuration for this kind ([`conf`](AppContext::conf)) as the plugin's
+    /// own type `T`; errors read `invalid conf: <field>: <problem>`. The operator may set keys
+    /// that only a newer version of the plugin knows, so `#[serde(default)]` fits here better
+    /// than `deny_unknown_fields`.
+    pub fn conf_as<T: DeserializeOwned>(&self) -> Result<T, String> {
+        crate::from_json(&self.conf).map_err(|e| format!("invalid conf: {e}"))
     }
 
     /// The attempt number (`description.attempt`), if present.
@@ -221,6 +243,61 @@ mod tests {
         assert_eq!(back.spec(), &json!({"command": ["true"]}));
         assert_eq!(back.app_dir(), Path::new("/data/apps/app-1/1"));
         assert_eq!(back.conf["kill_grace_ms"], 10);
+    }
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Spec {
+        seconds: u64,
+    }
+
+    #[derive(Debug, Default, PartialEq, Deserialize)]
+    #[serde(default)]
+    struct Conf {
+        max_seconds: Option<u64>,
+    }
+
+    #[test]
+    fn spec_as_reads_the_spec_and_names_the_bad_field() {
+        let ctx = |spec: serde_json::Value| AppContext::new(json!({"id": "a", "spec": spec}), "/x");
+        assert_eq!(
+            ctx(json!({"seconds": 3})).spec_as::<Spec>(),
+            Ok(Spec { seconds: 3 })
+        );
+        assert_eq!(
+            ctx(json!({"seconds": "x"})).spec_as::<Spec>().unwrap_err(),
+            r#"invalid spec: seconds: invalid type: string "x", expected u64"#
+        );
+        assert_eq!(
+            ctx(json!({"seconds": 1, "sec": 1}))
+                .spec_as::<Spec>()
+                .unwrap_err(),
+            "invalid spec: sec: unknown field `sec`, expected `seconds`"
+        );
+        let none = AppContext::new(json!({"id": "a"}), "/x");
+        assert_eq!(
+            none.spec_as::<Spec>().unwrap_err(),
+            "invalid spec: invalid type: null, expected struct Spec"
+        );
+        assert_eq!(none.spec_as::<Option<Spec>>(), Ok(None));
+    }
+
+    #[test]
+    fn conf_as_reads_the_conf() {
+        let ctx = AppContext::new(json!({"id": "a"}), "/x");
+        assert_eq!(ctx.conf_as::<Conf>(), Ok(Conf::default()));
+        let ctx = ctx.with_conf(json!({"max_seconds": 60, "newer_key": true}));
+        assert_eq!(
+            ctx.conf_as::<Conf>(),
+            Ok(Conf {
+                max_seconds: Some(60)
+            })
+        );
+        let ctx = ctx.with_conf(json!({"max_seconds": "soon"}));
+        assert_eq!(
+            ctx.conf_as::<Conf>().unwrap_err(),
+            r#"invalid conf: max_seconds: invalid type: string "soon", expected u64"#
+        );
     }
 
     #[test]
