@@ -1,40 +1,59 @@
-//! The example plugin in `examples/sleeper-plugin` builds on its own and runs in a real worker
-//! that loads it by path.
+//! The example plugins in `examples/` (the `sleeper` Application plugin and the `event-types`
+//! listener) build on their own, pass their own tests, and run in a real worker or master that
+//! loads them by path.
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use aloha_e2e::{bin, target_dir, workspace_root, Api, Cluster, Proc};
+use aloha_e2e::{
+    bin, target_dir, wait_for, workspace_root, Api, Cluster, MasterOpts, MasterProc, Proc,
+};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(40);
 
-/// Builds the example with cargo, as its README says, and returns the library.
-fn build_example() -> PathBuf {
+/// Runs `cargo <command>` on the example in `examples/<dir>`, as its README says, with its own
+/// workspace.
+fn cargo_on_example(command: &str, dir: &str) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let manifest = workspace_root().join("examples/sleeper-plugin/Cargo.toml");
-    let target = workspace_root().join("target/examples");
+    let manifest = workspace_root()
+        .join("examples")
+        .join(dir)
+        .join("Cargo.toml");
     let out = Command::new(cargo)
-        .args(["build", "--quiet", "--manifest-path"])
+        .args([command, "--quiet", "--manifest-path"])
         .arg(&manifest)
         .arg("--target-dir")
-        .arg(&target)
+        .arg(workspace_root().join("target/examples"))
         .output()
         .expect("run cargo");
     assert!(
         out.status.success(),
-        "the example plugin does not build on its own:\n{}",
+        "cargo {command} fails on examples/{dir}:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let lib = target.join("debug/libaloha_plugin_sleeper.so");
+}
+
+/// Builds the example in `examples/<dir>` and returns its library `<lib>.so`.
+fn build_example(dir: &str, lib: &str) -> PathBuf {
+    cargo_on_example("build", dir);
+    let lib = workspace_root().join(format!("target/examples/debug/{lib}.so"));
     assert!(lib.exists(), "{} was not built", lib.display());
     lib
 }
 
 #[test]
+fn the_examples_own_tests_pass() {
+    // Their in-process tests, written with `aloha_plugin::testing` as the guide shows.
+    cargo_on_example("test", "sleeper-plugin");
+    cargo_on_example("test", "event-types-listener");
+}
+
+#[test]
 fn the_example_plugin_builds_alone_and_runs_in_a_worker() {
-    let lib = build_example();
+    let lib = build_example("sleeper-plugin", "libaloha_plugin_sleeper");
     let mut c = Cluster::start("3s", &[]);
     // A plugin dir with the shipped process plugin and the example.
     let plugins = c.dir.path().join("plugins");
@@ -81,11 +100,80 @@ fn the_example_plugin_builds_alone_and_runs_in_a_worker() {
 
     let bad = api.submit(json!({"name": "bad", "kind": "sleeper", "spec": {"ms": "soon"}}));
     let bad = api.wait_state(bad["id"].as_str().unwrap(), "ERROR", T);
+    assert_eq!(
+        bad["message"],
+        r#"plugin refused the app: invalid spec: ms: invalid type: string "soon", expected u64"#
+    );
+}
+
+#[test]
+fn the_example_listener_builds_alone_and_hears_the_master() {
+    let lib = build_example("event-types-listener", "libaloha_listener_event_types");
+    let listener = |dir: &std::path::Path| {
+        let config = json!({"path": dir.join("event-types.txt")});
+        vec![
+            "--listener".to_string(),
+            format!("{}={config}", lib.display()),
+        ]
+    };
+    let c = Cluster::start_with("3s", &[("w1", 1)], listener);
+    let file = c.dir.path().join("event-types.txt");
+    let api = c.api().clone();
+    let id = api.submit_cmd("hello", &["true"], json!({}));
+    api.wait_state(&id, "FINISHED", T);
+
+    let lines = wait_for("the listener to write the app's end", T, || {
+        let text = std::fs::read_to_string(&file).ok()?;
+        text.contains(&format!("app_state_changed {id} FINISHED"))
+            .then_some(text)
+    });
+    // `<seq> <type> ...`, one line per event, in order and without gaps.
+    let parsed: Vec<(u64, &str)> = lines
+        .lines()
+        .map(|l| {
+            let (seq, rest) = l.split_once(' ').unwrap();
+            (seq.parse().unwrap(), rest)
+        })
+        .collect();
+    for w in parsed.windows(2) {
+        assert_eq!(w[1].0, w[0].0 + 1, "{lines}");
+    }
     assert!(
-        bad["message"]
-            .as_str()
-            .unwrap()
-            .contains("`ms` must be a non-negative integer"),
-        "{bad}"
+        parsed.iter().any(|(_, rest)| *rest == "worker_joined"),
+        "{lines}"
+    );
+    let states: Vec<&str> = parsed
+        .iter()
+        .filter_map(|(_, rest)| rest.strip_prefix(&format!("app_state_changed {id} ")))
+        .collect();
+    assert_eq!(
+        states,
+        ["SUBMITTED", "LAUNCHING", "RUNNING", "FINISHED"],
+        "{lines}"
+    );
+
+    // A configuration the listener refuses stops the master, naming the field.
+    let dir = c.dir.path();
+    let opts = MasterOpts {
+        http_port: aloha_e2e::free_port(),
+        rpc_port: aloha_e2e::free_port(),
+        state_dir: dir.join("master-2"),
+        worker_timeout: "3s".into(),
+        etcd: None,
+    };
+    let config = json!({"path": dir.join("other.txt"), "colour": "red"});
+    let args = [
+        "--listener".to_string(),
+        format!("{}={config}", lib.display()),
+    ];
+    let mut refused = MasterProc::spawn_with("master-2", &opts, &args, dir);
+    let status = refused.wait_exit(T).expect("the master stops");
+    assert!(!status.success());
+    let log = refused.log_text();
+    assert!(
+        log.contains(
+            "invalid event-types configuration: colour: unknown field `colour`, expected `path`"
+        ),
+        "{log}"
     );
 }
