@@ -434,3 +434,133 @@ fn alohactl_events_follow_reconnects_across_a_master_crash_without_a_gap() {
     assert_eq!(s[0], 1);
     assert_contiguous(&s);
 }
+
+#[test]
+fn a_position_past_the_end_of_the_log_is_refused() {
+    let c = Cluster::start("3s", &[]);
+    let api = c.api();
+    let client = reqwest::blocking::Client::new();
+    for (query, header) in [
+        ("?after=18446744073709551615&follow=false", None),
+        ("?follow=false", Some("18446744073709551615")),
+        ("?after=999999&follow=false", None),
+    ] {
+        let mut req = client.get(format!("{}/api/v1/events{query}", api.base));
+        if let Some(h) = header {
+            req = req.header("Last-Event-ID", h);
+        }
+        let r = req.send().unwrap();
+        assert_eq!(r.status(), 400, "{query} {header:?}");
+        let body: Value = r.json().unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("past the last event"),
+            "{body}"
+        );
+    }
+    // The last event itself is a fine position: nothing newer yet.
+    let last = all_events(api).last().unwrap()["seq"].as_u64().unwrap();
+    let r = client
+        .get(format!(
+            "{}/api/v1/events?after={last}&follow=false",
+            api.base
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(sse_data(&r.text().unwrap()).is_empty());
+}
+
+#[test]
+fn a_master_that_stepped_down_serves_the_new_leaders_events() {
+    use aloha_e2e::etcd::EtcdCluster;
+    use aloha_e2e::{free_port, MasterOpts, MasterProc};
+    let dir = tempfile::Builder::new()
+        .prefix("aloha-events-stepdown-")
+        .tempdir()
+        .unwrap();
+    let etcd = EtcdCluster::start(1, dir.path());
+    let masters: Vec<MasterProc> = (0..2)
+        .map(|i| {
+            let opts = MasterOpts {
+                http_port: free_port(),
+                rpc_port: free_port(),
+                state_dir: dir.path().join(format!("m{i}")),
+                worker_timeout: "3s".into(),
+                etcd: Some((etcd.endpoints(), "2s".into())),
+            };
+            MasterProc::start(&format!("m{i}"), opts, dir.path())
+        })
+        .collect();
+    let role = |m: &MasterProc| -> Option<String> {
+        let r = m.api.try_get("/api/v1/cluster").ok()?;
+        r.body["role"].as_str().map(str::to_string)
+    };
+    let old = wait_for("a leader", T, || {
+        masters
+            .iter()
+            .position(|m| role(m).as_deref() == Some("ALIVE"))
+    });
+    let new = 1 - old;
+    let first = masters[old]
+        .api
+        .submit(json!({"name": "before", "kind": "process"}));
+    // A stream opened on the leader before it loses leadership.
+    let mut stream =
+        TcpStream::connect(masters[old].api.base.trim_start_matches("http://")).unwrap();
+    write!(
+        stream,
+        "GET /api/v1/events?type=app_state_changed HTTP/1.0\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    // Paused past its lease: the other master takes over; then the old one runs again.
+    masters[old].proc.signal(libc::SIGSTOP);
+    wait_for("the other master to lead", T, || {
+        (role(&masters[new]).as_deref() == Some("ALIVE")).then_some(())
+    });
+    masters[old].proc.signal(libc::SIGCONT);
+    wait_for("the old leader to step down", T, || {
+        (role(&masters[old]).as_deref() == Some("STANDBY")).then_some(())
+    });
+    let after = masters[new]
+        .api
+        .submit(json!({"name": "after", "kind": "process"}));
+    let id = after["id"].as_str().unwrap().to_string();
+    // Its log is the cluster's: it shows what the new leader wrote.
+    wait_for("the old leader's log to show the new app", T, || {
+        all_events(&masters[old].api)
+            .iter()
+            .any(|e| e["app_id"] == id.as_str())
+            .then_some(())
+    });
+    let events = all_events(&masters[old].api);
+    assert_contiguous(&seqs(&events));
+    assert!(events.iter().any(|e| e["app_id"] == first["id"]));
+    // The stream opened before goes on (or ends): it never stalls.
+    let deadline = Instant::now() + T;
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break, // ended: the client reconnects
+            Ok(n) => {
+                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                if seen.contains(&id) {
+                    break;
+                }
+            }
+            Err(_) => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old leader's stream stalled: {seen}"
+        );
+    }
+    drop(masters);
+    drop(etcd);
+}

@@ -42,6 +42,10 @@ pub struct EventLog {
     tail: Mutex<VecDeque<Arc<Event>>>,
     last_seq: AtomicU64,
     new_events: Notify,
+    /// This process leads: every event is published here, so the tail is complete. Otherwise
+    /// (a standby, a leader that stepped down) another master writes the log and reads go to
+    /// the store.
+    authoritative: std::sync::atomic::AtomicBool,
 }
 
 fn decode(key: &str, v: &[u8]) -> Result<Event, StoreError> {
@@ -56,7 +60,19 @@ impl EventLog {
             tail: Mutex::new(VecDeque::new()),
             last_seq: AtomicU64::new(0),
             new_events: Notify::new(),
+            authoritative: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// This process starts (`true`) or stops leading. On a step-down the in-memory tail is
+    /// dropped — the next leader writes events this process never sees — and readers are woken
+    /// so that they go on from the store.
+    pub fn set_authoritative(&self, leading: bool) {
+        self.authoritative.store(leading, Ordering::SeqCst);
+        if !leading {
+            self.tail().clear();
+        }
+        self.new_events.notify_waiters();
     }
 
     fn tail(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Event>>> {
@@ -110,10 +126,10 @@ impl EventLog {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Arc<Event>>, StoreError> {
-        {
+        if self.authoritative.load(Ordering::SeqCst) {
             let tail = self.tail();
             if let Some(front) = tail.front() {
-                if front.seq <= after + 1 {
+                if front.seq <= after.saturating_add(1) {
                     return Ok(tail
                         .iter()
                         .filter(|e| e.seq > after)
@@ -123,7 +139,10 @@ impl EventLog {
                 }
             }
         }
-        let rows = self.store.scan_from(EVENTS, &key(after + 1), limit).await?;
+        let Some(from) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let rows = self.store.scan_from(EVENTS, &key(from), limit).await?;
         let mut out = Vec::with_capacity(rows.len());
         for (k, v) in rows {
             out.push(Arc::new(decode(&k, &v)?));

@@ -120,6 +120,7 @@ impl Node {
         );
         write(&node.members, vec![cfg.http_url()]);
         write(&node.active, Some(master));
+        node.events.set_authoritative(true);
         node
     }
 
@@ -568,6 +569,7 @@ impl Node {
         let (loops_stop_tx, loops_stop_rx) = watch::channel(false);
         let loops = tokio::spawn(master.clone().run_loops(loops_stop_rx));
         write(&self.active, Some(master.clone()));
+        self.events.set_authoritative(true);
         self.set_role(Role::Alive);
         info!(epoch, "ALIVE: scheduling");
 
@@ -578,6 +580,8 @@ impl Node {
         };
         guard.lose();
         write(&self.active, None);
+        // Another master writes the log from now on: read it from the store.
+        self.events.set_authoritative(false);
         self.set_role(Role::Standby);
         let _ = loops_stop_tx.send(true);
         let _ = loops.await;

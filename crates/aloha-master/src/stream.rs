@@ -119,12 +119,20 @@ pub async fn events(
     };
     let follow = q.follow.unwrap_or(true);
     let log = node.events.clone();
+    let last_seq = log
+        .load_last_seq()
+        .await
+        .map_err(crate::master::MasterError::from)?;
     let start = match last_event_id.or(q.after) {
+        // A position past the end of the log is a client's mistake (or a log from another
+        // cluster): say so rather than wait for events that will not come.
+        Some(n) if n > last_seq => {
+            return Err(bad(format!(
+                "after {n} is past the last event ({last_seq})"
+            )))
+        }
         Some(n) => n,
-        None => log
-            .load_last_seq()
-            .await
-            .map_err(crate::master::MasterError::from)?,
+        None => last_seq,
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<sse::Event>(256);
     let metrics = node.metrics.clone();
@@ -143,8 +151,8 @@ pub async fn events(
                 }
             };
             if let (true, Some(e)) = (first, batch.first()) {
-                if e.seq > last + 1 {
-                    let gap = serde_json::json!({"from": last + 1, "to": e.seq - 1,
+                if e.seq > last.saturating_add(1) {
+                    let gap = serde_json::json!({"from": last.saturating_add(1), "to": e.seq - 1,
                         "message": "these events are past the retention and cannot be replayed"});
                     if tx
                         .send(sse::Event::default().event("gap").data(gap.to_string()))
