@@ -10,6 +10,7 @@
 //! - [`load_toml`] and [`ConfigError`]: the config file and what can be wrong with a config.
 //! - [`init_logging`]: `tracing` to stderr.
 //! - [`shutdown_signal`]: SIGTERM or Ctrl-C.
+//! - [`unblock_shutdown_signals`]: a daemon started with them blocked can still be stopped.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -91,6 +92,64 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The signals [`shutdown_signal`] waits for.
+const SHUTDOWN_SIGNALS: [std::ffi::c_int; 2] = [sys::SIGTERM, sys::SIGINT];
+
+/// Unblocks the signals the daemons handle (SIGTERM, SIGINT) in the calling thread.
+///
+/// A blocked signal mask is inherited across exec: a daemon started by a parent that blocks
+/// SIGTERM would otherwise keep it pending forever, and could only be stopped with SIGKILL.
+/// A signal sent to the process goes to any one thread that does not block it, so unblocking
+/// it in one long-lived thread is enough; [`main`] does it in the thread that runs it, which
+/// `#[tokio::main]`'s `block_on` keeps for the daemon's whole life (the runtime's worker
+/// threads, made earlier, keep the inherited mask; threads made later from this one do not).
+/// The apps the worker starts get a clean mask of their own from the process plugin.
+pub fn unblock_shutdown_signals() -> std::io::Result<()> {
+    sys::unblock(&SHUTDOWN_SIGNALS)
+}
+
+/// The three POSIX calls [`unblock_shutdown_signals`] needs, declared as in `<signal.h>`
+/// (libc is only a dev-dependency of this crate).
+mod sys {
+    use std::ffi::c_int;
+
+    pub const SIGINT: c_int = 2;
+    pub const SIGTERM: c_int = 15;
+    const SIG_UNBLOCK: c_int = 1;
+
+    /// `sigset_t` on Linux, glibc and musl alike: 1024 bits, only ever touched through
+    /// `sigemptyset`/`sigaddset`.
+    #[repr(C)]
+    struct SigSet([u64; 16]);
+
+    extern "C" {
+        fn sigemptyset(set: *mut SigSet) -> c_int;
+        fn sigaddset(set: *mut SigSet, signal: c_int) -> c_int;
+        fn pthread_sigmask(how: c_int, set: *const SigSet, old: *mut SigSet) -> c_int;
+    }
+
+    /// Unblocks `signals` in the calling thread.
+    pub fn unblock(signals: &[c_int]) -> std::io::Result<()> {
+        let mut set = SigSet([0; 16]);
+        // SAFETY: `set` is a valid, writable sigset_t for all three calls; the old mask is not
+        // asked for (null is allowed).
+        unsafe {
+            if sigemptyset(&mut set) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for signal in signals {
+                if sigaddset(&mut set, *signal) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            match pthread_sigmask(SIG_UNBLOCK, &set, std::ptr::null_mut()) {
+                0 => Ok(()),
+                error => Err(std::io::Error::from_raw_os_error(error)),
+            }
+        }
+    }
+}
+
 /// What [`main`] needs from a daemon's `Config`.
 pub trait DaemonConfig {
     /// The log filter for [`init_logging`].
@@ -127,6 +186,11 @@ where
     F: FnOnce(C) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    // Before anything else, so that every thread made from here on inherits it. It cannot fail
+    // with these valid arguments; should it, SIGKILL still stops the daemon.
+    if let Err(e) = unblock_shutdown_signals() {
+        eprintln!("{bin}: cannot unblock SIGTERM and SIGINT: {e}");
+    }
     if let Err(exit) = start(bin, config, run).await {
         eprintln!("{}", exit.message);
         std::process::exit(exit.code);
@@ -290,6 +354,40 @@ mod tests {
         )
         .await;
         assert_eq!(ran, Ok(()));
+    }
+
+    /// The calling thread's blocked signals, from `/proc/thread-self/status`.
+    fn blocked_here() -> u64 {
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let blocked = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigBlk:\t"))
+            .unwrap();
+        u64::from_str_radix(blocked, 16).unwrap()
+    }
+
+    #[test]
+    fn blocked_shutdown_signals_are_unblocked() {
+        // A thread of its own: the mask is per thread, and other tests must not see this one.
+        std::thread::spawn(|| {
+            let bit = |signal: libc::c_int| 1u64 << (signal - 1);
+            // SAFETY: plain data, initialized by sigemptyset before use; this thread's mask.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGUSR1] {
+                    libc::sigaddset(&mut set, signal);
+                }
+                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            }
+            let all = bit(libc::SIGTERM) | bit(libc::SIGINT) | bit(libc::SIGUSR1);
+            assert_eq!(blocked_here() & all, all);
+            unblock_shutdown_signals().unwrap();
+            // Only the daemon's own signals: the rest of the mask is not ours to change.
+            assert_eq!(blocked_here() & all, bit(libc::SIGUSR1));
+        })
+        .join()
+        .unwrap();
     }
 
     #[tokio::test]

@@ -135,38 +135,51 @@ fn sigterm_to_the_group_is_the_programs_to_handle() {
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
 
+/// Makes `c` start as if its parent ran under `nohup` with more bad habits: SIGHUP, SIGQUIT,
+/// SIGUSR2 and a real-time signal ignored, SIGTERM blocked.
+fn with_a_dirty_signal_state(c: &mut Command) {
+    let rt = libc::SIGRTMIN() + 1;
+    // SAFETY: signal, sigemptyset, sigaddset and sigprocmask are async-signal-safe; `set` is
+    // initialized before use. std has reset the mask already, so this is what the exec sees.
+    unsafe {
+        c.pre_exec(move || {
+            for signal in [libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR2, rt] {
+                libc::signal(signal, libc::SIG_IGN);
+            }
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+}
+
 #[test]
-fn the_program_gets_the_usual_signal_state() {
+fn the_program_starts_with_default_signals_and_none_blocked() {
     let mut c = supervise(&[
         "sh",
         "-c",
         "grep -E '^Sig(Blk|Ign):' /proc/self/status; echo \"pgid=$(cut -d' ' -f5 /proc/$$/stat) ppid=$PPID\"",
     ]);
-    // As if the worker ran under nohup: an ignored SIGHUP is inherited by the program, as it is
-    // without a supervisor.
-    // SAFETY: signal is async-signal-safe.
-    unsafe {
-        c.pre_exec(|| {
-            libc::signal(libc::SIGHUP, libc::SIG_IGN);
-            Ok(())
-        });
-    }
+    with_a_dirty_signal_state(&mut c);
     let out = c.output().unwrap();
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("SigBlk:\t0000000000000000\n"), "{text}");
-    let ignored = text
-        .lines()
-        .find_map(|l| l.strip_prefix("SigIgn:\t"))
-        .unwrap();
-    let ignored = u64::from_str_radix(ignored, 16).unwrap();
-    let bit = |signal: libc::c_int| 1u64 << (signal - 1);
-    // The supervisor blocks five signals and resets them to their default actions; its child
-    // gets neither, except what was ignored before.
-    for signal in [libc::SIGUSR2, libc::SIGCHLD, libc::SIGTERM, libc::SIGINT] {
-        assert_eq!(ignored & bit(signal), 0, "signal {signal} ignored: {text}");
+    // Whatever the worker inherited is not the app's: nothing ignored, nothing blocked, as
+    // under a service manager.
+    // Signals 32 and 33 are glibc's own, out of reach of signal(2) (systemd cannot reset them
+    // either); cargo, for one, starts its tests with one of them ignored.
+    let catchable = (1..=31).chain(libc::SIGRTMIN()..=libc::SIGRTMAX());
+    let catchable = catchable.fold(0u64, |bits, signal| bits | 1 << (signal - 1));
+    for field in ["SigBlk", "SigIgn"] {
+        let bits = text
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(":\t"))
+            .unwrap();
+        let bits = u64::from_str_radix(bits, 16).unwrap();
+        assert_eq!(bits & catchable, 0, "{field}: {text}");
     }
-    assert_eq!(ignored & bit(libc::SIGHUP), bit(libc::SIGHUP), "{text}");
     // The program runs in the group its parent, the supervisor, leads.
     let pgid_line = text.lines().last().unwrap();
     let (pgid, ppid) = pgid_line
@@ -174,6 +187,15 @@ fn the_program_gets_the_usual_signal_state() {
         .and_then(|l| l.split_once(" ppid="))
         .unwrap();
     assert_eq!(pgid, ppid, "{text}");
+}
+
+#[test]
+fn a_program_sent_sighup_dies_by_it_even_under_nohup() {
+    let mut c = supervise(&["sh", "-c", "kill -HUP $$; echo survived"]);
+    with_a_dirty_signal_state(&mut c);
+    let out = c.output().unwrap();
+    assert_eq!(out.status.signal(), Some(libc::SIGHUP), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "", "{out:?}");
 }
 
 /// A close-on-exec pipe, as the plugins make it.

@@ -16,18 +16,22 @@
 //! cgroup would hold them.
 //!
 //! ## What it does
-//! 1. Takes over the report descriptor (`--report-fd`, see below), resets SIGUSR2, SIGCHLD,
-//!    SIGTERM, SIGINT and SIGHUP to their default actions and blocks them: from here they wait
-//!    in the pending set for `sigtimedwait`, so none can be missed or run a handler.
+//! 1. Takes over the report descriptor (`--report-fd`, see below) and resets every signal it
+//!    inherited as ignored to its default action (SIGPIPE excepted: std ignores it on purpose,
+//!    so that a closed pipe is an error and not a death). Then it blocks SIGUSR2, SIGCHLD,
+//!    SIGTERM, SIGINT and SIGHUP: from here they wait in the pending set for `sigtimedwait`, so
+//!    none can be missed or run a handler.
 //! 2. Makes itself the leader of its own process group (a no-op when started that way), so
 //!    that signalling its group can never reach the group of whoever started it.
 //! 3. Sets `PR_SET_PDEATHSIG = SIGUSR2` (again: the launcher sets it between fork and exec, but
 //!    a launcher that did not still gets the guarantee) and checks that its parent is still
 //!    `<expected-parent-pid>`: had the parent died before the death signal was armed, no
 //!    signal would ever come, so it kills its group and exits instead.
-//! 4. Runs the program as its only child, in the same group, with the signal mask and the
-//!    dispositions the program would have had without a supervisor, and
-//!    `PR_SET_PDEATHSIG = SIGKILL`: however the supervisor ends, its child ends with it.
+//! 4. Runs the program as its only child, in the same group, with every signal at its default
+//!    action, none blocked, and `PR_SET_PDEATHSIG = SIGKILL`: however the supervisor ends, its
+//!    child ends with it. A worker started under `nohup`, or by a parent that ignores SIGQUIT or
+//!    blocks SIGTERM, must not pass that on to every app: an app that is sent SIGHUP dies by
+//!    it, as it would under a service manager (systemd resets signals the same way).
 //! 5. Waits: the child's end is passed on (the same exit code, or death by the same signal,
 //!    re-raised on itself, so the worker sees exactly what it would have seen without a
 //!    supervisor); the worker's death (SIGUSR2, or a parent pid that changed, checked every
@@ -192,7 +196,7 @@ fn main() {
             std::process::exit(BAD_USAGE)
         }
     };
-    let (watched, ignored) = match take_signals() {
+    let watched = match take_signals() {
         Ok(taken) => taken,
         Err(e) => report.fail(&format!("aloha-supervise: cannot block signals: {e}")),
     };
@@ -235,8 +239,11 @@ fn main() {
 
     let mut command = Command::new(&args.program);
     command.args(&args.args);
+    // Not async-signal-safe (glibc reads it once), so asked here, before the fork.
+    let (rtmin, rtmax) = (libc::SIGRTMIN(), libc::SIGRTMAX());
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
-    // (prctl, getppid, signal, sigemptyset, sigprocmask); errors are built without allocating.
+    // (prctl, getppid, signal, sigemptyset, sigprocmask); errors are built without allocating,
+    // and the signal numbers are iterated without allocating either.
     unsafe {
         command.pre_exec(move || {
             if libc::prctl(
@@ -253,13 +260,11 @@ fn main() {
             if libc::getppid() != me {
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
-            // What the program would have had without us: the inherited "ignored" signals stay
-            // ignored, the rest keep their default action (exec resets nothing else here, as
-            // this process installs no handler for them), and no signal is blocked.
-            for (signal, was_ignored) in WATCHED.iter().zip(ignored) {
-                if was_ignored {
-                    libc::signal(*signal, libc::SIG_IGN);
-                }
+            // A clean start: every signal at its default action (exec keeps only "ignored",
+            // and std's SIGPIPE is one) and none blocked.
+            for signal in catchable_signals(rtmin, rtmax) {
+                // Fails only for a number this libc keeps for itself (and never ignores).
+                libc::signal(signal, libc::SIG_DFL);
             }
             let mut none: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut none);
@@ -279,31 +284,52 @@ fn main() {
     supervise(child.id() as pid_t, args.parent, me, &watched)
 }
 
-/// Resets the watched signals to their default actions and blocks them. Returns the blocked set
-/// and which of them were ignored when we started (the program inherits that again).
-fn take_signals() -> io::Result<(libc::sigset_t, [bool; WATCHED.len()])> {
-    let mut ignored = [false; WATCHED.len()];
+/// Every signal a process can catch or ignore: 1 to 31 but SIGKILL and SIGSTOP, and the
+/// real-time signals `rtmin..=rtmax` (libc's `SIGRTMIN()`/`SIGRTMAX()`, which leave out the
+/// ones libc keeps for itself).
+fn catchable_signals(rtmin: c_int, rtmax: c_int) -> impl Iterator<Item = c_int> {
+    (1..=31)
+        .filter(|s| *s != libc::SIGKILL && *s != libc::SIGSTOP)
+        .chain(rtmin..=rtmax)
+}
+
+/// Resets every signal inherited as ignored (SIGPIPE aside, which std ignores in every Rust
+/// program) to its default action, then blocks the watched signals. Returns the blocked set.
+fn take_signals() -> io::Result<libc::sigset_t> {
+    for signal in catchable_signals(libc::SIGRTMIN(), libc::SIGRTMAX()) {
+        if signal == libc::SIGPIPE {
+            continue;
+        }
+        // SAFETY: sigaction is plain data; all-zero is a valid value to be overwritten.
+        let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: only reads the disposition into `current`.
+        if unsafe { libc::sigaction(signal, std::ptr::null(), &mut current) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        // A handler (std's, for SIGSEGV and SIGBUS) is ours; an ignored signal is inherited.
+        // An ignored SIGCHLD would make the kernel reap the child for us, and an ignored SIGUSR2
+        // or SIGHUP would be discarded even while blocked: the watched ones above all must have
+        // their default action while we wait.
+        // SAFETY: installing SIG_DFL for a catchable signal has no preconditions.
+        if current.sa_sigaction == libc::SIG_IGN
+            && unsafe { libc::signal(signal, libc::SIG_DFL) } == libc::SIG_ERR
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
     // SAFETY: sigset_t is plain data; sigemptyset initializes it before any other use.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid sigset_t.
     unsafe { libc::sigemptyset(&mut set) };
-    for (signal, was_ignored) in WATCHED.iter().zip(ignored.iter_mut()) {
-        // An ignored SIGCHLD would make the kernel reap the child for us, and an ignored
-        // SIGUSR2 could be discarded: both must have their default action while we wait.
-        // SAFETY: installing SIG_DFL for a catchable signal has no preconditions.
-        let previous = unsafe { libc::signal(*signal, libc::SIG_DFL) };
-        if previous == libc::SIG_ERR {
-            return Err(io::Error::last_os_error());
-        }
-        *was_ignored = previous == libc::SIG_IGN;
+    for signal in WATCHED {
         // SAFETY: `set` is initialized and the signal number is valid.
-        unsafe { libc::sigaddset(&mut set, *signal) };
+        unsafe { libc::sigaddset(&mut set, signal) };
     }
     // SAFETY: `set` is initialized; the old mask is not asked for.
     if unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) } == -1 {
         return Err(io::Error::last_os_error());
     }
-    Ok((set, ignored))
+    Ok(set)
 }
 
 /// How the child ended.

@@ -462,6 +462,11 @@ fn start(launch: &mut Launch) -> Result<Child, String> {
 
 /// Makes the command lead a new process group and die by `death_signal` when the forking
 /// thread (the monitor) goes, and keeps `keep_open` open across exec in the child only.
+///
+/// The child also starts clean: every signal at its default action, none blocked. Whatever
+/// the host inherited (SIGHUP ignored under `nohup`, a blocked SIGTERM) is not the app's: an
+/// app sent SIGHUP dies by it, as it would under a service manager. The supervisor does the
+/// same for its program; doing it here too covers the start without a supervisor.
 fn set_group_and_death_signal(
     command: &mut Command,
     death_signal: c_int,
@@ -472,8 +477,11 @@ fn set_group_and_death_signal(
     {
         // SAFETY: getpid has no preconditions.
         let parent = unsafe { libc::getpid() };
+        // Not async-signal-safe (glibc reads it once), so asked here, before the fork.
+        let (rtmin, rtmax) = (libc::SIGRTMIN(), libc::SIGRTMAX());
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
-        // (prctl, getppid, fcntl) and builds errors without allocating.
+        // (prctl, getppid, fcntl, signal, sigemptyset, sigprocmask) and builds errors without
+        // allocating.
         unsafe {
             command.pre_exec(move || {
                 if libc::prctl(
@@ -494,6 +502,19 @@ fn set_group_and_death_signal(
                     if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
                         return Err(io::Error::last_os_error());
                     }
+                }
+                // 1 to 31 but SIGKILL and SIGSTOP, and the real-time signals libc leaves us.
+                let catchable = (1..=31)
+                    .filter(|s| *s != libc::SIGKILL && *s != libc::SIGSTOP)
+                    .chain(rtmin..=rtmax);
+                for signal in catchable {
+                    // Fails only for a number libc keeps for itself (and never ignores).
+                    libc::signal(signal, libc::SIG_DFL);
+                }
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) == -1 {
+                    return Err(io::Error::last_os_error());
                 }
                 Ok(())
             });
@@ -741,6 +762,61 @@ mod tests {
         let exit = rx.recv_timeout(Duration::from_secs(10)).unwrap();
         assert!(asked.elapsed() >= Duration::from_millis(200));
         assert_eq!(exit.exit_state(), ExitState::killed(137, "killed: test"));
+    }
+
+    #[test]
+    fn a_program_started_without_the_supervisor_gets_default_signals_and_none_blocked() {
+        // As if the host ran under nohup: SIGHUP ignored (process-wide; nothing else here sends
+        // it, and every child gets the default back), SIGTERM blocked in this thread, which the
+        // monitor thread inherits.
+        // SAFETY: plain signal-state calls on valid, initialized arguments.
+        let previous = unsafe {
+            let previous = libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            previous
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("status");
+        let group = ProcessGroup::new();
+        let (tx, rx) = mpsc::channel();
+        let mut launch = Launch::new("sh", None, "test-monitor");
+        launch
+            .command()
+            .args([
+                "-c",
+                "grep -E '^Sig(Blk|Ign):' /proc/self/status > \"$0\"; kill -HUP $$; echo survived",
+            ])
+            .arg(&out)
+            .stdin(Stdio::null());
+        group
+            .spawn(launch, |_| {}, move |exit| tx.send(exit).unwrap())
+            .unwrap();
+        let exit = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        // SAFETY: as above; puts back what this test changed.
+        unsafe {
+            libc::signal(libc::SIGHUP, previous);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        }
+        assert_eq!(exit.describe(), "killed by signal 1 (SIGHUP)");
+        let text = std::fs::read_to_string(&out).unwrap();
+        // Signals 32 and 33 are glibc's own, out of reach of signal(2) (systemd cannot reset
+        // them either); cargo, for one, starts its tests with one of them ignored.
+        let catchable = (1..=31).chain(libc::SIGRTMIN()..=libc::SIGRTMAX());
+        let catchable = catchable.fold(0u64, |bits, signal| bits | 1 << (signal - 1));
+        for field in ["SigBlk", "SigIgn"] {
+            let bits = text
+                .lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(":\t"))
+                .unwrap();
+            let bits = u64::from_str_radix(bits, 16).unwrap();
+            assert_eq!(bits & catchable, 0, "{text}");
+        }
     }
 
     #[test]
