@@ -314,3 +314,46 @@ fn readyz_is_200_only_on_the_alive_leader_whose_store_answers() {
     });
     drop(masters);
 }
+
+#[test]
+fn a_master_without_its_store_answers_reads_503_within_seconds() {
+    let dir = tempfile::Builder::new()
+        .prefix("aloha-noquorum-")
+        .tempdir()
+        .unwrap();
+    let mut etcd = EtcdCluster::start(3, dir.path());
+    etcd.kill_member(1);
+    etcd.kill_member(2);
+    // A master that starts while etcd has no quorum can neither lead nor load a replica: its
+    // reads go to the store, which does not answer.
+    let opts = MasterOpts {
+        http_port: free_port(),
+        rpc_port: free_port(),
+        state_dir: dir.path().join("m0"),
+        worker_timeout: "3s".into(),
+        etcd: Some((etcd.endpoints(), "2s".into())),
+    };
+    let m = MasterProc::start("m0", opts, dir.path());
+    for path in ["/api/v1/apps", "/api/v1/apps/app-20200101000000-0001", "/api/v1/workers"] {
+        let started = std::time::Instant::now();
+        let r = m
+            .api
+            .try_get(path)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let took = started.elapsed();
+        assert_eq!(r.status, 503, "{path}: {:?}", r.body);
+        assert!(
+            took < Duration::from_secs(8),
+            "{path} took {took:?}: reads must be bounded"
+        );
+        assert!(
+            r.body["error"].as_str().unwrap().contains("store"),
+            "{path}: {:?}",
+            r.body
+        );
+    }
+    let raw = reqwest::blocking::get(format!("{}/api/v1/apps", m.api.base)).unwrap();
+    assert_eq!(raw.headers()["retry-after"], "1");
+    drop(m);
+    drop(etcd);
+}

@@ -266,7 +266,7 @@ impl Node {
                 Lookup::NotFound => Err(MasterError::AppNotFound(id.to_string())),
             };
         }
-        match self.reader.get(&keys::app(&app_id)).await? {
+        match bounded(self.reader.get(&keys::app(&app_id))).await? {
             Some(v) => serde_json::from_slice(&v).map_err(|e| {
                 MasterError::Store(crate::store::StoreError::Backend(format!(
                     "corrupt app {id}: {e}"
@@ -275,7 +275,8 @@ impl Node {
             None => {
                 // Every sequence number up to the stored one was an app: a well-formed id
                 // within it was removed by the retention.
-                let last = crate::store::read_u64(self.reader.as_ref(), keys::APP_SEQ).await?;
+                let last =
+                    bounded(crate::store::read_u64(self.reader.as_ref(), keys::APP_SEQ)).await?;
                 match app_id.seq() {
                     Some(s) if s >= 1 && s <= last => Err(MasterError::AppExpired(id.to_string())),
                     _ => Err(MasterError::AppNotFound(id.to_string())),
@@ -291,9 +292,7 @@ impl Node {
             return Ok(view);
         }
         let apps = self.stored_apps().await?;
-        let schedules: Vec<Schedule> = self
-            .reader
-            .scan_prefix(keys::SCHEDULES)
+        let schedules: Vec<Schedule> = bounded(self.reader.scan_prefix(keys::SCHEDULES))
             .await?
             .into_iter()
             .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
@@ -368,9 +367,7 @@ impl Node {
             return Ok(crate::master::cluster_workers(&view.cluster, |_| None));
         }
         let apps = self.stored_apps().await?;
-        let workers: Vec<WorkerRecord> = self
-            .reader
-            .scan_prefix(keys::WORKERS)
+        let workers: Vec<WorkerRecord> = bounded(self.reader.scan_prefix(keys::WORKERS))
             .await?
             .into_iter()
             .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
@@ -379,9 +376,7 @@ impl Node {
     }
 
     async fn stored_apps(&self) -> Result<Vec<App>, MasterError> {
-        Ok(self
-            .reader
-            .scan_prefix(keys::APPS)
+        Ok(bounded(self.reader.scan_prefix(keys::APPS))
             .await?
             .into_iter()
             .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
@@ -849,5 +844,24 @@ mod tests {
         b.stop.send(true).unwrap();
         b.task.await.unwrap();
         assert_eq!(e.leader(), None);
+    }
+}
+
+/// How long a read straight from the store (a standby without its replica yet) may take before
+/// it is answered 503: an etcd without quorum must not hold a GET for many seconds.
+pub const STORE_READ_DEADLINE: Duration = Duration::from_secs(3);
+
+/// A store read bounded by [`STORE_READ_DEADLINE`].
+pub async fn bounded<T>(
+    read: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
+) -> Result<T, MasterError> {
+    match tokio::time::timeout(STORE_READ_DEADLINE, read).await {
+        Ok(r) => r.map_err(MasterError::from),
+        Err(_) => Err(MasterError::Store(crate::store::StoreError::Unavailable(
+            format!(
+                "the state store did not answer within {}s",
+                STORE_READ_DEADLINE.as_secs()
+            ),
+        ))),
     }
 }

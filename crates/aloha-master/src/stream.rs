@@ -119,10 +119,7 @@ pub async fn events(
     };
     let follow = q.follow.unwrap_or(true);
     let log = node.events.clone();
-    let last_seq = log
-        .load_last_seq()
-        .await
-        .map_err(crate::master::MasterError::from)?;
+    let last_seq = crate::node::bounded(log.load_last_seq()).await?;
     let start = match last_event_id.or(q.after) {
         // A position past the end of the log is a client's mistake (or a log from another
         // cluster): say so rather than wait for events that will not come.
