@@ -280,6 +280,16 @@ pub enum SubmitError {
     },
 }
 
+/// The first character of `s` that must not appear in a name or label: a control character
+/// (NUL included) or a bidirectional formatting character, which makes a name display as
+/// something it is not (U+061C, U+200E, U+200F, U+202A..U+202E, U+2066..U+2069).
+fn unsafe_char(s: &str) -> Option<char> {
+    s.chars().find(|&c| {
+        c.is_control()
+            || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    })
+}
+
 impl SubmitRequest {
     /// Checks every field; `known_kinds` are the kinds any worker provides or the master allows.
     pub fn validate<'a>(
@@ -292,6 +302,12 @@ impl SubmitRequest {
         }
         if self.name.len() > MAX_NAME_LEN {
             return invalid(format!("name is longer than {MAX_NAME_LEN} bytes"));
+        }
+        if let Some(c) = unsafe_char(&self.name) {
+            return invalid(format!(
+                "name must not contain control or bidi characters (found U+{:04X})",
+                c as u32
+            ));
         }
         if self.kind.trim().is_empty() {
             return invalid("kind must not be empty".into());
@@ -335,6 +351,14 @@ impl SubmitRequest {
                 return invalid(format!(
                     "label {k:?} must have a non-empty key and key and value of at most {MAX_NAME_LEN} bytes"
                 ));
+            }
+            for (what, text) in [("key", k), ("value", v)] {
+                if let Some(c) = unsafe_char(text) {
+                    return invalid(format!(
+                        "label {what} {k:?} must not contain control or bidi characters (found U+{:04X})",
+                        c as u32
+                    ));
+                }
             }
         }
         if let Some(d) = self.max_runtime {

@@ -33,6 +33,8 @@ impl MasterRpc {
 fn status(e: MasterError) -> Status {
     match e {
         MasterError::BadRequest(m) => Status::invalid_argument(m),
+        // The only conflict a registration meets: the id belongs to another live process.
+        MasterError::Conflict(m) => Status::already_exists(m),
         MasterError::NotLeader { .. } => Status::failed_precondition("not leader"),
         MasterError::Store(e) => Status::unavailable(e.to_string()),
         other => Status::internal(other.to_string()),
@@ -64,26 +66,225 @@ fn not_leader_answer() -> pb::ReportAppStateResponse {
     }
 }
 
-/// A report from the wire; `Err` when its state names no [`AppState`].
+// Limits of what a worker may send. Generous for real workers, small enough that one
+// message cannot bloat the store, the API answers or the kinds submissions may use.
+
+/// Longest worker id; ids are made of [`id_char`]s.
+pub const MAX_WORKER_ID: usize = 128;
+/// Most cores one worker may offer.
+pub const MAX_CORES: u32 = 65_536;
+/// Most memory one worker may offer, MiB (64 TiB).
+pub const MAX_MEMORY_MB: u64 = 64 << 20;
+/// Most kinds one worker may provide; each is 1..=[`MAX_KIND`] bytes of `[a-z0-9_-]`.
+pub const MAX_KINDS: usize = 64;
+/// Longest kind.
+pub const MAX_KIND: usize = 64;
+/// Longest instance token.
+pub const MAX_INSTANCE: usize = 128;
+/// Most apps one registration lists, and most reports in one batch.
+pub const MAX_APPS: usize = 100_000;
+/// Most plugin errors kept from a registration (the rest are counted in one line).
+pub const MAX_PLUGIN_ERRORS: usize = 64;
+/// Longest plugin error or report message kept, bytes (longer ones are cut).
+pub const MAX_TEXT: usize = 4096;
+/// Most details one report may carry, and the longest key.
+pub const MAX_DETAILS: usize = 64;
+/// Longest detail key, bytes.
+pub const MAX_DETAIL_KEY: usize = 128;
+
+/// Characters of worker ids and instance tokens.
+fn id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')
+}
+
+/// `Err` naming the field unless `id` is 1..=`max` [`id_char`]s.
+fn check_id(field: &str, id: &str, max: usize) -> Result<(), String> {
+    if id.is_empty() {
+        return Err(format!("{field} is required"));
+    }
+    if id.len() > max {
+        return Err(format!(
+            "{field} is {} bytes long; at most {max} are allowed",
+            id.len()
+        ));
+    }
+    if let Some(c) = id.chars().find(|&c| !id_char(c)) {
+        return Err(format!(
+            "{field} {:?} contains {:?}; only letters, digits and . _ : - are allowed",
+            truncate(id, 64),
+            c
+        ));
+    }
+    Ok(())
+}
+
+/// A worker id from the wire.
+fn worker_id(id: &str) -> Result<WorkerId, Status> {
+    check_id("worker_id", id, MAX_WORKER_ID).map_err(Status::invalid_argument)?;
+    Ok(WorkerId(id.to_string()))
+}
+
+/// `Err` unless `addr` is `ip:port` or `hostname:port` (port 1..=65535).
+fn check_address(addr: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "address {:?} is not host:port: {why}",
+            truncate(addr, 300)
+        ))
+    };
+    if addr.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return bad("no port");
+    };
+    if !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
+        return bad("the port must be 1..=65535");
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return bad("the host is neither an IP address nor a hostname");
+    }
+    Ok(())
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Free text from a worker, cut to [`MAX_TEXT`]: it is only shown, so it is kept rather than
+/// refused.
+fn text(s: &str) -> String {
+    if s.len() <= MAX_TEXT {
+        s.to_string()
+    } else {
+        format!("{}… (cut from {} bytes)", truncate(s, MAX_TEXT), s.len())
+    }
+}
+
+/// A report from the wire; `Err` when it is malformed (its app id is not an app id, its
+/// attempt is 0, its state names no [`AppState`], too many or too long details).
 pub fn report_from_wire(r: &pb::AppStateReport) -> Result<WorkerReport, String> {
+    let app = AppId(r.app_id.clone());
+    if app.seq().is_none() {
+        return Err(format!(
+            "app_id {:?} is not an app id (app-<14 digits>-<digits>)",
+            truncate(&r.app_id, 64)
+        ));
+    }
+    if r.attempt == 0 {
+        return Err(format!("{app}: attempt must be 1 or more"));
+    }
     let state: AppState = r
         .state
         .parse()
         .map_err(|e: aloha_core::state::ParseStateError| e.to_string())?;
+    if r.details.len() > MAX_DETAILS {
+        return Err(format!(
+            "{app}: {} details; at most {MAX_DETAILS} are allowed",
+            r.details.len()
+        ));
+    }
+    if let Some(k) = r
+        .details
+        .keys()
+        .find(|k| k.is_empty() || k.len() > MAX_DETAIL_KEY)
+    {
+        return Err(format!(
+            "{app}: detail key {:?} must be 1..={MAX_DETAIL_KEY} bytes",
+            truncate(k, 64)
+        ));
+    }
     Ok(WorkerReport {
-        app: AppId(r.app_id.clone()),
+        app,
         attempt: r.attempt,
         state,
         exit_code: r.exit_code,
-        message: Some(r.message.clone()).filter(|m| !m.is_empty()),
+        message: Some(text(&r.message)).filter(|m| !m.is_empty()),
         worker_shutdown: r.worker_shutdown,
-        details: r.details.clone().into_iter().collect(),
+        details: r
+            .details
+            .iter()
+            .map(|(k, v)| (k.clone(), text(v)))
+            .collect(),
     })
 }
 
-/// A registration from the wire. Listed apps whose state is unreadable are left out (and
+/// Checks a registration's identity and offer; `Err` says which field is wrong.
+fn check_registration(req: &pb::RegisterWorkerRequest) -> Result<(), String> {
+    check_id("worker_id", &req.worker_id, MAX_WORKER_ID)?;
+    if !req.instance.is_empty() {
+        check_id("instance", &req.instance, MAX_INSTANCE)?;
+    }
+    check_address(&req.address)?;
+    if !(1..=MAX_CORES).contains(&req.cores) {
+        return Err(format!("cores must be 1..={MAX_CORES} (got {})", req.cores));
+    }
+    if req.memory_mb > MAX_MEMORY_MB {
+        return Err(format!(
+            "memory_mb must be at most {MAX_MEMORY_MB} (64 TiB; got {})",
+            req.memory_mb
+        ));
+    }
+    if req.kinds.len() > MAX_KINDS {
+        return Err(format!(
+            "{} kinds; at most {MAX_KINDS} are allowed",
+            req.kinds.len()
+        ));
+    }
+    for k in &req.kinds {
+        let ok = !k.is_empty()
+            && k.len() <= MAX_KIND
+            && k.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !ok {
+            return Err(format!(
+                "kind {:?} must be 1..={MAX_KIND} characters of a-z, 0-9, _ and -",
+                truncate(k, 80)
+            ));
+        }
+    }
+    if req.apps.len() > MAX_APPS {
+        return Err(format!(
+            "{} apps listed; at most {MAX_APPS} are allowed",
+            req.apps.len()
+        ));
+    }
+    Ok(())
+}
+
+/// A registration from the wire; `Err` (INVALID_ARGUMENT) when its identity or offer is
+/// malformed (see [`check_registration`]). Listed apps that are malformed are left out (and
 /// logged): they cannot be reconciled, and the worker is told to kill nothing it did not list.
-pub fn registration_from_wire(req: pb::RegisterWorkerRequest) -> Registration {
+/// Plugin errors are informational: too many or too long ones are cut, not refused.
+pub fn registration_from_wire(req: pb::RegisterWorkerRequest) -> Result<Registration, Status> {
+    check_registration(&req).map_err(Status::invalid_argument)?;
+    let mut plugin_errors: Vec<String> = req
+        .plugin_errors
+        .iter()
+        .take(MAX_PLUGIN_ERRORS)
+        .map(|e| text(e))
+        .collect();
+    if req.plugin_errors.len() > MAX_PLUGIN_ERRORS {
+        plugin_errors.push(format!(
+            "… and {} more",
+            req.plugin_errors.len() - MAX_PLUGIN_ERRORS
+        ));
+    }
     let apps = req
         .apps
         .iter()
@@ -95,15 +296,16 @@ pub fn registration_from_wire(req: pb::RegisterWorkerRequest) -> Registration {
             }
         })
         .collect();
-    Registration {
+    Ok(Registration {
         id: WorkerId(req.worker_id),
         address: req.address,
         cores: req.cores,
         memory_mb: req.memory_mb,
         kinds: req.kinds,
-        plugin_errors: req.plugin_errors,
+        plugin_errors,
         apps,
-    }
+        instance: Some(req.instance).filter(|i| !i.is_empty()),
+    })
 }
 
 #[tonic::async_trait]
@@ -121,7 +323,7 @@ impl MasterService for MasterRpc {
                 ..Default::default()
             }));
         };
-        let reg = registration_from_wire(req.into_inner());
+        let reg = registration_from_wire(req.into_inner())?;
         match master.register_worker(reg).await {
             Ok(kill) => Ok(Response::new(pb::RegisterWorkerResponse {
                 accepted: true,
@@ -159,7 +361,8 @@ impl MasterService for MasterRpc {
                 ..Default::default()
             }));
         };
-        let answer = master.heartbeat(&req.into_inner().worker_id).await;
+        let id = worker_id(&req.into_inner().worker_id)?;
+        let answer = master.heartbeat(id.as_str()).await;
         Ok(Response::new(match answer {
             HeartbeatAnswer::NotLeader => pb::HeartbeatResponse {
                 accepted: false,
@@ -188,6 +391,7 @@ impl MasterService for MasterRpc {
             }));
         };
         let r = req.into_inner();
+        let wid = worker_id(&r.worker_id)?;
         let report = match report_from_wire(&r) {
             Ok(report) => report,
             Err(e) => {
@@ -200,7 +404,7 @@ impl MasterService for MasterRpc {
                 }));
             }
         };
-        match master.report(WorkerId(r.worker_id.clone()), report).await {
+        match master.report(wid, report).await {
             Ok(outcome) => Ok(Response::new(answer(outcome))),
             Err(MasterError::NotLeader { .. }) => Ok(Response::new(not_leader_answer())),
             Err(e) => Err(status(e)),
@@ -219,6 +423,13 @@ impl MasterService for MasterRpc {
         let Some(master) = self.node.active() else {
             return Ok(Response::new(all(not_leader_answer())));
         };
+        let wid = worker_id(&req.worker_id)?;
+        if req.reports.len() > MAX_APPS {
+            return Err(Status::invalid_argument(format!(
+                "{} reports in one call; at most {MAX_APPS} are allowed",
+                req.reports.len()
+            )));
+        }
         if req.reports.iter().any(|r| r.worker_id != req.worker_id) {
             return Err(Status::invalid_argument(
                 "every report must name the worker that sends the batch",
@@ -243,10 +454,7 @@ impl MasterService for MasterRpc {
                 }
             }
         }
-        let outcomes = match master
-            .reports(WorkerId(req.worker_id.clone()), readable)
-            .await
-        {
+        let outcomes = match master.reports(wid, readable).await {
             Ok(o) => o,
             Err(MasterError::NotLeader { .. }) => {
                 return Ok(Response::new(all(not_leader_answer())))

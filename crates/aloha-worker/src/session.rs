@@ -8,7 +8,7 @@ use aloha_proto as pb;
 use aloha_proto::master_service_client::MasterServiceClient;
 use tokio::sync::{watch, RwLock};
 use tonic::transport::{Channel, Endpoint};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::worker::Worker;
 
@@ -65,7 +65,7 @@ impl Session {
     /// at once, each with a short deadline: a paused or dead master must not hold up finding
     /// the live one. At most one master can accept, because accepting means a successful write
     /// under the leadership fence. Standbys point at the leader; that address is tried too.
-    async fn register(&self) -> Option<(Leader, Duration)> {
+    async fn register(&self) -> Result<(Leader, Duration), Option<tonic::Status>> {
         let mut tried: Vec<String> = Vec::new();
         let mut round: Vec<String> = self.masters.clone();
         while !round.is_empty() {
@@ -78,6 +78,7 @@ impl Session {
                 kinds: self.worker.kinds(),
                 apps: apps.clone(),
                 plugin_errors: self.worker.plugin_errors.clone(),
+                instance: self.worker.instance.clone(),
             };
             let mut calls = tokio::task::JoinSet::new();
             for url in round.drain(..) {
@@ -86,18 +87,20 @@ impl Session {
                 calls.spawn(async move {
                     let mut client = match client_for(&url) {
                         Ok(c) => c,
-                        Err(e) => return (url, None, Err(e)),
+                        Err(e) => return (url, None, Err(tonic::Status::unavailable(e))),
                     };
                     let res = tokio::time::timeout(RPC_TIMEOUT, client.register_worker(req)).await;
                     let res = match res {
                         Ok(Ok(r)) => Ok(r.into_inner()),
-                        Ok(Err(status)) => Err(status.message().to_string()),
-                        Err(_) => Err("timed out".to_string()),
+                        Ok(Err(status)) => Err(status),
+                        Err(_) => Err(tonic::Status::deadline_exceeded("timed out")),
                     };
                     (url, Some(client), res)
                 });
             }
             let mut hints: Vec<String> = Vec::new();
+            // A leader's refusal of this worker itself (its id is taken, its offer is invalid).
+            let mut refused: Option<tonic::Status> = None;
             while let Some(joined) = calls.join_next().await {
                 let Ok((url, client, res)) = joined else {
                     continue;
@@ -113,21 +116,34 @@ impl Session {
                         let interval = Duration::from_millis(resp.heartbeat_interval_ms.max(50));
                         info!(master = %url, epoch = resp.epoch, apps = apps.len(),
                               heartbeat_ms = interval.as_millis() as u64, "registered with the leader");
-                        return Some((Leader { url, client }, interval));
+                        return Ok((Leader { url, client }, interval));
                     }
                     (_, Ok(resp)) => {
                         if !resp.leader_rpc_address.is_empty() {
                             hints.push(normalise(&resp.leader_rpc_address));
                         }
                     }
-                    (_, Err(e)) => debug!(master = %url, "registration failed: {e}"),
+                    (_, Err(status))
+                        if matches!(
+                            status.code(),
+                            tonic::Code::AlreadyExists | tonic::Code::InvalidArgument
+                        ) =>
+                    {
+                        refused = Some(status);
+                    }
+                    (_, Err(status)) => {
+                        debug!(master = %url, "registration failed: {}", status.message())
+                    }
                 }
             }
             hints.sort();
             hints.dedup();
             round = hints.into_iter().filter(|h| !tried.contains(h)).collect();
+            if round.is_empty() && refused.is_some() {
+                return Err(refused);
+            }
         }
-        None
+        Err(None)
     }
 
     /// Keeps the worker registered with the leader until `stop` turns true.
@@ -135,23 +151,40 @@ impl Session {
         let reporter = tokio::spawn(self.clone().deliver_reports(stop.clone()));
         let mut backoff = MIN_BACKOFF;
         let mut warned = false;
+        let mut last_refusal = String::new();
         'outer: loop {
             if *stop.borrow() {
                 break;
             }
-            let Some((leader, interval)) = self.register().await else {
-                if !warned {
-                    warn!(masters = ?self.masters, "no master accepted the registration; retrying");
-                    warned = true;
+            let (leader, interval) = match self.register().await {
+                Ok(l) => l,
+                Err(refusal) => {
+                    match refusal {
+                        // Refused by the leader (e.g. another live process has this id): said
+                        // loudly, and retried, so that this worker takes over once the master
+                        // declares the other one DEAD.
+                        Some(status) if status.message() != last_refusal => {
+                            error!(code = ?status.code(), "the master refused the registration: {}; retrying",
+                                   status.message());
+                            last_refusal = status.message().to_string();
+                        }
+                        Some(_) => {}
+                        None if !warned => {
+                            warn!(masters = ?self.masters, "no master accepted the registration; retrying");
+                            warned = true;
+                        }
+                        None => {}
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => break,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => break,
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
             };
             warned = false;
+            last_refusal.clear();
             backoff = MIN_BACKOFF;
             *self.leader.write().await = Some(leader.clone());
             self.worker.report_ready.notify_one();

@@ -55,6 +55,9 @@ pub struct Worker {
     pub cores: u32,
     /// Memory offered, MiB.
     pub memory_mb: u64,
+    /// This process's random token, sent with every registration: the master refuses another
+    /// process registering the same id while this one is alive.
+    pub instance: String,
     cfg: Config,
     plugins: HashMap<String, Arc<ApplicationPlugin>>,
     /// The process supervisor handed to plugins in every `AppContext`, if there is one.
@@ -69,6 +72,25 @@ pub struct Worker {
     pub reregister: Notify,
     max_epoch: AtomicU64,
     shutting_down: AtomicBool,
+}
+
+/// 128 random bits as 32 hex digits. The std hasher's keys come from the OS's random source
+/// once per process; the pid and the time make two tokens of one host differ even so. The
+/// token tells processes apart; it is no secret.
+fn instance_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let half = |salt: u64| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(salt);
+        h.write_u32(std::process::id());
+        h.write_u128(nanos);
+        h.finish()
+    };
+    format!("{:016x}{:016x}", half(1), half(2))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -97,6 +119,7 @@ impl Worker {
             address,
             cores,
             memory_mb,
+            instance: instance_token(),
             plugins: plugins
                 .into_iter()
                 .map(|p| (p.kind().to_string(), Arc::new(p)))

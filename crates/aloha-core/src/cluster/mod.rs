@@ -215,6 +215,8 @@ pub struct Registration {
     pub plugin_errors: Vec<String>,
     /// Every app attempt it holds.
     pub apps: Vec<WorkerReport>,
+    /// The registering process's random instance token; `None` from older workers.
+    pub instance: Option<String>,
 }
 
 /// A worker's statement about one app attempt, converted from the wire at the edge.
@@ -265,6 +267,9 @@ pub struct Worker {
     pub suspect: bool,
     /// It is shutting down: nothing is placed there until it registers again.
     pub draining: bool,
+    /// The instance token of the process that last registered it (not persisted: after a
+    /// recovery the worker is UNKNOWN and any instance may register).
+    pub instance: Option<String>,
 }
 
 impl Worker {
@@ -276,6 +281,7 @@ impl Worker {
             apps: OrdSet::new(),
             suspect: false,
             draining: false,
+            instance: None,
         }
     }
 
@@ -293,6 +299,32 @@ impl Worker {
             self.record.cores.saturating_sub(self.used_cores),
             self.record.memory_mb.saturating_sub(self.used_memory_mb),
         )
+    }
+}
+
+/// Whether the process with `instance` may register as the known worker `w`. A worker id
+/// belongs to one process at a time: while `w` is ALIVE (heard from within the worker
+/// timeout), another process's registration is refused, else it would take the id over and
+/// the master would relaunch apps the first process still runs. The same process
+/// re-registering (reconnect, master failover) is accepted, and so is any process once `w`
+/// was declared DEAD, or is UNKNOWN after a recovery (the token is not persisted): its apps
+/// are then reconciled as for any registration. Without a token on either side (an older
+/// worker) there is nothing to compare and the registration is accepted.
+pub fn takeover_check(w: &Worker, instance: Option<&str>) -> Result<(), OpError> {
+    match (w.record.state, w.instance.as_deref(), instance) {
+        (WorkerState::Alive, Some(known), Some(new)) if known != new => {
+            Err(OpError::Conflict(format!(
+                "worker id {} is in use by another live worker process (registered at {}, \
+                 address {}); stop that process or choose another --id. The id is free again \
+                 once the master declares it DEAD",
+                w.record.id,
+                w.record
+                    .registered_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                w.record.address
+            )))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -1181,6 +1213,9 @@ impl Cluster {
             ));
         }
         let wid = reg.id.clone();
+        if let Some(w) = self.workers.get(&wid) {
+            takeover_check(w, reg.instance.as_deref())?;
+        }
         // A drain outlives re-registrations (and master failovers: it is in the record).
         let drain = self.workers.get(&wid).and_then(|w| w.record.drain);
         let record = WorkerRecord {
@@ -1198,9 +1233,10 @@ impl Cluster {
         };
         self.put_worker(&wid, record, fx);
         if let Some(mut w) = self.workers.get(&wid).cloned() {
-            if w.suspect || w.draining {
+            if w.suspect || w.draining || w.instance != reg.instance {
                 w.suspect = false;
                 w.draining = false;
+                w.instance = reg.instance.clone();
                 self.set_worker(&wid, w);
             }
         }

@@ -54,6 +54,7 @@ impl S {
             kinds: vec!["process".into()],
             plugin_errors: vec![],
             apps: vec![],
+            instance: None,
         };
         s.c.register(reg, at(0), &mut s.fx).unwrap();
         s

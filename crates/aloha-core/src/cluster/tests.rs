@@ -36,6 +36,7 @@ fn reg(id: &str, cores: u32, apps: Vec<WorkerReport>) -> Registration {
         kinds: vec!["process".into()],
         plugin_errors: vec![],
         apps,
+        instance: None,
     }
 }
 
@@ -1221,4 +1222,97 @@ fn a_drained_worker_gets_nothing_new_and_its_apps_move_at_the_deadline() {
         t.c.drain_worker(&w("nope"), std::time::Duration::ZERO, at(0), &mut t.fx),
         Err(OpError::WorkerNotFound(_))
     ));
+}
+
+fn reg_as(id: &str, instance: Option<&str>, apps: Vec<WorkerReport>) -> Registration {
+    Registration {
+        instance: instance.map(String::from),
+        ..reg(id, 2, apps)
+    }
+}
+
+#[test]
+fn another_process_cannot_take_over_a_live_workers_id() {
+    let mut t = T::new();
+    t.c.register(reg_as("dup", Some("aaaa"), vec![]), at(0), &mut t.fx)
+        .unwrap();
+    let id = t.running("dup", 1);
+    t.take();
+    // A second process with the same id, listing nothing: refused, nothing changes.
+    let before = t.c.clone();
+    let err =
+        t.c.register(reg_as("dup", Some("bbbb"), vec![]), at(2), &mut t.fx)
+            .unwrap_err();
+    let OpError::Conflict(m) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        m.starts_with("worker id dup is in use by another live worker process (registered at "),
+        "{m}"
+    );
+    assert!(t.take().writes_nothing());
+    assert_eq!(t.app(&id).state, AppState::Running);
+    assert_eq!(t.app(&id).attempt, 1);
+    assert_eq!(
+        t.c.worker(&w("dup")).unwrap().instance,
+        before.worker(&w("dup")).unwrap().instance
+    );
+    // The same process re-registering (a reconnect) keeps its app.
+    let kill =
+        t.c.register(
+            reg_as("dup", Some("aaaa"), vec![rep(&id, 1, AppState::Running)]),
+            at(3),
+            &mut t.fx,
+        )
+        .unwrap();
+    assert!(kill.is_empty());
+    assert_eq!(t.app(&id).state, AppState::Running);
+    // An older worker without a token is not checked.
+    t.c.register(
+        reg_as("dup", None, vec![rep(&id, 1, AppState::Running)]),
+        at(4),
+        &mut t.fx,
+    )
+    .unwrap();
+    t.c.check_invariants().unwrap();
+}
+
+#[test]
+fn a_new_process_takes_the_id_once_the_old_one_is_dead_or_unknown() {
+    let mut t = T::new();
+    t.c.register(reg_as("dup", Some("aaaa"), vec![]), at(0), &mut t.fx)
+        .unwrap();
+    let id = t.running("dup", 1);
+    t.c.expire_workers(&[(w("dup"), 10_050)], at(11_000), &mut t.fx);
+    assert_eq!(t.app(&id).state, AppState::Relaunching);
+    t.take();
+    t.c.register(reg_as("dup", Some("bbbb"), vec![]), at(11_100), &mut t.fx)
+        .unwrap();
+    assert_eq!(
+        t.c.worker(&w("dup")).unwrap().instance.as_deref(),
+        Some("bbbb")
+    );
+    assert_eq!(t.place(11_200), 1);
+    assert_eq!(t.app(&id).attempt, 2);
+    // Now "bbbb" is the live one: the old process coming back is refused.
+    assert!(matches!(
+        t.c.register(reg_as("dup", Some("aaaa"), vec![]), at(11_300), &mut t.fx),
+        Err(OpError::Conflict(_))
+    ));
+
+    // After a master recovery no instance is known: the worker is UNKNOWN, any process may
+    // register, and what it does not list is reconciled as lost.
+    let workers: Vec<WorkerRecord> = t.c.workers().map(|w| (*w.record).clone()).collect();
+    let apps: Vec<App> = vec![(*t.app(&id)).clone()];
+    let mut fx = Effects::default();
+    let mut c = Cluster::recover(rules(), workers, apps, 1, at(20_000), &mut fx);
+    assert_eq!(c.worker(&w("dup")).unwrap().instance, None);
+    c.register(reg_as("dup", Some("cccc"), vec![]), at(20_100), &mut fx)
+        .unwrap();
+    let app = match c.lookup(&id) {
+        Lookup::Found(a) => a,
+        other => panic!("{other:?}"),
+    };
+    assert_ne!(app.state, AppState::Running);
+    c.check_invariants().unwrap();
 }

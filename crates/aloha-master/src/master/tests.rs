@@ -150,6 +150,7 @@ fn reg(id: &str, cores: u32, apps: Vec<WorkerReport>) -> Registration {
         kinds: vec!["process".into()],
         plugin_errors: vec![],
         apps,
+        instance: None,
     }
 }
 
