@@ -334,7 +334,11 @@ fn a_master_without_its_store_answers_reads_503_within_seconds() {
         etcd: Some((etcd.endpoints(), "2s".into())),
     };
     let m = MasterProc::start("m0", opts, dir.path());
-    for path in ["/api/v1/apps", "/api/v1/apps/app-20200101000000-0001", "/api/v1/workers"] {
+    for path in [
+        "/api/v1/apps",
+        "/api/v1/apps/app-20200101000000-0001",
+        "/api/v1/workers",
+    ] {
         let started = std::time::Instant::now();
         let r = m
             .api

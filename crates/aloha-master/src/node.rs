@@ -650,6 +650,25 @@ pub async fn stop_listeners(listeners: Option<Arc<Listeners>>) {
     }
 }
 
+/// How long a read straight from the store (a standby without its replica yet) may take before
+/// it is answered 503: an etcd without quorum must not hold a GET for many seconds.
+pub const STORE_READ_DEADLINE: Duration = Duration::from_secs(3);
+
+/// A store read bounded by [`STORE_READ_DEADLINE`].
+pub async fn bounded<T>(
+    read: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
+) -> Result<T, MasterError> {
+    match tokio::time::timeout(STORE_READ_DEADLINE, read).await {
+        Ok(r) => r.map_err(MasterError::from),
+        Err(_) => Err(MasterError::Store(crate::store::StoreError::Unavailable(
+            format!(
+                "the state store did not answer within {}s",
+                STORE_READ_DEADLINE.as_secs()
+            ),
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Failover over the in-memory election: the same HA loop as over etcd, with the lease
@@ -844,24 +863,5 @@ mod tests {
         b.stop.send(true).unwrap();
         b.task.await.unwrap();
         assert_eq!(e.leader(), None);
-    }
-}
-
-/// How long a read straight from the store (a standby without its replica yet) may take before
-/// it is answered 503: an etcd without quorum must not hold a GET for many seconds.
-pub const STORE_READ_DEADLINE: Duration = Duration::from_secs(3);
-
-/// A store read bounded by [`STORE_READ_DEADLINE`].
-pub async fn bounded<T>(
-    read: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
-) -> Result<T, MasterError> {
-    match tokio::time::timeout(STORE_READ_DEADLINE, read).await {
-        Ok(r) => r.map_err(MasterError::from),
-        Err(_) => Err(MasterError::Store(crate::store::StoreError::Unavailable(
-            format!(
-                "the state store did not answer within {}s",
-                STORE_READ_DEADLINE.as_secs()
-            ),
-        ))),
     }
 }
