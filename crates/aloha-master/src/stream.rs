@@ -27,6 +27,9 @@ use crate::node::Node;
 /// Event types a filter may name.
 pub const TYPES: [&str; 15] = aloha_core::EventBody::TYPES;
 
+/// Longest wait for one read of the log while streaming.
+const READ_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Query parameters of the stream.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,7 +141,15 @@ pub async fn events(
         let mut last = start;
         let mut first = true;
         'stream: loop {
-            let batch = match log.read_after(last, 500).await {
+            // A read that hangs (a store connection broken by a pause, a lost quorum) ends the
+            // stream rather than stalling it: the client reconnects, to another master if need be.
+            let read = tokio::time::timeout(READ_DEADLINE, log.read_after(last, 500)).await;
+            let batch = match read.unwrap_or_else(|_| {
+                Err(crate::store::StoreError::Unavailable(format!(
+                    "the event log did not answer within {}s",
+                    READ_DEADLINE.as_secs()
+                )))
+            }) {
                 Ok(b) => b,
                 Err(e) => {
                     let _ = tx
