@@ -100,35 +100,20 @@ fn the_console_pages_are_plain_html_with_a_strict_policy() {
 #[test]
 fn a_standby_says_so_on_every_page_and_links_the_leader() {
     use aloha_e2e::etcd::EtcdCluster;
-    use aloha_e2e::{free_port, wait_for, MasterOpts, MasterProc};
+    use aloha_e2e::wait_for;
     let dir = tempfile::Builder::new()
         .prefix("aloha-console-ha-")
         .tempdir()
         .unwrap();
     let etcd = EtcdCluster::start(1, dir.path());
-    let masters: Vec<MasterProc> = (0..2)
-        .map(|i| {
-            let opts = MasterOpts {
-                http_port: free_port(),
-                rpc_port: free_port(),
-                state_dir: dir.path().join(format!("m{i}")),
-                worker_timeout: "3s".into(),
-                etcd: Some((etcd.endpoints(), "2s".into())),
-            };
-            MasterProc::start(&format!("m{i}"), opts, dir.path())
-        })
-        .collect();
-    let role = |m: &MasterProc| -> Option<String> {
-        let r = m.api.try_get("/api/v1/cluster").ok()?;
-        r.body["role"].as_str().map(str::to_string)
-    };
+    let masters = aloha_e2e::ha_masters(&etcd, dir.path());
     let (leader, standby) = wait_for(
         "a leader and a standby that knows it",
         std::time::Duration::from_secs(40),
         || {
             let l = masters
                 .iter()
-                .position(|m| role(m).as_deref() == Some("ALIVE"))?;
+                .position(|m| aloha_e2e::role_of(m).as_deref() == Some("ALIVE"))?;
             let s = 1 - l;
             let c = masters[s].api.try_get("/api/v1/cluster").ok()?;
             (c.body["leader"].is_string()).then_some((l, s))

@@ -6,42 +6,15 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use aloha_e2e::etcd::EtcdCluster;
-use aloha_e2e::{free_port, wait_for, Api, Cluster, MasterOpts, MasterProc, Resp};
+use aloha_e2e::{
+    free_port, ha_masters, leader_of, wait_for, Api, Cluster, MasterOpts, MasterProc, Resp,
+};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(40);
 
 fn body(name: &str, cores: u32) -> Value {
     json!({"name": name, "kind": "process", "spec": {"command": ["true"]}, "cores": cores})
-}
-
-/// Two HA masters on `etcd` (lease 2 s), their state under `dir`.
-fn ha_masters(etcd: &EtcdCluster, dir: &std::path::Path) -> Vec<MasterProc> {
-    (0..2)
-        .map(|i| {
-            let opts = MasterOpts {
-                http_port: free_port(),
-                rpc_port: free_port(),
-                state_dir: dir.join(format!("m{i}")),
-                worker_timeout: "3s".into(),
-                etcd: Some((etcd.endpoints(), "2s".into())),
-            };
-            MasterProc::start(&format!("m{i}"), opts, dir)
-        })
-        .collect()
-}
-
-/// Waits until one of `masters` is ALIVE; its index.
-fn leader_of(masters: &[MasterProc]) -> usize {
-    let role = |m: &MasterProc| -> Option<String> {
-        let r = m.api.try_get("/api/v1/cluster").ok()?;
-        r.body["role"].as_str().map(str::to_string)
-    };
-    wait_for("a leader", T, || {
-        masters
-            .iter()
-            .position(|m| role(m).as_deref() == Some("ALIVE"))
-    })
 }
 
 fn submit_keyed(api: &Api, key: &str, body: &Value) -> Resp {
@@ -92,7 +65,7 @@ fn an_idempotent_submission_is_answered_with_the_first_app_after_an_ha_failover(
         .unwrap();
     let etcd = EtcdCluster::start(1, dir.path());
     let mut masters = ha_masters(&etcd, dir.path());
-    let leader = leader_of(&masters);
+    let leader = leader_of(&masters, T);
     let first = submit_keyed(
         &masters[leader].api,
         "nightly-2026-12-03",
@@ -231,7 +204,7 @@ fn a_standby_serves_reads_from_its_replica_also_without_an_etcd_quorum() {
         .unwrap();
     let mut etcd = EtcdCluster::start(3, dir.path());
     let masters = ha_masters(&etcd, dir.path());
-    let leader = leader_of(&masters);
+    let leader = leader_of(&masters, T);
     let (lead, standby) = (&masters[leader].api, &masters[1 - leader].api);
     let ids: Vec<String> = (0..20)
         .map(|i| {
@@ -293,7 +266,7 @@ fn readyz_is_200_only_on_the_alive_leader_whose_store_answers() {
         .unwrap();
     let mut etcd = EtcdCluster::start(1, dir.path());
     let masters = ha_masters(&etcd, dir.path());
-    let leader = leader_of(&masters);
+    let leader = leader_of(&masters, T);
     let standby = &masters[1 - leader];
     wait_for("the leader ready", T, || {
         (masters[leader].api.get("/readyz").status == 200).then_some(())

@@ -476,33 +476,13 @@ fn a_position_past_the_end_of_the_log_is_refused() {
 #[test]
 fn a_master_that_stepped_down_serves_the_new_leaders_events() {
     use aloha_e2e::etcd::EtcdCluster;
-    use aloha_e2e::{free_port, MasterOpts, MasterProc};
     let dir = tempfile::Builder::new()
         .prefix("aloha-events-stepdown-")
         .tempdir()
         .unwrap();
     let etcd = EtcdCluster::start(1, dir.path());
-    let masters: Vec<MasterProc> = (0..2)
-        .map(|i| {
-            let opts = MasterOpts {
-                http_port: free_port(),
-                rpc_port: free_port(),
-                state_dir: dir.path().join(format!("m{i}")),
-                worker_timeout: "3s".into(),
-                etcd: Some((etcd.endpoints(), "2s".into())),
-            };
-            MasterProc::start(&format!("m{i}"), opts, dir.path())
-        })
-        .collect();
-    let role = |m: &MasterProc| -> Option<String> {
-        let r = m.api.try_get("/api/v1/cluster").ok()?;
-        r.body["role"].as_str().map(str::to_string)
-    };
-    let old = wait_for("a leader", T, || {
-        masters
-            .iter()
-            .position(|m| role(m).as_deref() == Some("ALIVE"))
-    });
+    let masters = aloha_e2e::ha_masters(&etcd, dir.path());
+    let old = aloha_e2e::leader_of(&masters, T);
     let new = 1 - old;
     let first = masters[old]
         .api
@@ -510,11 +490,11 @@ fn a_master_that_stepped_down_serves_the_new_leaders_events() {
     // Paused past its lease: the other master takes over; then the old one runs again.
     masters[old].proc.signal(libc::SIGSTOP);
     wait_for("the other master to lead", T, || {
-        (role(&masters[new]).as_deref() == Some("ALIVE")).then_some(())
+        (aloha_e2e::role_of(&masters[new]).as_deref() == Some("ALIVE")).then_some(())
     });
     masters[old].proc.signal(libc::SIGCONT);
     wait_for("the old leader to step down", T, || {
-        (role(&masters[old]).as_deref() == Some("STANDBY")).then_some(())
+        (aloha_e2e::role_of(&masters[old]).as_deref() == Some("STANDBY")).then_some(())
     });
     // A stream on the old leader, from the last event it knows of: it must flow with what the
     // new leader writes (before the fix it read its frozen in-memory tail and stalled).

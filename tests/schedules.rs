@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use aloha_e2e::etcd::EtcdCluster;
-use aloha_e2e::{free_port, wait_for, Api, Cluster, MasterOpts, MasterProc};
+use aloha_e2e::{wait_for, Api, Cluster};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
@@ -324,27 +324,8 @@ fn no_nominal_time_fires_twice_or_is_lost_across_an_ha_failover() {
         .tempdir()
         .unwrap();
     let etcd = EtcdCluster::start(1, dir.path());
-    let mut masters: Vec<MasterProc> = (0..2)
-        .map(|i| {
-            let opts = MasterOpts {
-                http_port: free_port(),
-                rpc_port: free_port(),
-                state_dir: dir.path().join(format!("m{i}")),
-                worker_timeout: "3s".into(),
-                etcd: Some((etcd.endpoints(), "2s".into())),
-            };
-            MasterProc::start(&format!("m{i}"), opts, dir.path())
-        })
-        .collect();
-    let role = |m: &MasterProc| -> Option<String> {
-        let r = m.api.try_get("/api/v1/cluster").ok()?;
-        r.body["role"].as_str().map(str::to_string)
-    };
-    let leader = wait_for("a leader", T, || {
-        masters
-            .iter()
-            .position(|m| role(m).as_deref() == Some("ALIVE"))
-    });
+    let mut masters = aloha_e2e::ha_masters(&etcd, dir.path());
+    let leader = aloha_e2e::leader_of(&masters, T);
     let api = masters[leader].api.clone();
     let id = create(
         &api,
@@ -360,7 +341,7 @@ fn no_nominal_time_fires_twice_or_is_lost_across_an_ha_failover() {
     masters[leader].proc.kill9();
     let other = &masters[1 - leader];
     wait_for("the standby to lead", T, || {
-        (role(other).as_deref() == Some("ALIVE")).then_some(())
+        (aloha_e2e::role_of(other).as_deref() == Some("ALIVE")).then_some(())
     });
     let api = other.api.clone();
     let before = runs(&api, &id).len();

@@ -252,19 +252,6 @@ fn spark_submit_in_cluster_mode_runs_the_driver_on_a_worker_and_follows_and_kill
     assert!(out.contains("\"driverState\" : \"KILLED\""), "{out}");
 }
 
-/// Waits until one of `masters` is ALIVE; its index.
-fn leader_of(masters: &[MasterProc]) -> usize {
-    let role = |m: &MasterProc| -> Option<String> {
-        let r = m.api.try_get("/api/v1/cluster").ok()?;
-        r.body["role"].as_str().map(str::to_string)
-    };
-    wait_for("a leader", T, || {
-        masters
-            .iter()
-            .position(|m| role(m).as_deref() == Some("ALIVE"))
-    })
-}
-
 #[test]
 fn spark_submit_moves_on_from_a_standby_listed_first_to_the_leader() {
     let home = spark_home();
@@ -291,7 +278,7 @@ fn spark_submit_moves_on_from_a_standby_listed_first_to_the_leader() {
             )
         })
         .collect();
-    let leader = leader_of(&masters);
+    let leader = aloha_e2e::leader_of(&masters, T);
     let standby = 1 - leader;
     let rpcs: Vec<String> = masters.iter().map(MasterProc::rpc_url).collect();
     let opts = WorkerOpts {

@@ -834,3 +834,34 @@ pub fn use_bin_dir(dir: &Path) -> std::io::Result<tempfile::TempDir> {
     std::env::set_var("CARGO_TARGET_DIR", link.path());
     Ok(link)
 }
+
+/// Two HA masters on `etcd` (lease 2 s, worker timeout 3 s), their state under `dir`.
+pub fn ha_masters(etcd: &etcd::EtcdCluster, dir: &Path) -> Vec<MasterProc> {
+    (0..2)
+        .map(|i| {
+            let opts = MasterOpts {
+                http_port: free_port(),
+                rpc_port: free_port(),
+                state_dir: dir.join(format!("m{i}")),
+                worker_timeout: "3s".into(),
+                etcd: Some((etcd.endpoints(), "2s".into())),
+            };
+            MasterProc::start(&format!("m{i}"), opts, dir)
+        })
+        .collect()
+}
+
+/// The role a master reports (`ALIVE`, `STANDBY`, `RECOVERING`), if it answers.
+pub fn role_of(m: &MasterProc) -> Option<String> {
+    let r = m.api.try_get("/api/v1/cluster").ok()?;
+    r.body["role"].as_str().map(str::to_string)
+}
+
+/// Waits until one of `masters` is ALIVE; its index.
+pub fn leader_of(masters: &[MasterProc], timeout: Duration) -> usize {
+    wait_for("a leader", timeout, || {
+        masters
+            .iter()
+            .position(|m| role_of(m).as_deref() == Some("ALIVE"))
+    })
+}
