@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aloha_e2e::{
-    app_pid, find_in_tool_venvs, group_members, process_exists, require_java,
-    require_python_module, toml_string, wait_for, Api, Cluster,
+    app_pid, group_members, process_exists, require_python_module, toml_string, wait_for, Api,
+    Cluster,
 };
 use serde_json::{json, Value};
 
@@ -31,21 +31,7 @@ struct Spark {
 }
 
 fn spark() -> Spark {
-    require_java(INSTALL);
-    let home = std::env::var_os("SPARK_HOME")
-        .map(PathBuf::from)
-        .or_else(|| find_in_tool_venvs("pyspark-", "pyspark"))
-        .unwrap_or_else(|| {
-            panic!(
-                "pyspark is missing: SPARK_HOME is not set and {} has no pyspark venv; {INSTALL}",
-                aloha_e2e::tools_dir().display()
-            )
-        });
-    assert!(
-        home.join("bin/spark-submit").is_file(),
-        "{} has no bin/spark-submit; {INSTALL}",
-        home.display()
-    );
+    let home = aloha_e2e::spark_home(INSTALL);
     // SPARK_HOME is <venv>/lib/python3.X/site-packages/pyspark.
     let python = std::env::var_os("PYSPARK_PYTHON")
         .map(PathBuf::from)

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use aloha_e2e::etcd::EtcdCluster;
 use aloha_e2e::{
-    find_in_tool_venvs, free_port, require_java, start_worker_with_config, toml_string, wait_for,
-    Api, Cluster, MasterOpts, MasterProc, Proc, WorkerOpts,
+    free_port, start_worker_with_config, toml_string, wait_for, Api, Cluster, MasterOpts,
+    MasterProc, Proc, WorkerOpts,
 };
 use serde_json::{json, Value};
 
@@ -30,22 +30,7 @@ const JDK: &str = "the tests compile their driver: install a JDK (`apt-get insta
 
 /// The Spark distribution inside the pyspark package (has `bin/spark-submit`).
 fn spark_home() -> PathBuf {
-    require_java(INSTALL);
-    let home = std::env::var_os("SPARK_HOME")
-        .map(PathBuf::from)
-        .or_else(|| find_in_tool_venvs("pyspark-", "pyspark"))
-        .unwrap_or_else(|| {
-            panic!(
-                "pyspark is missing: SPARK_HOME is not set and {} has no pyspark venv; {INSTALL}",
-                aloha_e2e::tools_dir().display()
-            )
-        });
-    assert!(
-        home.join("bin/spark-submit").is_file(),
-        "{} has no bin/spark-submit; {INSTALL}",
-        home.display()
-    );
-    home
+    aloha_e2e::spark_home(INSTALL)
 }
 
 const MAIN: &str = r#"

@@ -865,3 +865,25 @@ pub fn leader_of(masters: &[MasterProc], timeout: Duration) -> usize {
             .position(|m| role_of(m).as_deref() == Some("ALIVE"))
     })
 }
+
+/// The Spark distribution inside the pyspark package (it has `bin/spark-submit`): `SPARK_HOME`,
+/// else the pyspark venv under [`tools_dir`]. Panics with `install` when Java or pyspark is
+/// missing.
+pub fn spark_home(install: &str) -> PathBuf {
+    require_java(install);
+    let home = std::env::var_os("SPARK_HOME")
+        .map(PathBuf::from)
+        .or_else(|| find_in_tool_venvs("pyspark-", "pyspark"))
+        .unwrap_or_else(|| {
+            panic!(
+                "pyspark is missing: SPARK_HOME is not set and {} has no pyspark venv; {install}",
+                tools_dir().display()
+            )
+        });
+    assert!(
+        home.join("bin/spark-submit").is_file(),
+        "{} has no bin/spark-submit; {install}",
+        home.display()
+    );
+    home
+}
