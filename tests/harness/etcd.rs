@@ -198,3 +198,10 @@ mod base64_lite {
         assert_eq!(encode(b"foob"), "Zm9vYg==");
     }
 }
+
+impl EtcdCluster {
+    /// How many members the cluster has (running or not).
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+}

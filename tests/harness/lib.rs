@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod chaos;
 pub mod etcd;
 
 /// A number unique within this test process, for names.

@@ -3,6 +3,9 @@
 //!
 //! # Layout
 //! One file per subcommand, beside what they share:
+//! - `chaos.rs`: a 3-member etcd, three HA masters and two workers under continuous submissions
+//!   while the leader, a worker and etcd members are killed or stopped in cycles: apps lost,
+//!   stuck or run twice, and failover times (the engine is the harness's `chaos` module).
 //! - `failover.rs`: three HA masters on a one-member etcd; the time from SIGKILL (or SIGTERM)
 //!   of the leader to the first submission another master answers `201`.
 //! - `submit.rs`: submission throughput and latency against a single-node master (embedded
@@ -27,6 +30,7 @@
 //! processes and drops them when it ends, also when it fails.
 
 mod bare;
+mod chaos;
 mod failover;
 mod http;
 mod latency;
@@ -64,6 +68,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Faults in cycles (leader SIGKILL/SIGSTOP, worker SIGKILL, etcd member and quorum loss)
+    /// under continuous submissions: apps lost, stuck or run twice, failover times.
+    Chaos(chaos::ChaosArgs),
     /// Time from killing the HA leader to the first submission another master accepts.
     Failover(failover::FailoverArgs),
     /// Submission throughput and latency, single-node (redb) and HA (etcd).
@@ -145,6 +152,7 @@ fn main() -> ExitCode {
         .collect::<Vec<_>>()
         .join(" ");
     let result = match cli.cmd {
+        Cmd::Chaos(a) => chaos::chaos(&a, &command_line),
         Cmd::Failover(a) => failover::failover(&a, &command_line),
         Cmd::Submit(a) => submit::submit(&a, &command_line),
         Cmd::Http(a) => http::http(&a, &command_line),
