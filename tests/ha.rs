@@ -44,6 +44,17 @@ impl Drop for Ha {
 
 impl Ha {
     fn start(etcd_members: usize, masters: usize, lease_ttl: &str, workers: &[(&str, u32)]) -> Ha {
+        Self::start_with(etcd_members, masters, lease_ttl, workers, &[])
+    }
+
+    /// With extra master flags.
+    fn start_with(
+        etcd_members: usize,
+        masters: usize,
+        lease_ttl: &str,
+        workers: &[(&str, u32)],
+        extra: &[&str],
+    ) -> Ha {
         let dir = tempfile::Builder::new()
             .prefix("aloha-ha-")
             .tempdir()
@@ -59,7 +70,8 @@ impl Ha {
                     worker_timeout: "3s".into(),
                     etcd: Some((endpoints.clone(), lease_ttl.into())),
                 };
-                MasterProc::start(&format!("m{i}"), opts, dir.path())
+                let extra = extra.iter().map(|a| a.to_string()).collect();
+                MasterProc::start_with(&format!("m{i}"), opts, extra, dir.path())
             })
             .collect();
         let mut ha = Ha {
@@ -371,4 +383,204 @@ fn losing_an_etcd_member_goes_unnoticed_and_losing_quorum_is_survived() {
     assert_eq!(app["attempt"], 1);
     let after = submit_any(&ha.apis(), &long("after-quorum")).unwrap();
     api.wait_state(&after, "RUNNING", T);
+}
+
+/// Waits until every master but `leader` holds a liveness stream to it (the leader logs each).
+fn wait_standbys_watch(ha: &Ha, leader: usize) {
+    let standbys = ha.masters.len() - 1;
+    wait_for("the standbys to watch the leader", T, || {
+        let log = ha.masters[leader].proc.log_text();
+        (log.matches("a standby watches this leader").count() >= standbys).then_some(())
+    });
+}
+
+/// Submits through any of `apis` until one answers 201; how long that took.
+fn first_201(apis: &[Api], body: &Value, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    wait_for("a 201 from another master", timeout, || {
+        submit_any(apis, body).map(|_| start.elapsed())
+    })
+}
+
+#[test]
+fn a_killed_leader_is_replaced_at_once_not_when_its_lease_expires() {
+    // A 10 s lease: waiting for it would take 7-10 s.
+    let mut ha = Ha::start(1, 3, "10s", &[("w1", 2)]);
+    let old = ha.wait_leader(None);
+    let id = submit_any(&ha.apis(), &long("keeps-running")).unwrap();
+    ha.masters[old].api.wait_state(&id, "RUNNING", T);
+    wait_standbys_watch(&ha, old);
+
+    ha.masters[old].proc.kill9();
+    let others: Vec<Api> = (0..3)
+        .filter(|&i| i != old)
+        .map(|i| ha.masters[i].api.clone())
+        .collect();
+    let took = first_201(&others, &long("after"), T);
+    assert!(
+        took < Duration::from_secs(5),
+        "failover took {took:?}: the standbys waited for the 10 s lease"
+    );
+    let new = ha.wait_leader(Some(old));
+    let revoked = (0..3).filter(|&i| i != old).any(|i| {
+        ha.masters[i]
+            .proc
+            .log_text()
+            .contains("revoked its lease (fast failover)")
+    });
+    assert!(revoked, "no standby revoked the dead leader's lease");
+    // Nothing ran twice: the app keeps its first attempt.
+    let app = ha.masters[new].api.wait_state(&id, "RUNNING", T);
+    assert_eq!(app["attempt"], 1);
+}
+
+#[test]
+fn with_fast_failover_off_a_killed_leader_is_replaced_when_its_lease_expires() {
+    let mut ha = Ha::start_with(1, 2, "3s", &[], &["--fast-failover", "false"]);
+    let old = ha.wait_leader(None);
+    ha.masters[old].proc.kill9();
+    let other = 1 - old;
+    let took = first_201(&[ha.masters[other].api.clone()], &long("after"), T);
+    // etcd keeps the lease 3 s after the last keep-alive, sent at most 1 s before the kill.
+    assert!(
+        took >= Duration::from_millis(1_500),
+        "took over after {took:?}, before the lease could expire"
+    );
+    assert!(!ha.masters[other]
+        .proc
+        .log_text()
+        .contains("revoked its lease"));
+}
+
+fn cluster_of(api: &Api) -> Option<Value> {
+    api.try_get("/api/v1/cluster").ok().map(|r| r.body)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cp -a {} {}", from.display(), to.display());
+}
+
+#[test]
+fn a_restored_etcd_makes_the_masters_refuse_to_lead_until_an_operator_accepts_it() {
+    let mut ha = Ha::start(1, 2, "2s", &[("w1", 2)]);
+    let short =
+        |name: &str| json!({"name": name, "kind": "process", "spec": {"command": ["true"]}});
+    let l = ha.wait_leader(None);
+    let before = submit_any(&ha.apis(), &short("before-backup")).unwrap();
+    ha.masters[l].api.wait_state(&before, "FINISHED", T);
+
+    // An operator backs up etcd's data (member stopped), and etcd goes on.
+    let data = ha.dir.path().join("etcd0");
+    let backup = ha.dir.path().join("etcd0-backup");
+    ha.etcd.kill_member(0);
+    copy_dir(&data, &backup);
+    ha.etcd.start_member(0);
+    ha.etcd.wait_healthy();
+    // Work goes on after the backup, across a leader change (so the epoch moves past the
+    // backup's revisions), and the old leader comes back as a standby.
+    let l = ha.wait_leader(None);
+    ha.masters[l].proc.signal(libc::SIGTERM);
+    let l2 = ha.wait_leader(Some(l));
+    assert!(ha.masters[l].proc.wait_exit(T).is_some());
+    let dir = ha.dir.path().to_path_buf();
+    ha.masters[l].restart_hard(&dir);
+    ha.masters[l2].api.wait_alive_workers(1, T);
+    let mut after = Vec::new();
+    for i in 0..3 {
+        let id = wait_for("a submission", T, || {
+            submit_any(&ha.apis(), &short(&format!("after-backup-{i}")))
+        });
+        after.push(id);
+    }
+    let l = ha.wait_leader(None);
+    for id in &after {
+        ha.masters[l].api.wait_state(id, "FINISHED", T);
+    }
+    // Let both masters' keep-alives see the newest revisions.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let old_epoch = cluster_of(&ha.masters[l].api).unwrap()["epoch"]
+        .as_u64()
+        .unwrap();
+
+    // The backup is restored: etcd's revisions go back under the running masters.
+    ha.etcd.kill_member(0);
+    std::fs::remove_dir_all(&data).unwrap();
+    copy_dir(&backup, &data);
+    ha.etcd.start_member(0);
+    ha.etcd.wait_healthy();
+
+    // Every master notices and refuses to lead; nobody leads over the old data.
+    wait_for("every master to refuse to lead", T, || {
+        ha.masters
+            .iter()
+            .all(|m| cluster_of(&m.api).is_some_and(|c| c["refusing_to_lead"].is_string()))
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    for m in &ha.masters {
+        let c = cluster_of(&m.api).unwrap();
+        assert_ne!(c["role"], "ALIVE", "{c}");
+        let r = m.api.get("/readyz");
+        assert_eq!(r.status, 503);
+        assert!(
+            r.body["error"]
+                .as_str()
+                .unwrap()
+                .contains("refusing to lead"),
+            "{:?}",
+            r.body
+        );
+    }
+
+    // The operator accepts the restore: a leader is elected with an epoch above every
+    // earlier one, the worker follows it, and launches are accepted again.
+    let shown = std::process::Command::new(aloha_e2e::bin("alohactl"))
+        .args(["--master", &ha.masters[0].api.base, "cluster"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("Refusing to lead"), "{shown}");
+    let out = std::process::Command::new(aloha_e2e::bin("alohactl"))
+        .args([
+            "--master",
+            &ha.masters[0].api.base,
+            "cluster",
+            "accept-restore",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("restore accepted: epoch generation"),
+        "{said}"
+    );
+    let l = ha.wait_leader(None);
+    let api = ha.masters[l].api.clone();
+    let epoch = cluster_of(&api).unwrap()["epoch"].as_u64().unwrap();
+    assert!(epoch > old_epoch, "epoch {epoch} after {old_epoch}");
+    wait_for("the refusals to clear", T, || {
+        ha.masters
+            .iter()
+            .all(|m| cluster_of(&m.api).is_some_and(|c| c["refusing_to_lead"].is_null()))
+            .then_some(())
+    });
+    api.wait_alive_workers(1, T);
+    // The state is the backup's: what was written after it is gone.
+    assert_eq!(api.app(&before)["state"], "FINISHED");
+    for id in &after {
+        assert_eq!(api.get(&format!("/api/v1/apps/{id}")).status, 404);
+    }
+    let id = submit_any(std::slice::from_ref(&api), &short("after-restore")).unwrap();
+    api.wait_state(&id, "FINISHED", T);
 }

@@ -44,6 +44,8 @@ fn me(n: u16) -> LeaderInfo {
         http: format!("http://127.0.0.1:{n}"),
         rpc: format!("http://127.0.0.1:{}", n + 1),
         epoch: 0,
+        lease: 0,
+        generation: 0,
     }
 }
 
@@ -68,9 +70,10 @@ fn the_etcd_store_meets_the_store_contract() {
 fn a_fenced_etcd_store_meets_the_contract_and_writes_nothing_once_the_leader_key_is_gone() {
     let e = etcd();
     block_on(async {
-        let election = EtcdElection::connect(&e.endpoints, "fenced", me(1000), TTL)
-            .await
-            .unwrap();
+        let election =
+            EtcdElection::connect(&e.endpoints, "fenced", me(1000), TTL, Default::default())
+                .await
+                .unwrap();
         let mut candidacy = election.candidacy().await.unwrap();
         let leadership = candidacy.campaign().await.unwrap();
         let fenced = leadership.store.clone();
@@ -111,10 +114,10 @@ fn a_fenced_etcd_store_meets_the_contract_and_writes_nothing_once_the_leader_key
 fn the_etcd_election_makes_a_second_candidate_wait_and_fences_a_resigned_leader() {
     let e = etcd();
     block_on(async {
-        let a = EtcdElection::connect(&e.endpoints, "election", me(1000), TTL)
+        let a = EtcdElection::connect(&e.endpoints, "election", me(1000), TTL, Default::default())
             .await
             .unwrap();
-        let b = EtcdElection::connect(&e.endpoints, "election", me(2000), TTL)
+        let b = EtcdElection::connect(&e.endpoints, "election", me(2000), TTL, Default::default())
             .await
             .unwrap();
         assert_eq!(b.leader().await.ok().flatten(), None);

@@ -93,6 +93,10 @@ pub struct ClusterInfo {
     pub members: Vec<String>,
     /// `embedded` (redb) or `etcd`.
     pub store: String,
+    /// Set while this master refuses to lead because its state store went back in time (etcd
+    /// restored from a backup): what it saw. Cleared by `POST /api/v1/cluster/accept-restore`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusing_to_lead: Option<String>,
 }
 
 /// A schedule as the API serves it: the record, its state and its next nominal times (the

@@ -39,6 +39,11 @@ pub struct Config {
     /// The leader's etcd lease TTL: how long a dead leader holds leadership at most.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
+    /// HA: standbys watch the leader over a gRPC stream and, when it breaks and the leader
+    /// cannot be dialled again, revoke its lease so a standby takes over at once instead of
+    /// after the lease TTL. A false positive (a live leader the standby cannot reach) costs a
+    /// leadership change, never data: the old leader's writes are fenced.
+    pub fast_failover: bool,
     /// Most events kept in the event log.
     pub event_retention: u64,
     /// Events older than this are deleted.
@@ -73,6 +78,7 @@ impl Default for Config {
             etcd_endpoints: Vec::new(),
             cluster_name: "aloha".into(),
             lease_ttl: Duration::from_secs(5),
+            fast_failover: true,
             event_retention: 100_000,
             event_max_age: Duration::from_secs(7 * 24 * 3600),
             retain_finished: 10_000,
@@ -156,6 +162,10 @@ pub struct Args {
     #[arg(long, env = "ALOHA_LEASE_TTL", value_parser = humantime::parse_duration)]
     pub lease_ttl: Option<Duration>,
     /// A listener plugin: PATH or PATH=JSON-CONFIG; repeatable (adds to the config file's).
+    /// HA: revoke a crashed leader's lease as soon as its liveness stream breaks and it cannot
+    /// be dialled again (default true); false waits for the lease TTL.
+    #[arg(long, env = "ALOHA_FAST_FAILOVER", value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub fast_failover: Option<bool>,
     #[arg(long = "listener", env = "ALOHA_LISTENERS", value_delimiter = ';')]
     pub listeners: Vec<String>,
     /// Most events kept in the event log [default: 100000].
@@ -229,6 +239,9 @@ impl Args {
         }
         if let Some(v) = self.lease_ttl {
             cfg.lease_ttl = v;
+        }
+        if let Some(v) = self.fast_failover {
+            cfg.fast_failover = v;
         }
         if let Some(v) = self.event_retention {
             cfg.event_retention = v;

@@ -97,6 +97,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/workers/{id}/drain", post(drain_worker))
         .route("/api/v1/workers/{id}/undrain", post(undrain_worker))
         .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/cluster/accept-restore", post(accept_restore))
         .route("/api/v1/events", get(crate::stream::events))
         .merge(crate::console::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -122,7 +123,7 @@ pub fn router(node: Arc<Node>) -> Router {
         healthz, readyz, metrics, openapi, submit, list, show, kill, retry,
         crate::logs::app_logs, create_schedule, list_schedules, show_schedule, update_schedule,
         delete_schedule, pause_schedule, resume_schedule, trigger_schedule, backfill_schedule,
-        workers, drain_worker, undrain_worker, cluster, crate::stream::events,
+        workers, drain_worker, undrain_worker, cluster, accept_restore, crate::stream::events,
     ),
     components(schemas(
         App, AppState, SubmitRequest, AppList, ErrorBody, WorkerInfo, WorkerList, ClusterInfo,
@@ -438,6 +439,24 @@ async fn workers(State(m): State<Arc<Node>>) -> ApiResult<Json<WorkerList>> {
     responses((status = 200, description = "this master's role, the leader, the epoch, the members", body = ClusterInfo)))]
 async fn cluster(State(m): State<Arc<Node>>) -> impl IntoResponse {
     Json(m.cluster().await)
+}
+
+/// The answer of `POST /api/v1/cluster/accept-restore`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AcceptedRestore {
+    /// The epoch generation now in force: every epoch from now on is above every earlier one.
+    pub generation: u64,
+}
+
+#[utoipa::path(post, path = "/api/v1/cluster/accept-restore", tag = "cluster",
+    responses(
+        (status = 200, description = "the restore is accepted; masters refusing to lead campaign again", body = AcceptedRestore),
+        (status = 400, description = "single-node mode", body = ErrorBody),
+        (status = 409, description = "this master leads: nothing to accept", body = ErrorBody),
+        (status = 503, description = "the store failed", body = ErrorBody)))]
+async fn accept_restore(State(m): State<Arc<Node>>) -> ApiResult<Json<AcceptedRestore>> {
+    let generation = m.accept_restore().await?;
+    Ok(Json(AcceptedRestore { generation }))
 }
 
 // ----------------------------------------------------------------------------------------

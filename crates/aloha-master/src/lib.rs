@@ -38,6 +38,7 @@ pub mod logs;
 pub mod master;
 pub mod metrics;
 pub mod node;
+pub mod peer;
 pub mod replica;
 pub mod rpc;
 pub mod store;
@@ -118,6 +119,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut rpc_stop = stop_rx.clone();
     let rpc = tonic::transport::Server::builder()
         .add_service(MasterServiceServer::new(rpc::MasterRpc::new(node.clone())))
+        .add_service(aloha_proto::peer_service_server::PeerServiceServer::new(
+            peer::PeerRpc::new(node.clone()),
+        ))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(rpc_listener),
             async move {

@@ -33,9 +33,13 @@ use tracing::{error, info, warn};
 use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::election::etcd::EtcdElection;
-use crate::election::{Candidacy, Election, ElectionError, Leadership};
+use crate::election::history::History;
+use crate::election::{
+    generation, raise_generation, Candidacy, Election, ElectionError, Leadership,
+};
 use crate::engine::View;
 use crate::events::EventLog;
+use crate::lease::LeaseGuard;
 use crate::listeners::{Listeners, LoadedListener};
 use crate::master::{present, worker_infos, Master, MasterError};
 use crate::metrics::Metrics;
@@ -60,6 +64,12 @@ pub struct Node {
     members: RwLock<Vec<String>>,
     /// A standby's replica of the leader's state (HA over etcd), for reads.
     replica: Arc<Replica>,
+    /// Epochs seen and the refusal to lead over a store that went back in time.
+    pub history: Arc<History>,
+    /// The lease of the leadership this node holds, while it leads (HA).
+    lease: RwLock<Option<Arc<LeaseGuard>>>,
+    /// The store the epoch generation is read from and raised in (HA).
+    election_store: RwLock<Option<Arc<dyn StateStore>>>,
 }
 
 fn read<T: Clone>(l: &RwLock<T>) -> T {
@@ -79,6 +89,7 @@ impl Node {
         role: Role,
         events: Arc<EventLog>,
         listeners: Vec<LoadedListener>,
+        history: Arc<History>,
     ) -> Arc<Node> {
         let (role, _) = watch::channel(role);
         Arc::new(Node {
@@ -92,6 +103,9 @@ impl Node {
             leader: RwLock::new(None),
             members: RwLock::new(Vec::new()),
             replica: Arc::default(),
+            history,
+            lease: RwLock::new(None),
+            election_store: RwLock::new(None),
         })
     }
 
@@ -109,6 +123,7 @@ impl Node {
             Role::Alive,
             master.event_log().clone(),
             listeners,
+            Arc::default(),
         );
         write(
             &node.leader,
@@ -116,6 +131,8 @@ impl Node {
                 http: cfg.http_url(),
                 rpc: cfg.rpc_url(),
                 epoch: master.epoch(),
+                lease: 0,
+                generation: 0,
             }),
         );
         write(&node.members, vec![cfg.http_url()]);
@@ -127,6 +144,16 @@ impl Node {
     /// This process's role.
     pub fn role(&self) -> Role {
         *self.role.borrow()
+    }
+
+    /// Changes of this process's role.
+    pub fn role_watch(&self) -> watch::Receiver<Role> {
+        self.role.subscribe()
+    }
+
+    /// This node's configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
     }
 
     fn set_role(&self, role: Role) {
@@ -178,6 +205,12 @@ impl Node {
     /// store answers a read within 2 s. The reason when not.
     pub async fn ready(&self) -> Result<(), String> {
         let role = self.role();
+        if let Some(r) = self.history.refusal() {
+            return Err(format!(
+                "refusing to lead: {} (POST /api/v1/cluster/accept-restore once the restore is intended)",
+                r.reason
+            ));
+        }
         let Some(m) = self.active().filter(|_| role == Role::Alive) else {
             let name = match role {
                 Role::Alive => "ALIVE, but fenced",
@@ -203,6 +236,7 @@ impl Node {
             address: self.cfg.http_url(),
             members: read(&self.members),
             store: self.reader.kind().to_string(),
+            refusing_to_lead: self.history.refusal().map(|r| r.reason),
         }
     }
 
@@ -401,17 +435,25 @@ impl Node {
         listeners: Vec<LoadedListener>,
         stop: watch::Receiver<bool>,
     ) -> anyhow::Result<(Arc<Node>, tokio::task::JoinHandle<()>)> {
+        let history = Arc::new(History::new());
         let election = EtcdElection::connect(
             &cfg.etcd_endpoints,
             &cfg.cluster_name,
             Self::me(&cfg),
             cfg.lease_ttl,
+            history.clone(),
         )
         .await?;
         let (client, prefix) = (election.client(), election.prefix());
         let rules = crate::master::rules(&cfg);
-        let (node, task) =
-            Node::elected_by(cfg, Arc::new(election), connector, listeners, stop.clone());
+        let (node, task) = Node::elected_by(
+            cfg,
+            Arc::new(election),
+            connector,
+            listeners,
+            stop.clone(),
+            history,
+        );
         tokio::spawn(replica::follow(
             client,
             prefix,
@@ -430,6 +472,7 @@ impl Node {
         connector: Arc<dyn WorkerConnector>,
         listeners: Vec<LoadedListener>,
         stop: watch::Receiver<bool>,
+        history: Arc<History>,
     ) -> (Arc<Node>, tokio::task::JoinHandle<()>) {
         let reader = election.store();
         let node = Node::new(
@@ -437,9 +480,11 @@ impl Node {
             reader.clone(),
             Arc::new(Metrics::new()),
             Role::Standby,
-            EventLog::new(reader),
+            EventLog::new(reader.clone()),
             listeners,
+            history,
         );
+        write(&node.election_store, Some(reader));
         let task = tokio::spawn(node.clone().ha_loop(election, connector, stop));
         (node, task)
     }
@@ -450,6 +495,8 @@ impl Node {
             http: cfg.http_url(),
             rpc: cfg.rpc_url(),
             epoch: 0,
+            lease: 0,
+            generation: 0,
         }
     }
 
@@ -460,9 +507,20 @@ impl Node {
         mut stop: watch::Receiver<bool>,
     ) {
         let follower = tokio::spawn(self.clone().follow_leader(election.clone(), stop.clone()));
+        let watcher = self.cfg.fast_failover.then(|| {
+            tokio::spawn(crate::peer::watch_leader(
+                self.clone(),
+                election.clone(),
+                stop.clone(),
+            ))
+        });
         let mut backoff = Duration::from_millis(200);
         while !*stop.borrow() {
             self.set_role(Role::Standby);
+            // 0. Not over a store that went back in time, until an operator accepts it.
+            if !self.wait_while_refusing(&election, &mut stop).await {
+                break;
+            }
             // 1. A lease, kept alive on its own task, and a membership.
             let mut candidacy = match election.candidacy().await {
                 Ok(c) => c,
@@ -486,7 +544,27 @@ impl Node {
                 _ = stop.changed() => Campaigned::Stopping,
             };
             let leadership = match campaigned {
-                Campaigned::Done(Ok(l)) => l,
+                Campaigned::Done(Ok(l)) if l.epoch <= self.history.max_epoch() => {
+                    let seen = self.history.max_epoch();
+                    error!(
+                        epoch = l.epoch,
+                        seen,
+                        "elected with epoch {} but epoch {seen} was seen before: the state store \
+                         went back in time (etcd restored from a backup?). Refusing to lead until \
+                         an operator accepts the restore: POST /api/v1/cluster/accept-restore",
+                        l.epoch
+                    );
+                    self.history.refuse(format!(
+                        "elected with epoch {} after epoch {seen} was seen: the store went back in time",
+                        l.epoch
+                    ));
+                    candidacy.resign().await;
+                    continue;
+                }
+                Campaigned::Done(Ok(l)) => {
+                    self.history.observe(l.epoch);
+                    l
+                }
                 Campaigned::Done(Err(e)) => {
                     warn!("{e}");
                     candidacy.resign().await;
@@ -513,6 +591,9 @@ impl Node {
         }
         self.set_role(Role::Standby);
         follower.abort();
+        if let Some(w) = watcher {
+            w.abort();
+        }
     }
 
     /// Recovers under the leadership's fence and leads until the lease or the fence is lost or
@@ -568,12 +649,15 @@ impl Node {
         self.set_role(Role::Alive);
         info!(epoch, "ALIVE: scheduling");
 
+        write(&self.lease, Some(guard.clone()));
         let shutting_down = tokio::select! {
             _ = guard.lost() => { warn!(epoch, "lease lost: stepping down"); false }
             _ = master.fenced() => { warn!(epoch, "fenced: stepping down"); false }
+            _ = self.history.refused() => { error!(epoch, "the store went back in time: stepping down"); false }
             _ = stop.changed() => { info!(epoch, "shutting down: resigning"); true }
         };
         guard.lose();
+        write(&self.lease, None);
         write(&self.active, None);
         // Another master writes the log from now on: read it from the store.
         self.events.set_authoritative(false);
@@ -600,6 +684,89 @@ impl Node {
         Ok(Some(l))
     }
 
+    /// While this node refuses to lead, waits until an operator accepts the restore (the
+    /// epoch generation rises above every epoch seen) or `stop`; false when stopping.
+    async fn wait_while_refusing(
+        &self,
+        election: &Arc<dyn Election>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let mut warned = false;
+        while let Some(refusal) = self.history.refusal() {
+            if !warned {
+                warn!(
+                    reason = %refusal.reason,
+                    "refusing to lead until an operator accepts the restore \
+                     (POST /api/v1/cluster/accept-restore)"
+                );
+                warned = true;
+            }
+            let store = election.store();
+            if let Ok(Ok(g)) =
+                tokio::time::timeout(Duration::from_secs(2), generation(store.as_ref())).await
+            {
+                if g >= self.history.next_generation() {
+                    info!(
+                        generation = g,
+                        "the restore was accepted: campaigning again"
+                    );
+                    self.history.accept();
+                    break;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.changed() => return false,
+            }
+        }
+        !*stop.borrow()
+    }
+
+    /// A worker registered that already followed `seen`, above this leader's `epoch`: if this
+    /// HA leadership still holds its lease, the store went back in time under it. Steps down,
+    /// refuses to lead and returns true: the caller refuses the registration. (A leader whose
+    /// lease is gone is simply deposed; single-node mode has no lease and never refuses.)
+    pub fn worker_epoch_ahead(&self, worker: &str, seen: u64, epoch: u64) -> bool {
+        if seen <= epoch {
+            return false;
+        }
+        self.history.observe(seen);
+        let holds = read(&self.lease).is_some_and(|g| g.valid());
+        if holds {
+            error!(
+                worker,
+                seen,
+                epoch,
+                "a worker already followed a higher epoch: the state store went back in time"
+            );
+            self.history.refuse(format!(
+                "worker {worker} already followed epoch {seen}, above this leader's {epoch}: the store went back in time"
+            ));
+        }
+        holds
+    }
+
+    /// An operator accepts that the state store was restored: raises the epoch generation
+    /// above every epoch seen, so masters refusing to lead campaign again with epochs above
+    /// every earlier one. Returns the generation in force.
+    pub async fn accept_restore(&self) -> Result<u64, MasterError> {
+        let Some(store) = read(&self.election_store) else {
+            return Err(MasterError::BadRequest(
+                "accept-restore applies to HA mode (etcd) only".into(),
+            ));
+        };
+        if self.role() != Role::Standby || self.active().is_some() {
+            return Err(MasterError::Conflict(
+                "this master leads: nothing to accept".into(),
+            ));
+        }
+        let current = bounded(generation(store.as_ref())).await?;
+        let target = self.history.next_generation().max(current + 1);
+        let generation = bounded(raise_generation(store.as_ref(), target)).await?;
+        info!(generation, "an operator accepted the restored store");
+        Ok(generation)
+    }
+
     async fn step_down(&self, candidacy: Box<dyn Candidacy>) {
         candidacy.resign().await;
         if read(&self.leader).is_some_and(|l| l.http == self.cfg.http_url()) {
@@ -619,7 +786,12 @@ impl Node {
         loop {
             if self.role() == Role::Standby {
                 match tokio::time::timeout(ASK, election.leader()).await {
-                    Ok(Ok(leader)) => write(&self.leader, leader),
+                    Ok(Ok(leader)) => {
+                        if let Some(l) = &leader {
+                            self.history.observe(l.epoch);
+                        }
+                        write(&self.leader, leader)
+                    }
                     // etcd trouble: nobody to redirect to.
                     Ok(Err(_)) | Err(_) => write(&self.leader, None),
                 }
@@ -717,8 +889,14 @@ mod tests {
         let url = cfg.http_url();
         let election = electorate.join(Node::me(&cfg));
         let (stop, stop_rx) = watch::channel(false);
-        let (node, task) =
-            Node::elected_by(cfg, election, Arc::new(NoWorkers), Vec::new(), stop_rx);
+        let (node, task) = Node::elected_by(
+            cfg,
+            election,
+            Arc::new(NoWorkers),
+            Vec::new(),
+            stop_rx,
+            Arc::default(),
+        );
         Running {
             node,
             stop,
@@ -863,5 +1041,45 @@ mod tests {
         b.stop.send(true).unwrap();
         b.task.await.unwrap();
         assert_eq!(e.leader(), None);
+    }
+
+    #[tokio::test]
+    async fn masters_refuse_to_lead_over_a_store_that_went_back_in_time_until_an_operator_accepts()
+    {
+        let e = MemoryElectorate::new();
+        let (a, b) = leader_and_standby(&e).await;
+        let old = a.node.active().unwrap().epoch();
+        // As after an etcd restore: a worker already followed epoch 1000 (above anything the
+        // store hands out now), and b saw it too.
+        b.node.history.observe(1_000);
+        assert!(a.node.worker_epoch_ahead("w1", 1_000, old));
+        wait_until("a steps down", || a.node.role() == Role::Standby).await;
+        // b is elected with an epoch below 1000: it refuses and resigns; nobody leads.
+        wait_until("b refuses", || b.node.history.refusal().is_some()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for n in [&a.node, &b.node] {
+            assert!(n.active().is_none());
+            assert!(n.cluster().await.refusing_to_lead.is_some());
+            assert!(n.ready().await.unwrap_err().contains("refusing to lead"));
+        }
+        // A worker behind the leader is no reason to refuse; single-node has no lease.
+        assert!(!a.node.worker_epoch_ahead("w2", 5, 10));
+
+        // The operator accepts: the generation rises and the next leader's epoch is above 1000.
+        let generation = b.node.accept_restore().await.unwrap();
+        assert_eq!(generation, 1);
+        wait_until("somebody leads again", || {
+            a.node.role() == Role::Alive || b.node.role() == Role::Alive
+        })
+        .await;
+        let leader = if a.node.role() == Role::Alive { &a } else { &b };
+        let epoch = leader.node.active().unwrap().epoch();
+        assert!(epoch > 1_000, "epoch {epoch}");
+        assert_eq!(crate::election::history::generation_of(epoch), 1);
+        assert!(leader.node.history.refusal().is_none());
+        assert!(matches!(
+            leader.node.accept_restore().await,
+            Err(MasterError::Conflict(_))
+        ));
     }
 }

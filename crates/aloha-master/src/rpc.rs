@@ -323,7 +323,20 @@ impl MasterService for MasterRpc {
                 ..Default::default()
             }));
         };
-        let reg = registration_from_wire(req.into_inner())?;
+        let req = req.into_inner();
+        if self
+            .node
+            .worker_epoch_ahead(&req.worker_id, req.max_epoch_seen, master.epoch())
+        {
+            return Err(Status::failed_precondition(format!(
+                "this worker already followed epoch {}, above this leader's {}: the master's \
+                 state store went back in time; the masters refuse to lead until an operator \
+                 accepts the restore (POST /api/v1/cluster/accept-restore)",
+                req.max_epoch_seen,
+                master.epoch()
+            )));
+        }
+        let reg = registration_from_wire(req)?;
         match master.register_worker(reg).await {
             Ok(kill) => Ok(Response::new(pb::RegisterWorkerResponse {
                 accepted: true,

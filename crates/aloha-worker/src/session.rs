@@ -79,6 +79,7 @@ impl Session {
                 apps: apps.clone(),
                 plugin_errors: self.worker.plugin_errors.clone(),
                 instance: self.worker.instance.clone(),
+                max_epoch_seen: self.worker.max_epoch(),
             };
             let mut calls = tokio::task::JoinSet::new();
             for url in round.drain(..) {

@@ -143,6 +143,11 @@ impl Worker {
         k
     }
 
+    /// The highest leader epoch this process followed (sent in registrations).
+    pub fn max_epoch(&self) -> u64 {
+        self.max_epoch.load(Ordering::SeqCst)
+    }
+
     /// Records the epoch of a leader we registered with.
     pub fn observe_epoch(&self, epoch: u64) {
         self.max_epoch.fetch_max(epoch, Ordering::SeqCst);

@@ -101,8 +101,13 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<WorkersCommand>,
     },
-    /// Show the answering master's view of the cluster: role, leader, epoch, members.
-    Cluster,
+    /// Show the answering master's view of the cluster: role, leader, epoch, members;
+    /// `cluster accept-restore` after restoring etcd from a backup.
+    Cluster {
+        /// Accept a restored store (none: show the cluster).
+        #[command(subcommand)]
+        action: Option<ClusterCommand>,
+    },
     /// Print events (app state changes, relaunches, workers, leadership); `--follow` streams
     /// them and resumes after a disconnect or failover without missing one.
     Events(EventsArgs),
@@ -127,6 +132,15 @@ pub struct LogsArgs {
     /// The attempt (default: the latest).
     #[arg(long)]
     pub attempt: Option<u32>,
+}
+
+/// `alohactl cluster accept-restore`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// The masters refuse to lead when their etcd went back in time (restored from a backup):
+    /// confirm that the restore is intended. The epoch generation rises above every epoch seen
+    /// and the masters campaign again.
+    AcceptRestore,
 }
 
 /// `alohactl workers drain|undrain`.

@@ -10,7 +10,7 @@ use chrono::Utc;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::cli::{Cli, Command, ListArgs, Output, SubmitArgs, WorkersCommand};
+use crate::cli::{Cli, ClusterCommand, Command, ListArgs, Output, SubmitArgs, WorkersCommand};
 use crate::client::{fresh_idempotency_key, segment, Client, Served};
 use crate::error::CtlError;
 use crate::io::{print, Io};
@@ -32,7 +32,10 @@ pub fn run(cli: Cli, io: &mut Io<'_>) -> Result<(), CtlError> {
         Command::Workers {
             action: Some(action),
         } => drain(&client, format, action, io),
-        Command::Cluster => cluster(&client, format, io),
+        Command::Cluster { action: None } => cluster(&client, format, io),
+        Command::Cluster {
+            action: Some(ClusterCommand::AcceptRestore),
+        } => accept_restore(&client, format, io),
         Command::Events(args) => crate::events::run(&client, format, &args, io),
         Command::Schedule(command) => crate::schedules::run(&client, format, command, io),
     }
@@ -328,6 +331,20 @@ fn cluster(client: &Client, format: Output, io: &mut Io<'_>) -> Result<(), CtlEr
         &match format {
             Output::Table => output::cluster(&info.data),
             Output::Json => output::json(&info.raw),
+        },
+    )
+}
+
+fn accept_restore(client: &Client, format: Output, io: &mut Io<'_>) -> Result<(), CtlError> {
+    let r: Served<Value> = client.post::<(), _>("/api/v1/cluster/accept-restore", None)?;
+    print(
+        io,
+        &match format {
+            Output::Table => format!(
+                "restore accepted: epoch generation {}; the masters campaign again\n",
+                r.data["generation"]
+            ),
+            Output::Json => output::json(&r.raw),
         },
     )
 }

@@ -284,14 +284,18 @@ pub fn cluster(info: &ClusterInfo) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    fields(&[
+    let mut rows = vec![
         ("Role", role.to_string()),
         ("Leader", info.leader.as_deref().map_or(dash(), clean)),
         ("Epoch", info.epoch.to_string()),
         ("Address", clean(&info.address)),
         ("Store", clean(&info.store)),
         ("Members", members),
-    ])
+    ];
+    if let Some(why) = &info.refusing_to_lead {
+        rows.push(("Refusing to lead", clean(why)));
+    }
+    fields(&rows)
 }
 
 /// `schedule show` (and `create`, `update`): every field, the template, the next runs in the

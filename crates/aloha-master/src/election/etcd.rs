@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use etcd_client::{Client, ConnectOptions, LeaderKey, PutOptions, ResignOptions};
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
+use super::history::{compose_epoch, History, Revisions};
 use super::{Candidacy, Election, ElectionError, LeaderInfo, Leadership};
 use crate::lease::LeaseGuard;
 use crate::store::etcd::{cluster_prefix, EtcdStore, Fence};
@@ -35,16 +36,22 @@ pub struct EtcdElection {
     members_prefix: String,
     me: LeaderInfo,
     ttl: Duration,
+    /// Where a store that went back in time is reported.
+    history: Arc<History>,
+    /// Each etcd member's revision as the keep-alives saw it.
+    revisions: Arc<Revisions>,
 }
 
 impl EtcdElection {
     /// Connects to etcd at `endpoints` for cluster `cluster`; `me` is what this master
-    /// publishes as leader and member, `ttl` its lease's time to live.
+    /// publishes as leader and member, `ttl` its lease's time to live. A member's revision
+    /// going backwards under a keep-alive is reported to `history`.
     pub async fn connect(
         endpoints: &[String],
         cluster: &str,
         me: LeaderInfo,
         ttl: Duration,
+        history: Arc<History>,
     ) -> Result<EtcdElection, ElectionError> {
         let connect = |opts: ConnectOptions| async move {
             Client::connect(endpoints, Some(opts)).await.map_err(|e| {
@@ -76,6 +83,8 @@ impl EtcdElection {
             members_prefix: format!("{prefix}members/"),
             me,
             ttl,
+            history,
+            revisions: Arc::default(),
         })
     }
 }
@@ -103,6 +112,9 @@ impl Election for EtcdElection {
     }
 
     async fn candidacy(&self) -> Result<Box<dyn Candidacy>, ElectionError> {
+        let generation = super::generation(&self.store).await.map_err(|e| {
+            ElectionError::Unavailable(format!("cannot read the epoch generation: {e}"))
+        })?;
         let sent = Instant::now();
         let mut c = self.client.clone();
         let lease = c
@@ -112,12 +124,22 @@ impl Election for EtcdElection {
             .id();
         let guard = LeaseGuard::new(self.ttl, sent);
         let keeper = tokio::spawn(keep_alive(
-            self.client.clone(),
-            lease,
+            EtcdRenewal {
+                client: self.client.clone(),
+                lease,
+                stream: None,
+                revisions: self.revisions.clone(),
+            },
             self.ttl,
             guard.clone(),
+            self.history.clone(),
         ));
-        let value = serde_json::to_vec(&self.me).expect("leader info serializes");
+        let value = serde_json::to_vec(&LeaderInfo {
+            lease,
+            generation,
+            ..self.me.clone()
+        })
+        .expect("leader info serializes");
         let member_key = format!("{}{}", self.members_prefix, self.me.http);
         // Best effort: membership is only shown by `GET /api/v1/cluster`.
         let _ = c
@@ -134,6 +156,7 @@ impl Election for EtcdElection {
             name: self.name.clone(),
             value,
             lease,
+            generation,
             guard,
             keeper,
             key: None,
@@ -151,7 +174,7 @@ impl Election for EtcdElection {
             .map_err(unavailable)?;
         Ok(resp.kv().and_then(|kv| {
             let mut info = serde_json::from_slice::<LeaderInfo>(kv.value()).ok()?;
-            info.epoch = kv.create_revision() as u64;
+            info.epoch = compose_epoch(info.generation, kv.create_revision() as u64);
             Some(info)
         }))
     }
@@ -175,6 +198,20 @@ impl Election for EtcdElection {
         members.sort();
         Ok(members)
     }
+
+    async fn revoke_leader(&self, leader: &LeaderInfo) -> Result<bool, ElectionError> {
+        if leader.lease == 0 {
+            return Ok(false);
+        }
+        match self.client.clone().lease_revoke(leader.lease).await {
+            Ok(_) => Ok(true),
+            // etcd answers NotFound for a lease that already expired or was revoked.
+            Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => {
+                Ok(false)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
 }
 
 /// A lease granted by etcd, and the leader key once elected.
@@ -185,6 +222,7 @@ struct EtcdCandidacy {
     name: String,
     value: Vec<u8>,
     lease: i64,
+    generation: u64,
     guard: Arc<LeaseGuard>,
     keeper: JoinHandle<()>,
     key: Option<LeaderKey>,
@@ -212,8 +250,9 @@ impl Candidacy for EtcdCandidacy {
         let key = resp
             .take_leader()
             .ok_or_else(|| ElectionError::Campaign("etcd returned no leader key".into()))?;
-        // The leader key's create revision: unique per leadership, and etcd revisions only grow.
-        let epoch = key.rev() as u64;
+        // The leader key's create revision: unique per leadership, and etcd revisions only grow
+        // (until a restore: then the generation, raised by the operator, keeps epochs growing).
+        let epoch = compose_epoch(self.generation, key.rev() as u64);
         let store = self.store.fenced(Fence {
             leader_key: key.key().to_vec(),
             revision: key.rev(),
@@ -238,46 +277,225 @@ impl Candidacy for EtcdCandidacy {
     }
 }
 
-/// Keeps `lease` alive every `ttl / 3` until the guard is lost; declares it lost when etcd says
-/// the lease expired or the local deadline passes without a good answer.
-async fn keep_alive(client: Client, lease: i64, ttl: Duration, guard: Arc<LeaseGuard>) {
+/// One keep-alive exchange's outcome.
+#[derive(Debug, PartialEq)]
+enum Renewed {
+    /// Renewed for this long.
+    For(Duration),
+    /// The backend says the lease is gone.
+    Expired,
+    /// The backend went back in time under us (restored): the message says how.
+    Rewound(String),
+}
+
+/// The keep-alive transport, so its retry policy is tested without etcd.
+#[async_trait]
+trait Renewal: Send {
+    /// Sends one keep-alive and waits for its answer, opening a stream first if there is none.
+    /// An error drops the stream: the next call opens a new one.
+    async fn renew(&mut self) -> Result<Renewed, String>;
+    /// Drops the stream (its answer is late): a late answer must not be taken for the next
+    /// keep-alive's, whose send time is later.
+    fn reset(&mut self);
+}
+
+/// The keep-alive over etcd's LeaseKeepAlive stream.
+struct EtcdRenewal {
+    client: Client,
+    lease: i64,
+    stream: Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
+    revisions: Arc<Revisions>,
+}
+
+#[async_trait]
+impl Renewal for EtcdRenewal {
+    fn reset(&mut self) {
+        self.stream = None;
+    }
+
+    async fn renew(&mut self) -> Result<Renewed, String> {
+        if self.stream.is_none() {
+            let pair = self
+                .client
+                .lease_keep_alive(self.lease)
+                .await
+                .map_err(|e| format!("keep-alive stream: {e}"))?;
+            self.stream = Some(pair);
+        }
+        let (keeper, stream) = self.stream.as_mut().expect("opened above");
+        let answer = async {
+            keeper.keep_alive().await?;
+            stream.message().await
+        }
+        .await;
+        let resp = match answer {
+            Ok(Some(resp)) => resp,
+            Ok(None) => {
+                self.stream = None;
+                return Err("keep-alive stream ended".into());
+            }
+            Err(e) => {
+                self.stream = None;
+                return Err(format!("keep-alive: {e}"));
+            }
+        };
+        if let Some(h) = resp.header() {
+            if let Err((before, now)) = self.revisions.observe(h.member_id(), h.revision()) {
+                return Ok(Renewed::Rewound(format!(
+                    "etcd member {:x} went back from revision {before} to {now}",
+                    h.member_id()
+                )));
+            }
+        }
+        Ok(if resp.ttl() > 0 {
+            Renewed::For(Duration::from_secs(resp.ttl() as u64))
+        } else {
+            Renewed::Expired
+        })
+    }
+}
+
+/// After a failed keep-alive, the pause before the next attempt: short, so one slow or lost
+/// answer costs a retry, not the lease.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Keeps a lease alive every `ttl / 3` until the guard is lost; declares it lost when the
+/// backend says the lease expired or the local deadline passes without a good answer. A failed
+/// or slow exchange (no answer within `ttl / 3`) is retried at once on a new stream, not after
+/// another `ttl / 3`. A backend that went back in time makes this master refuse to lead
+/// ([`History::refuse`]) and loses the lease.
+async fn keep_alive(
+    mut renewal: impl Renewal,
+    ttl: Duration,
+    guard: Arc<LeaseGuard>,
+    history: Arc<History>,
+) {
     let every = (ttl / 3).max(Duration::from_millis(100));
-    let mut client = client;
-    let mut stream_pair = None;
     while guard.valid() {
-        if stream_pair.is_none() {
-            match tokio::time::timeout(every, client.lease_keep_alive(lease)).await {
-                Ok(Ok(pair)) => stream_pair = Some(pair),
-                Ok(Err(e)) => debug!("lease keep-alive stream: {e}"),
-                Err(_) => debug!("lease keep-alive stream: timed out"),
+        let sent = Instant::now();
+        let pause = match tokio::time::timeout(every, renewal.renew()).await {
+            Ok(Ok(Renewed::For(granted))) => {
+                guard.renewed(sent, granted);
+                every
             }
-        }
-        if let Some((keeper, stream)) = stream_pair.as_mut() {
-            let sent = Instant::now();
-            let answered = tokio::time::timeout(every, async {
-                keeper.keep_alive().await?;
-                stream.message().await
-            })
-            .await;
-            match answered {
-                Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
-                    guard.renewed(sent, Duration::from_secs(resp.ttl() as u64));
-                }
-                Ok(Ok(Some(_))) => {
-                    warn!(lease, "etcd says the lease expired");
-                    guard.lose();
-                    return;
-                }
-                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
-                    debug!(lease, "lease keep-alive failed; reconnecting");
-                    stream_pair = None;
-                }
+            Ok(Ok(Renewed::Expired)) => {
+                warn!("etcd says the lease expired");
+                break;
             }
-        }
+            Ok(Ok(Renewed::Rewound(why))) => {
+                error!("{why}: the store was restored under this master; refusing to lead until an operator accepts the restore (POST /api/v1/cluster/accept-restore)");
+                history.refuse(why);
+                break;
+            }
+            Ok(Err(e)) => {
+                debug!("lease keep-alive failed ({e}); retrying");
+                RETRY_PAUSE
+            }
+            Err(_) => {
+                debug!("lease keep-alive: no answer within {every:?}; retrying on a new stream");
+                renewal.reset();
+                RETRY_PAUSE
+            }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = guard.lost() => {}
         }
     }
     guard.lose();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// Answers from a script: each entry is (how long the answer takes, the answer).
+    struct Scripted {
+        script: VecDeque<(Duration, Result<Renewed, String>)>,
+        calls: Arc<std::sync::Mutex<Vec<Instant>>>,
+    }
+
+    #[async_trait]
+    impl Renewal for Scripted {
+        async fn renew(&mut self) -> Result<Renewed, String> {
+            self.calls.lock().unwrap().push(Instant::now());
+            let (delay, answer) = self
+                .script
+                .pop_front()
+                .unwrap_or((Duration::ZERO, Ok(Renewed::For(Duration::from_secs(2)))));
+            tokio::time::sleep(delay).await;
+            answer
+        }
+        fn reset(&mut self) {}
+    }
+
+    fn scripted(
+        script: Vec<(u64, Result<Renewed, String>)>,
+    ) -> (Scripted, Arc<std::sync::Mutex<Vec<Instant>>>) {
+        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = Scripted {
+            script: script
+                .into_iter()
+                .map(|(ms, a)| (Duration::from_millis(ms), a))
+                .collect(),
+            calls: calls.clone(),
+        };
+        (s, calls)
+    }
+
+    // Real time: the lease guard keeps std time. ttl/3 = 1 s, the local deadline 2.4 s after
+    // a renewal was sent.
+    const TTL: Duration = Duration::from_secs(3);
+    fn ok() -> Result<Renewed, String> {
+        Ok(Renewed::For(TTL))
+    }
+
+    #[tokio::test]
+    async fn one_slow_answer_is_retried_at_once_and_the_lease_holds() {
+        // The second exchange hangs far past ttl/3; the third (on a new stream) answers.
+        let (r, calls) = scripted(vec![(5, ok()), (10_000, ok()), (5, ok())]);
+        let guard = LeaseGuard::new(TTL, Instant::now());
+        let history = Arc::new(History::new());
+        let task = tokio::spawn(keep_alive(r, TTL, guard.clone(), history.clone()));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(
+            guard.valid(),
+            "a single slow answer must not cost the lease"
+        );
+        let calls = calls.lock().unwrap().clone();
+        // The retry came right after the slow exchange timed out (ttl/3 = 1 s), not a
+        // further ttl/3 later (the old loop's 2 s would have passed the 2.4 s deadline).
+        let gap = calls[2] - calls[1];
+        assert!(gap < Duration::from_millis(1_500), "retry after {gap:?}");
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn failures_are_retried_until_the_local_deadline() {
+        let (r, _) = scripted(
+            vec![(5, ok())]
+                .into_iter()
+                .chain((0..100).map(|_| (5, Err("refused".to_string()))))
+                .collect(),
+        );
+        let guard = LeaseGuard::new(TTL, Instant::now());
+        let task = tokio::spawn(keep_alive(r, TTL, guard.clone(), Arc::new(History::new())));
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(!guard.valid(), "nothing renewed it: lost at its deadline");
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_rewound_store_loses_the_lease_and_refuses_to_lead() {
+        let (r, _) = scripted(vec![
+            (5, ok()),
+            (5, Ok(Renewed::Rewound("member 1 went back".into()))),
+        ]);
+        let guard = LeaseGuard::new(TTL, Instant::now());
+        let history = Arc::new(History::new());
+        keep_alive(r, TTL, guard.clone(), history.clone()).await;
+        assert!(!guard.valid());
+        assert_eq!(history.refusal().unwrap().reason, "member 1 went back");
+    }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+use super::history::compose_epoch;
 use super::{Candidacy, Election, ElectionError, LeaderInfo, Leadership};
 use crate::lease::LeaseGuard;
 use crate::store::{FencedMemoryStore, MemoryStore, StateStore};
@@ -46,6 +47,8 @@ struct Hub {
 struct Lease {
     me: LeaderInfo,
     guard: Arc<LeaseGuard>,
+    /// The epoch generation when the candidacy began.
+    generation: u64,
 }
 
 impl Hub {
@@ -138,7 +141,9 @@ impl MemoryElectorate {
 fn leader_of(hub: &Hub) -> Option<LeaderInfo> {
     let (lease, epoch) = hub.leader?;
     hub.leases.get(&lease).map(|l| LeaderInfo {
-        epoch,
+        epoch: compose_epoch(l.generation, epoch),
+        lease: lease as i64,
+        generation: l.generation,
         ..l.me.clone()
     })
 }
@@ -155,6 +160,9 @@ impl Election for MemoryElection {
     }
 
     async fn candidacy(&self) -> Result<Box<dyn Candidacy>, ElectionError> {
+        let generation = super::generation(self.inner.store.as_ref())
+            .await
+            .map_err(|e| ElectionError::Unavailable(e.to_string()))?;
         let guard = LeaseGuard::new(FOREVER, Instant::now());
         let lease = {
             let mut hub = self.inner.hub();
@@ -165,6 +173,7 @@ impl Election for MemoryElection {
                 Lease {
                     me: self.me.clone(),
                     guard: guard.clone(),
+                    generation,
                 },
             );
             lease
@@ -173,6 +182,7 @@ impl Election for MemoryElection {
             inner: self.inner.clone(),
             lease,
             guard,
+            generation,
         }))
     }
 
@@ -192,12 +202,22 @@ impl Election for MemoryElection {
         members.dedup();
         Ok(members)
     }
+
+    async fn revoke_leader(&self, leader: &LeaderInfo) -> Result<bool, ElectionError> {
+        let known = u64::try_from(leader.lease)
+            .is_ok_and(|lease| self.inner.hub().leases.contains_key(&lease));
+        if known {
+            self.inner.revoke(leader.lease as u64);
+        }
+        Ok(known)
+    }
 }
 
 struct MemoryCandidacy {
     inner: Arc<Inner>,
     lease: u64,
     guard: Arc<LeaseGuard>,
+    generation: u64,
 }
 
 impl Drop for MemoryCandidacy {
@@ -236,7 +256,7 @@ impl Candidacy for MemoryCandidacy {
                 let (inner, lease, guard) = (self.inner.clone(), self.lease, self.guard.clone());
                 let holds = move || guard.valid() && inner.hub().leader == Some((lease, epoch));
                 return Ok(Leadership {
-                    epoch,
+                    epoch: compose_epoch(self.generation, epoch),
                     guard: self.guard.clone(),
                     store: Arc::new(FencedMemoryStore::new(
                         self.inner.store.clone(),
@@ -264,6 +284,8 @@ mod tests {
             http: format!("http://127.0.0.1:{n}"),
             rpc: format!("http://127.0.0.1:{}", n + 1),
             epoch: 0,
+            lease: 0,
+            generation: 0,
         }
     }
 

@@ -20,6 +20,7 @@
 //! can revoke the leader's lease).
 
 pub mod etcd;
+pub mod history;
 pub mod memory;
 
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::lease::LeaseGuard;
-use crate::store::StateStore;
+use crate::store::{keys, read_u64, Compare, StateStore, StoreError, Txn};
 
 /// Where the leader is, as published in its election value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +41,49 @@ pub struct LeaderInfo {
     /// Its epoch (the leader key's create revision).
     #[serde(default)]
     pub epoch: u64,
+    /// The lease its leadership stands on (etcd's lease id), for fast failover: a standby that
+    /// sees the leader's process gone revokes it. 0 when unknown.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease: i64,
+    /// The epoch generation it campaigned in (the high bits of its epoch).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
+}
+
+fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
+}
+
+/// The store's epoch generation: 0 until an operator first accepted a restored store.
+pub async fn generation(store: &dyn StateStore) -> Result<u64, StoreError> {
+    read_u64(store, keys::EPOCH_GENERATION).await
+}
+
+/// Raises the store's epoch generation to at least `at_least` (compare-and-set, retried on a
+/// race); returns the generation now in force.
+pub async fn raise_generation(store: &dyn StateStore, at_least: u64) -> Result<u64, StoreError> {
+    loop {
+        let current = store.get(keys::EPOCH_GENERATION).await?;
+        let now = match &current {
+            None => 0,
+            Some(v) => std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| StoreError::Backend("corrupt epoch generation".into()))?,
+        };
+        if now >= at_least {
+            return Ok(now);
+        }
+        let mut txn = Txn::default();
+        txn.compares.push(Compare::Value {
+            key: keys::EPOCH_GENERATION.into(),
+            value: current,
+        });
+        txn.put(keys::EPOCH_GENERATION, at_least.to_string().into_bytes());
+        if store.txn(txn).await? {
+            return Ok(at_least);
+        }
+    }
 }
 
 /// Why an election step failed. Every failure is retried by the HA loop.
@@ -79,6 +123,11 @@ pub trait Election: Send + Sync + 'static {
 
     /// The HTTP URLs of every master taking part, sorted.
     async fn members(&self) -> Result<Vec<String>, ElectionError>;
+
+    /// Ends `leader`'s lease at once, as if it had expired: its leadership is gone and the next
+    /// candidate is elected (fast failover, [`crate::peer`]). `Ok(false)` when that lease had
+    /// already ended or is unknown.
+    async fn revoke_leader(&self, leader: &LeaderInfo) -> Result<bool, ElectionError>;
 }
 
 /// One lease's candidacy. Dropping it stops the lease's keep-alive.

@@ -150,6 +150,9 @@ pub mod keys {
     pub const APP_SEQ: &str = "meta/app_seq";
     /// The last epoch a master started with (single-node mode).
     pub const EPOCH: &str = "meta/epoch";
+    /// HA: the epoch generation, raised when an operator accepts a restored store
+    /// ([`crate::election::history`]).
+    pub const EPOCH_GENERATION: &str = "meta/epoch_generation";
     /// Prefix of event records (`events/<seq, 20 digits>`).
     pub const EVENTS: &str = "events/";
     /// The last event sequence number written.

@@ -1,0 +1,206 @@
+//! What one master process has seen of the cluster's past, to notice a store that went back in
+//! time (etcd restored from a backup or a snapshot) and refuse to lead over it.
+//!
+//! Epochs only grow: a leadership's epoch is its leader key's create revision, and etcd
+//! revisions only grow, so every new leadership's epoch is above every epoch anyone saw before.
+//! A restore breaks that: revisions start again from the backup's, new leaders get epochs that
+//! workers already saw, and workers (rightly) refuse every launch from them. A master therefore
+//! refuses to lead, and steps down if it leads, when
+//!
+//! - its lease keep-alive sees an etcd member's revision go backwards (the member was restored
+//!   under it: without this, a leader whose leader key is in the backup keeps leading over the
+//!   old data, its fence still matching);
+//! - it wins an election with an epoch at or below one it saw before (its own earlier
+//!   leaderships, and the leaders it followed as a standby);
+//! - a worker registers that already followed a higher epoch (the master restarted after the
+//!   restore and saw nothing itself).
+//!
+//! The refusal holds until an operator confirms the restore (`POST
+//! /api/v1/cluster/accept-restore`): that raises the store's epoch *generation*, the high bits
+//! of every epoch ([`compose_epoch`]), above every generation seen, so every epoch after it is
+//! above every epoch before it. Masters waiting in refusal see the new generation and campaign
+//! again.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+
+/// Bits of an epoch below the generation: etcd revisions stay far below 2^40.
+pub const GENERATION_SHIFT: u32 = 40;
+
+/// A leadership's epoch: the store's generation in the high bits, the leader key's create
+/// revision in the low ones.
+pub fn compose_epoch(generation: u64, revision: u64) -> u64 {
+    (generation << GENERATION_SHIFT) | (revision & ((1 << GENERATION_SHIFT) - 1))
+}
+
+/// The generation an epoch was made in.
+pub fn generation_of(epoch: u64) -> u64 {
+    epoch >> GENERATION_SHIFT
+}
+
+/// Why a master refuses to lead.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// What was seen, for operators.
+    pub reason: String,
+    /// Since when.
+    pub since: DateTime<Utc>,
+}
+
+/// One process's memory of epochs and its refusal to lead.
+#[derive(Default)]
+pub struct History {
+    max_epoch: AtomicU64,
+    refusal: Mutex<Option<Refusal>>,
+    refused: Notify,
+}
+
+impl History {
+    /// A history that has seen nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records an epoch seen (ours or a leader's).
+    pub fn observe(&self, epoch: u64) {
+        self.max_epoch.fetch_max(epoch, Ordering::SeqCst);
+    }
+
+    /// The highest epoch seen.
+    pub fn max_epoch(&self) -> u64 {
+        self.max_epoch.load(Ordering::SeqCst)
+    }
+
+    /// The lowest generation that puts every epoch after it above every epoch seen.
+    pub fn next_generation(&self) -> u64 {
+        generation_of(self.max_epoch()) + 1
+    }
+
+    /// Refuses to lead from now on, until [`History::accept`]; wakes [`History::refused`]
+    /// waiters. The first reason is kept.
+    pub fn refuse(&self, reason: impl Into<String>) {
+        {
+            let mut r = self.refusal.lock().unwrap_or_else(|p| p.into_inner());
+            if r.is_none() {
+                *r = Some(Refusal {
+                    reason: reason.into(),
+                    since: Utc::now(),
+                });
+            }
+        }
+        self.refused.notify_waiters();
+    }
+
+    /// Why this master refuses to lead, if it does.
+    pub fn refusal(&self) -> Option<Refusal> {
+        self.refusal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The operator confirmed the restore: lead again.
+    pub fn accept(&self) {
+        *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Resolves once this master refuses to lead.
+    pub async fn refused(&self) {
+        loop {
+            let notified = self.refused.notified();
+            if self.refusal().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Revisions seen per etcd member on one sequential request stream (the lease keep-alive):
+/// a member's revision never goes back unless its data was restored.
+#[derive(Default)]
+pub struct Revisions {
+    seen: Mutex<std::collections::HashMap<u64, i64>>,
+}
+
+impl Revisions {
+    /// Records `revision` from `member`; `Err((before, now))` when it went backwards.
+    pub fn observe(&self, member: u64, revision: i64) -> Result<(), (i64, i64)> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let before = seen.entry(member).or_insert(revision);
+        if revision < *before {
+            let was = *before;
+            *before = revision;
+            return Err((was, revision));
+        }
+        *before = revision;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_generation_is_above_every_epoch_of_an_earlier_one() {
+        let old = compose_epoch(0, (1 << GENERATION_SHIFT) - 1);
+        assert!(compose_epoch(1, 1) > old);
+        assert_eq!(
+            compose_epoch(0, 42),
+            42,
+            "generation 0 keeps the plain revision"
+        );
+        assert_eq!(generation_of(compose_epoch(3, 7)), 3);
+    }
+
+    #[test]
+    fn a_refusal_keeps_its_first_reason_until_accepted() {
+        let h = History::new();
+        assert!(h.refusal().is_none());
+        h.refuse("etcd went back");
+        h.refuse("another");
+        assert_eq!(h.refusal().unwrap().reason, "etcd went back");
+        h.accept();
+        assert!(h.refusal().is_none());
+    }
+
+    #[test]
+    fn the_next_generation_is_above_the_highest_epoch_seen() {
+        let h = History::new();
+        assert_eq!(h.next_generation(), 1);
+        h.observe(compose_epoch(2, 9));
+        h.observe(5);
+        assert_eq!(h.max_epoch(), compose_epoch(2, 9));
+        assert_eq!(h.next_generation(), 3);
+    }
+
+    #[test]
+    fn a_member_revision_going_back_is_reported_once_per_step() {
+        let r = Revisions::default();
+        assert!(r.observe(1, 100).is_ok());
+        assert!(r.observe(1, 105).is_ok());
+        // Another member is tracked on its own: lagging behind member 1 is not a restore.
+        assert!(r.observe(2, 90).is_ok());
+        assert_eq!(r.observe(1, 40), Err((105, 40)));
+        assert!(r.observe(1, 41).is_ok());
+    }
+
+    #[tokio::test]
+    async fn refused_wakes_a_waiter() {
+        let h = std::sync::Arc::new(History::new());
+        let w = tokio::spawn({
+            let h = h.clone();
+            async move { h.refused().await }
+        });
+        tokio::task::yield_now().await;
+        h.refuse("x");
+        tokio::time::timeout(std::time::Duration::from_secs(2), w)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
