@@ -57,6 +57,12 @@ pub struct Config {
     /// DEAD workers are forgotten this long after they died.
     #[serde(with = "humantime_serde")]
     pub retain_dead_workers_for: Duration,
+    /// A file holding the join token every gRPC call between masters and workers must carry
+    /// (`aloha_proto::auth`); none: no token is required.
+    pub join_token_file: Option<PathBuf>,
+    /// The token read from `join_token_file` by [`Args::into_config`].
+    #[serde(skip)]
+    pub join_token: Option<aloha_proto::auth::JoinToken>,
     /// Listener plugins (`[[listeners]]`).
     pub listeners: Vec<crate::listeners::ListenerSpec>,
     /// Log filter (tracing-subscriber `EnvFilter` syntax).
@@ -84,6 +90,8 @@ impl Default for Config {
             retain_finished: 10_000,
             retain_finished_for: Duration::from_secs(7 * 24 * 3600),
             retain_dead_workers_for: Duration::from_secs(3600),
+            join_token_file: None,
+            join_token: None,
             listeners: Vec::new(),
             log: "info".into(),
         }
@@ -166,6 +174,9 @@ pub struct Args {
     /// be dialled again (default true); false waits for the lease TTL.
     #[arg(long, env = "ALOHA_FAST_FAILOVER", value_name = "BOOL", action = clap::ArgAction::Set)]
     pub fast_failover: Option<bool>,
+    /// File with the join token workers and masters must present (chmod 600).
+    #[arg(long, env = "ALOHA_JOIN_TOKEN_FILE")]
+    pub join_token_file: Option<PathBuf>,
     #[arg(long = "listener", env = "ALOHA_LISTENERS", value_delimiter = ';')]
     pub listeners: Vec<String>,
     /// Most events kept in the event log [default: 100000].
@@ -239,6 +250,13 @@ impl Args {
         }
         if let Some(v) = self.lease_ttl {
             cfg.lease_ttl = v;
+        }
+        if let Some(v) = self.join_token_file {
+            cfg.join_token_file = Some(v);
+        }
+        if let Some(path) = &cfg.join_token_file {
+            cfg.join_token =
+                Some(aloha_proto::auth::JoinToken::from_file(path).map_err(ConfigError::Invalid)?);
         }
         if let Some(v) = self.fast_failover {
             cfg.fast_failover = v;

@@ -58,8 +58,9 @@ pub use config::Config;
 /// Runs a master until SIGTERM or Ctrl-C: single-node over the embedded store, or HA over etcd
 /// when `etcd_endpoints` is set.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let connector: Arc<dyn worker_client::WorkerConnector> =
-        Arc::new(worker_client::GrpcWorkerConnector::default());
+    let connector: Arc<dyn worker_client::WorkerConnector> = Arc::new(
+        worker_client::GrpcWorkerConnector::new(cfg.join_token.clone()),
+    );
 
     // Bind before anything else so a port clash fails fast and nothing changes.
     let http_listener = TcpListener::bind(cfg.http_addr)
@@ -118,10 +119,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         });
     let mut rpc_stop = stop_rx.clone();
     let rpc = tonic::transport::Server::builder()
-        .add_service(MasterServiceServer::new(rpc::MasterRpc::new(node.clone())))
-        .add_service(aloha_proto::peer_service_server::PeerServiceServer::new(
-            peer::PeerRpc::new(node.clone()),
+        .add_service(MasterServiceServer::with_interceptor(
+            rpc::MasterRpc::new(node.clone()),
+            require_token(&cfg),
         ))
+        .add_service(
+            aloha_proto::peer_service_server::PeerServiceServer::with_interceptor(
+                peer::PeerRpc::new(node.clone()),
+                require_token(&cfg),
+            ),
+        )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(rpc_listener),
             async move {
@@ -167,4 +174,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     rpc_task.await??;
     Ok(())
+}
+
+/// The join-token check of this master's gRPC services; refusals are logged with the caller.
+fn require_token(cfg: &config::Config) -> aloha_proto::auth::RequireToken {
+    aloha_proto::auth::RequireToken::new(cfg.join_token.clone(), |from, calls| {
+        tracing::warn!(
+            from = %from.map_or("unknown".to_string(), |a| a.to_string()),
+            calls,
+            "refused gRPC calls without a valid join token (reported at most every 10 s per address)"
+        );
+    })
 }

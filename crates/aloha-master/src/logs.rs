@@ -13,7 +13,7 @@
 //! abruptly, so a client never mistakes a cut stream for a complete one.
 
 use std::convert::Infallible;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aloha_core::worker::WorkerStatus;
@@ -31,7 +31,7 @@ use tracing::info;
 
 use crate::error::{ApiError, ApiResult};
 use crate::node::Node;
-use crate::worker_client::{GrpcWorkerConnector, LogCallError, LogStream, WorkerConnector};
+use crate::worker_client::{LogCallError, LogStream, WorkerConnector};
 
 /// Bytes served when the request names no `limit`; without `offset`, the tail this long.
 pub const DEFAULT_LIMIT: u64 = 64 * 1024;
@@ -52,14 +52,6 @@ pub const X_LOG_ATTEMPT: &str = "x-log-attempt";
 pub const X_LOG_WORKER: &str = "x-log-worker";
 /// `true` once the attempt ended: the file will not grow.
 pub const X_LOG_ENDED: &str = "x-log-ended";
-
-/// Log reads get their own channels to workers, apart from the engine's launch and kill
-/// commands, so that long follow streams never share a connection's flow control with them.
-/// (The router's state is the [`Node`], which holds no connector of its own.)
-fn connector() -> &'static GrpcWorkerConnector {
-    static CONNECTOR: OnceLock<GrpcWorkerConnector> = OnceLock::new();
-    CONNECTOR.get_or_init(GrpcWorkerConnector::default)
-}
 
 /// The query.
 #[derive(Debug, Default, Deserialize)]
@@ -299,7 +291,9 @@ pub async fn app_logs(
         offset: wanted.offset,
         limit: wanted.limit,
     };
-    let c = connector();
+    // Log reads have their own channels to workers, apart from the engine's launch and kill
+    // commands, so that long follow streams never share a connection's flow control with them.
+    let c = node.log_connector();
     if !wanted.follow {
         let chunk = call(&t, || c.read_log(&t.address, req.clone())).await?;
         let mut h = header_pairs(&t, Some(&chunk));

@@ -45,7 +45,7 @@ use crate::master::{present, worker_infos, Master, MasterError};
 use crate::metrics::Metrics;
 use crate::replica::{self, Replica};
 use crate::store::{keys, StateStore};
-use crate::worker_client::WorkerConnector;
+use crate::worker_client::{GrpcWorkerConnector, WorkerConnector};
 
 pub use crate::election::LeaderInfo;
 
@@ -70,6 +70,8 @@ pub struct Node {
     lease: RwLock<Option<Arc<LeaseGuard>>>,
     /// The store the epoch generation is read from and raised in (HA).
     election_store: RwLock<Option<Arc<dyn StateStore>>>,
+    /// Channels to workers for log reads ([`crate::logs`]).
+    log_connector: GrpcWorkerConnector,
 }
 
 fn read<T: Clone>(l: &RwLock<T>) -> T {
@@ -93,7 +95,6 @@ impl Node {
     ) -> Arc<Node> {
         let (role, _) = watch::channel(role);
         Arc::new(Node {
-            cfg,
             metrics,
             reader,
             events,
@@ -106,6 +107,8 @@ impl Node {
             history,
             lease: RwLock::new(None),
             election_store: RwLock::new(None),
+            log_connector: GrpcWorkerConnector::new(cfg.join_token.clone()),
+            cfg,
         })
     }
 
@@ -149,6 +152,11 @@ impl Node {
     /// Changes of this process's role.
     pub fn role_watch(&self) -> watch::Receiver<Role> {
         self.role.subscribe()
+    }
+
+    /// The connector log reads use.
+    pub fn log_connector(&self) -> &GrpcWorkerConnector {
+        &self.log_connector
     }
 
     /// This node's configuration.

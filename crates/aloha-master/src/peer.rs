@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aloha_proto as pb;
+use aloha_proto::auth::{JoinToken, WithToken};
 use aloha_proto::peer_service_client::PeerServiceClient;
 use aloha_proto::peer_service_server::PeerService;
 use tokio::sync::{mpsc, watch};
@@ -105,7 +106,7 @@ enum Dial {
     Unreachable(String),
 }
 
-async fn dial(leader: &LeaderInfo, me: &str) -> Dial {
+async fn dial(leader: &LeaderInfo, me: &str, token: &Option<JoinToken>) -> Dial {
     let attempt = async {
         let endpoint = Endpoint::from_shared(leader.rpc.clone())
             .map_err(|e| Dial::Unreachable(e.to_string()))?
@@ -115,7 +116,7 @@ async fn dial(leader: &LeaderInfo, me: &str) -> Dial {
             .connect()
             .await
             .map_err(|e| Dial::Unreachable(e.to_string()))?;
-        let mut client = PeerServiceClient::new(channel);
+        let mut client = PeerServiceClient::with_interceptor(channel, WithToken(token.clone()));
         let mut stream = match client
             .watch_leader(pb::WatchLeaderRequest { from: me.into() })
             .await
@@ -158,16 +159,19 @@ pub async fn watch_leader(
     mut stop: watch::Receiver<bool>,
 ) {
     let me = node.config().http_url();
+    let token = node.config().join_token.clone();
     loop {
         if *stop.borrow() {
             return;
         }
         let leader = node.leader().filter(|l| l.http != me && l.epoch > 0);
         let watched = match leader {
-            Some(leader) if node.role() == Role::Standby => match dial(&leader, &me).await {
-                Dial::Leads(epoch, stream) if epoch == leader.epoch => Some((leader, stream)),
-                _ => None,
-            },
+            Some(leader) if node.role() == Role::Standby => {
+                match dial(&leader, &me, &token).await {
+                    Dial::Leads(epoch, stream) if epoch == leader.epoch => Some((leader, stream)),
+                    _ => None,
+                }
+            }
             _ => None,
         };
         let Some((leader, mut stream)) = watched else {
@@ -189,7 +193,7 @@ pub async fn watch_leader(
                 gone = false;
                 break;
             }
-            match dial(&leader, &me).await {
+            match dial(&leader, &me, &token).await {
                 Dial::Leads(epoch, _) if epoch == leader.epoch => {
                     gone = false;
                     break;

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use aloha_proto::auth::{Authed, JoinToken, WithToken};
 use aloha_proto::worker_service_client::WorkerServiceClient;
 use aloha_proto::{
     KillAppRequest, KillAppResponse, LaunchAppRequest, LaunchAppResponse, LogChunk, ReadLogRequest,
@@ -81,21 +82,36 @@ pub trait WorkerConnector: Send + Sync + 'static {
     }
 }
 
-/// The real connector: one lazily connected gRPC channel per worker address.
+/// The real connector: one lazily connected gRPC channel per worker address; every call
+/// carries the join token, if any.
 #[derive(Default)]
 pub struct GrpcWorkerConnector {
     channels: Mutex<HashMap<String, Channel>>,
+    token: WithToken,
 }
 
+type Client = WorkerServiceClient<Authed>;
+
 impl GrpcWorkerConnector {
-    fn log_client(&self, address: &str) -> Result<WorkerServiceClient<Channel>, LogCallError> {
+    /// A connector whose calls carry `token`.
+    pub fn new(token: Option<JoinToken>) -> Self {
+        GrpcWorkerConnector {
+            channels: Mutex::default(),
+            token: WithToken(token),
+        }
+    }
+
+    fn log_client(&self, address: &str) -> Result<Client, LogCallError> {
         self.client(address).map_err(LogCallError::Failed)
     }
 
-    fn client(&self, address: &str) -> Result<WorkerServiceClient<Channel>, String> {
+    fn client(&self, address: &str) -> Result<Client, String> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ch) = channels.get(address) {
-            return Ok(WorkerServiceClient::new(ch.clone()));
+            return Ok(WorkerServiceClient::with_interceptor(
+                ch.clone(),
+                self.token.clone(),
+            ));
         }
         let url = if address.starts_with("http") {
             address.to_string()
@@ -108,7 +124,10 @@ impl GrpcWorkerConnector {
             .timeout(Duration::from_secs(10))
             .connect_lazy();
         channels.insert(address.to_string(), ch.clone());
-        Ok(WorkerServiceClient::new(ch))
+        Ok(WorkerServiceClient::with_interceptor(
+            ch,
+            self.token.clone(),
+        ))
     }
 }
 

@@ -83,6 +83,16 @@ pub enum LoadError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The file, or the directory holding it, could be changed by someone other than this
+    /// process's user or root: writable by group or others, or owned by another user. Loading
+    /// it would run their code in this process.
+    #[error("{}: refused: {reason}", .path.display())]
+    Untrusted {
+        /// The library (or directory) refused.
+        path: PathBuf,
+        /// Which check failed.
+        reason: String,
+    },
     /// Another library loaded earlier in the same scan provides the same kind.
     #[error("{}: kind {kind:?} is already provided by {}", .path.display(), .first.display())]
     DuplicateKind {
@@ -367,6 +377,14 @@ pub fn scan_dir(dir: &Path) -> (Vec<ApplicationPlugin>, Vec<String>) {
             return (plugins, errors);
         }
     };
+    // One clear error for a directory anyone else can write to, rather than one per file.
+    if let Err(e) = trusted_entry(dir) {
+        errors.push(format!(
+            "{}: refused as a plugin directory: {e}",
+            dir.display()
+        ));
+        return (plugins, errors);
+    }
     let mut paths = Vec::new();
     for entry in entries {
         match entry {
@@ -400,8 +418,75 @@ pub fn scan_dir(dir: &Path) -> (Vec<ApplicationPlugin>, Vec<String>) {
     (plugins, errors)
 }
 
-/// Opens the library at `path` and checks that it is an Aloha plugin of this ABI version.
+/// Checks that only this process's user (or root) can change what `path` loads: the file (its
+/// symbolic links resolved), the directory it is in, and the directory of the link itself must
+/// each be owned by this user or root and not be writable by group or others. Anything else
+/// could be swapped for someone else's code, which loading runs in this process.
+pub fn check_trusted(path: &Path) -> Result<(), LoadError> {
+    let refuse = |reason: String| LoadError::Untrusted {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let real = match std::fs::canonicalize(path) {
+        Ok(real) => real,
+        // Nothing there yet: loading reports the loader's own error, unless someone else could
+        // put a file there before it does.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return match path.parent().map(std::fs::canonicalize) {
+                Some(Ok(dir)) => trusted_entry(&dir).map_err(|reason| {
+                    refuse(format!("its directory {} is {reason}", dir.display()))
+                }),
+                _ => Ok(()),
+            };
+        }
+        Err(e) => return Err(refuse(format!("cannot resolve it: {e}"))),
+    };
+    let mut checked: Vec<PathBuf> = vec![real.clone()];
+    checked.extend(real.parent().map(Path::to_path_buf));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let dir = std::fs::canonicalize(dir)
+            .map_err(|e| refuse(format!("cannot resolve {}: {e}", dir.display())))?;
+        if !checked.contains(&dir) {
+            checked.push(dir);
+        }
+    }
+    for p in &checked {
+        trusted_entry(p).map_err(|reason| {
+            if p == &real {
+                refuse(reason)
+            } else {
+                refuse(format!("its directory {} is {reason}", p.display()))
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// One file or directory: owned by this user or root, not writable by group or others.
+fn trusted_entry(p: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(p).map_err(|e| format!("unreadable: {e}"))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if md.uid() != me && md.uid() != 0 {
+        return Err(format!(
+            "owned by uid {}, not by this user (uid {me}) or root",
+            md.uid()
+        ));
+    }
+    let mode = md.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "writable by group or others (mode {mode:04o}); chmod go-w it"
+        ));
+    }
+    Ok(())
+}
+
+/// Opens the library at `path` (refused unless [`check_trusted`]) and checks that it is an Aloha
+/// plugin of this ABI version.
 fn open_plugin(path: &Path) -> Result<Library, LoadError> {
+    check_trusted(path)?;
     let library = open(path).map_err(|error| LoadError::Open {
         path: path.to_path_buf(),
         error,
@@ -629,6 +714,84 @@ unsafe extern "C" fn host_on_event(
         };
         host.deliver(kind, json);
     }));
+}
+
+#[cfg(test)]
+mod trust_tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    fn chmod(p: &Path, mode: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn reason(r: Result<(), LoadError>) -> String {
+        match r {
+            Err(LoadError::Untrusted { reason, .. }) => reason,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plugin_only_its_owner_can_change_is_trusted_and_anything_else_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("plugins");
+        std::fs::create_dir(&dir).unwrap();
+        chmod(&dir, 0o755);
+        let lib = dir.join("libx.so");
+        std::fs::write(&lib, b"not really").unwrap();
+        chmod(&lib, 0o644);
+        check_trusted(&lib).unwrap();
+
+        chmod(&lib, 0o666);
+        assert!(reason(check_trusted(&lib)).contains("writable by group or others (mode 0666)"));
+        chmod(&lib, 0o664);
+        assert!(reason(check_trusted(&lib)).contains("mode 0664"));
+        chmod(&lib, 0o755);
+        check_trusted(&lib).unwrap();
+
+        chmod(&dir, 0o777);
+        let r = reason(check_trusted(&lib));
+        assert!(
+            r.contains("its directory") && r.contains("mode 0777"),
+            "{r}"
+        );
+        // A directory scan says it once and loads nothing.
+        let (plugins, errors) = scan_dir(&dir);
+        assert!(plugins.is_empty());
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("refused as a plugin directory"),
+            "{errors:?}"
+        );
+        chmod(&dir, 0o755);
+
+        // A link from a trusted directory to a file in a world-writable one is refused too.
+        let open = root.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        chmod(&open, 0o777);
+        let target = open.join("liby.so");
+        std::fs::write(&target, b"x").unwrap();
+        chmod(&target, 0o644);
+        let link = dir.join("liby.so");
+        symlink(&target, &link).unwrap();
+        assert!(reason(check_trusted(&link)).contains("its directory"));
+    }
+
+    #[test]
+    fn a_plugin_owned_by_another_user_is_refused() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            // Only root can give a file away; the CI runs as root.
+            eprintln!("not root: cannot create a file owned by another user here");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let lib = root.path().join("libz.so");
+        std::fs::write(&lib, b"x").unwrap();
+        std::os::unix::fs::chown(&lib, Some(4242), None).unwrap();
+        assert!(reason(check_trusted(&lib)).contains("owned by uid 4242"));
+    }
 }
 
 #[cfg(test)]

@@ -32,6 +32,12 @@ pub struct Config {
     /// On shutdown, how long to wait for apps to stop before giving up on them.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// A file holding the join token every gRPC call between masters and workers must carry
+    /// (`aloha_proto::auth`); none: no token is required.
+    pub join_token_file: Option<PathBuf>,
+    /// The token read from `join_token_file` by [`Args::into_config`].
+    #[serde(skip)]
+    pub join_token: Option<aloha_proto::auth::JoinToken>,
     /// Per-kind plugin settings, handed to the plugin as its configuration (JSON).
     pub plugins: BTreeMap<String, serde_json::Value>,
     /// Log filter (tracing-subscriber `EnvFilter` syntax).
@@ -50,6 +56,8 @@ impl Default for Config {
             work_dir: PathBuf::from("./aloha-data/worker"),
             plugin_dir: None,
             shutdown_timeout: Duration::from_secs(30),
+            join_token_file: None,
+            join_token: None,
             plugins: BTreeMap::new(),
             log: "info".into(),
         }
@@ -95,6 +103,9 @@ pub struct Args {
     /// How long shutdown waits for apps to stop, e.g. "30s" [default: 30s].
     #[arg(long, env = "ALOHA_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
+    /// File with the join token the masters require (chmod 600).
+    #[arg(long, env = "ALOHA_JOIN_TOKEN_FILE")]
+    pub join_token_file: Option<PathBuf>,
     /// Log filter [default: info].
     #[arg(long, env = "ALOHA_LOG")]
     pub log: Option<String>,
@@ -122,7 +133,18 @@ impl Args {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f { cfg.$f = Some(v); } )* };
         }
-        set!(id, advertise_addr, cores, memory_mb, plugin_dir);
+        set!(
+            id,
+            advertise_addr,
+            cores,
+            memory_mb,
+            plugin_dir,
+            join_token_file
+        );
+        if let Some(path) = &cfg.join_token_file {
+            cfg.join_token =
+                Some(aloha_proto::auth::JoinToken::from_file(path).map_err(ConfigError::Invalid)?);
+        }
         if let Some(v) = self.rpc_addr {
             cfg.rpc_addr = v;
         }

@@ -103,9 +103,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (rpc_stop_tx, mut rpc_stop_rx) = tokio::sync::watch::channel(false);
     let server = tonic::transport::Server::builder()
-        .add_service(WorkerServiceServer::new(rpc::WorkerRpc::new(
-            worker.clone(),
-        )))
+        .add_service(WorkerServiceServer::with_interceptor(
+            rpc::WorkerRpc::new(worker.clone()),
+            aloha_proto::auth::RequireToken::new(cfg.join_token.clone(), |from, calls| {
+                warn!(
+                    from = %from.map_or("unknown".to_string(), |a| a.to_string()),
+                    calls,
+                    "refused gRPC calls without a valid join token (reported at most every 10 s per address)"
+                );
+            }),
+        ))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             async move {
@@ -113,7 +120,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             },
         );
     let server = tokio::spawn(server);
-    let session = session::Session::new(worker.clone(), cfg.masters.clone());
+    let session =
+        session::Session::new(worker.clone(), cfg.masters.clone(), cfg.join_token.clone());
     let session_task = tokio::spawn(session.run(stop_rx));
 
     aloha_daemon::shutdown_signal().await;

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aloha_proto as pb;
+use aloha_proto::auth::{Authed, JoinToken, WithToken};
 use aloha_proto::master_service_client::MasterServiceClient;
 use tokio::sync::{watch, RwLock};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tracing::{debug, error, info, warn};
 
 use crate::worker::Worker;
@@ -25,7 +26,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 struct Leader {
     url: String,
-    client: MasterServiceClient<Channel>,
+    client: MasterServiceClient<Authed>,
 }
 
 /// Registration, heartbeats and report delivery.
@@ -33,14 +34,18 @@ pub struct Session {
     worker: Arc<Worker>,
     masters: Vec<String>,
     leader: RwLock<Option<Leader>>,
+    token: WithToken,
 }
 
-fn client_for(url: &str) -> Result<MasterServiceClient<Channel>, String> {
+fn client_for(url: &str, token: &WithToken) -> Result<MasterServiceClient<Authed>, String> {
     let ep = Endpoint::from_shared(url.to_string())
         .map_err(|e| format!("bad master URL {url:?}: {e}"))?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5));
-    Ok(MasterServiceClient::new(ep.connect_lazy()))
+    Ok(MasterServiceClient::with_interceptor(
+        ep.connect_lazy(),
+        token.clone(),
+    ))
 }
 
 fn normalise(url: &str) -> String {
@@ -53,11 +58,16 @@ fn normalise(url: &str) -> String {
 
 impl Session {
     /// A session for `worker` over `masters`.
-    pub fn new(worker: Arc<Worker>, masters: Vec<String>) -> Arc<Session> {
+    pub fn new(
+        worker: Arc<Worker>,
+        masters: Vec<String>,
+        token: Option<JoinToken>,
+    ) -> Arc<Session> {
         Arc::new(Session {
             worker,
             masters,
             leader: RwLock::new(None),
+            token: WithToken(token),
         })
     }
 
@@ -85,8 +95,9 @@ impl Session {
             for url in round.drain(..) {
                 tried.push(url.clone());
                 let req = req.clone();
+                let token = self.token.clone();
                 calls.spawn(async move {
-                    let mut client = match client_for(&url) {
+                    let mut client = match client_for(&url, &token) {
                         Ok(c) => c,
                         Err(e) => return (url, None, Err(tonic::Status::unavailable(e))),
                     };
@@ -100,7 +111,8 @@ impl Session {
                 });
             }
             let mut hints: Vec<String> = Vec::new();
-            // A leader's refusal of this worker itself (its id is taken, its offer is invalid).
+            // A refusal of this worker itself (its id is taken, its offer is invalid, it has no
+            // valid join token).
             let mut refused: Option<tonic::Status> = None;
             while let Some(joined) = calls.join_next().await {
                 let Ok((url, client, res)) = joined else {
@@ -127,7 +139,9 @@ impl Session {
                     (_, Err(status))
                         if matches!(
                             status.code(),
-                            tonic::Code::AlreadyExists | tonic::Code::InvalidArgument
+                            tonic::Code::AlreadyExists
+                                | tonic::Code::InvalidArgument
+                                | tonic::Code::Unauthenticated
                         ) =>
                     {
                         refused = Some(status);
