@@ -14,6 +14,30 @@ use aloha_e2e::{target_dir, workspace_root, Cluster};
 
 #[test]
 fn the_console_works_in_a_real_browser() {
+    let c = Cluster::start("3s", &[("w1", 4)]);
+    drive_the_console(&c, None, "console-screenshots");
+}
+
+#[test]
+fn the_console_logs_in_and_works_in_a_real_browser_with_auth_required() {
+    const TOKEN: &str = "4f9c2a7e1b3d5f6a8c0e2b4d6f8a1c3e";
+    let c = Cluster::start_with("3s", &[("w1", 4)], |dir| {
+        let f = dir.join("bootstrap.token");
+        std::fs::write(&f, TOKEN).unwrap();
+        std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        vec![
+            "--auth".into(),
+            "required".into(),
+            "--bootstrap-token-file".into(),
+            f.display().to_string(),
+        ]
+    });
+    drive_the_console(&c, Some(TOKEN), "console-screenshots-auth");
+}
+
+/// Runs `console.mjs` against `c` (logging in with `token` first, if any); screenshots go to
+/// `target/<shots>/`.
+fn drive_the_console(c: &Cluster, token: Option<&str>, shots: &str) {
     let dir = workspace_root().join("tests/console");
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
@@ -24,15 +48,12 @@ fn the_console_works_in_a_real_browser() {
         dir.join("node_modules/playwright-core").is_dir(),
         "tests/console/node_modules is missing: npm ci --prefix tests/console (scripts/test.sh does it)"
     );
-    let c = Cluster::start("3s", &[("w1", 4)]);
-    let shots = target_dir()
-        .parent()
-        .expect("the target dir")
-        .join("console-screenshots");
+    let shots = target_dir().parent().expect("the target dir").join(shots);
     let out = Command::new("node")
         .arg(dir.join("console.mjs"))
         .arg(&c.api().base)
         .arg(&shots)
+        .args(token)
         .env("CHROMIUM", &chromium)
         .output()
         .unwrap_or_else(|e| panic!("cannot run node (apt-get install -y nodejs): {e}"));

@@ -281,3 +281,383 @@ fn a_plugin_others_can_write_to_is_refused_with_a_clear_error() {
     assert_eq!(shown["kinds"], json!(["process"]), "{shown}");
     assert_eq!(shown["plugin_errors"], json!([]), "{shown}");
 }
+
+/// A blocking HTTP client that sends `token` (if any) as a bearer token and follows no redirect.
+fn http(token: Option<&str>) -> reqwest::blocking::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {t}").parse().unwrap(),
+        );
+    }
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .default_headers(headers)
+        .timeout(T)
+        .build()
+        .unwrap()
+}
+
+fn ctl(c: &Cluster, env: &[(&str, &str)], args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin("alohactl"))
+        .arg("--master")
+        .arg(&c.master.api.base)
+        .args(args)
+        .env_remove("ALOHA_TOKEN")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A token made by `alohactl token create` with the bootstrap token's file.
+fn create_token(c: &Cluster, bootstrap: &Path, role: &str) -> String {
+    let (ok, out, err) = ctl(
+        c,
+        &[],
+        &[
+            "--token-file",
+            bootstrap.to_str().unwrap(),
+            "token",
+            "create",
+            "--name",
+            &format!("{role} for tests"),
+            "--role",
+            role,
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("shown once"), "{out}");
+    out.lines().next().unwrap().trim().to_string()
+}
+
+#[test]
+fn rest_calls_need_a_token_with_the_right_role() {
+    let mut c = Cluster::start_with("3s", &[("w1", 1)], |dir| {
+        let f = token_file(dir, "bootstrap.token", TOKEN);
+        vec![
+            "--auth".into(),
+            "required".into(),
+            "--bootstrap-token-file".into(),
+            f.display().to_string(),
+        ]
+    });
+    let base = c.master.api.base.clone();
+    let bootstrap = c.dir.path().join("bootstrap.token");
+    let url = |p: &str| format!("{base}{p}");
+
+    // Probes stay open; everything else needs a token.
+    assert_eq!(
+        http(None).get(url("/healthz")).send().unwrap().status(),
+        200
+    );
+    assert_eq!(http(None).get(url("/readyz")).send().unwrap().status(), 200);
+    for path in ["/api/v1/apps", "/metrics", "/api/v1/workers"] {
+        let r = http(None).get(url(path)).send().unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        assert_eq!(
+            r.headers()["www-authenticate"].to_str().unwrap(),
+            "Bearer realm=\"aloha\""
+        );
+        let body: serde_json::Value = r.json().unwrap();
+        assert!(body["error"]
+            .as_str()
+            .unwrap()
+            .contains("token is required"));
+    }
+    let r = http(Some("aloha_000000000000_nope"))
+        .get(url("/api/v1/apps"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let reader = create_token(&c, &bootstrap, "reader");
+    let submitter = create_token(&c, &bootstrap, "submitter");
+    let app = json!({"name": "hi", "kind": "process", "spec": {"command": ["true"]}});
+
+    // reader: reads, nothing more.
+    let r = http(Some(&reader));
+    assert_eq!(r.get(url("/api/v1/apps")).send().unwrap().status(), 200);
+    assert_eq!(r.get(url("/metrics")).send().unwrap().status(), 200);
+    let denied = r.post(url("/api/v1/apps")).json(&app).send().unwrap();
+    assert_eq!(denied.status(), 403);
+    let body: serde_json::Value = denied.json().unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("has the role reader; this needs submitter"),
+        "{body}"
+    );
+    assert_eq!(r.get(url("/api/v1/tokens")).send().unwrap().status(), 403);
+
+    // submitter: submits (alohactl with ALOHA_TOKEN), cannot drain or manage tokens.
+    let (ok, out, err) = ctl(
+        &c,
+        &[("ALOHA_TOKEN", &submitter)],
+        &["submit", "--name", "via-ctl", "--", "true"],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("app-"), "{out}");
+    let s = http(Some(&submitter));
+    let r = s.post(url("/api/v1/apps")).json(&app).send().unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        s.post(url("/api/v1/workers/w1/drain"))
+            .send()
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        s.post(url("/api/v1/tokens"))
+            .json(&json!({"name": "x", "role": "admin"}))
+            .send()
+            .unwrap()
+            .status(),
+        403
+    );
+    let (ok, _, err) = ctl(&c, &[], &["list"]);
+    assert!(!ok);
+    assert!(err.contains("token is required"), "{err}");
+
+    // admin: lists tokens without secrets; a bad body is a 400.
+    let a = http(Some(TOKEN));
+    let listed: serde_json::Value = a.get(url("/api/v1/tokens")).send().unwrap().json().unwrap();
+    let text = listed.to_string();
+    assert_eq!(listed["tokens"].as_array().unwrap().len(), 2, "{text}");
+    for secret in [&reader, &submitter] {
+        assert!(!text.contains(secret.rsplit('_').next().unwrap()));
+    }
+    assert!(!text.contains("sha256"), "{text}");
+    // A body that does not fit is a 422 like everywhere in the API; a bad name a 400.
+    let r = a
+        .post(url("/api/v1/tokens"))
+        .json(&json!({"name": "x", "role": "root"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let r = a
+        .post(url("/api/v1/tokens"))
+        .json(&json!({"name": "", "role": "reader"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // The store keeps hashes only.
+    let secret = submitter.rsplit('_').next().unwrap().as_bytes().to_vec();
+    for e in walk(&c.dir.path().join("master")) {
+        let bytes = std::fs::read(&e).unwrap();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_slice()),
+            "the secret is stored in {}",
+            e.display()
+        );
+    }
+
+    // Revoked: admits nobody. Tokens survive a master restart.
+    let reader_id = listed["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["role"] == "reader")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (ok, out, err) = ctl(
+        &c,
+        &[("ALOHA_TOKEN", TOKEN)],
+        &["token", "revoke", &reader_id],
+    );
+    assert!(ok && out.contains("revoked"), "{out}{err}");
+    assert_eq!(
+        http(Some(&reader))
+            .get(url("/api/v1/apps"))
+            .send()
+            .unwrap()
+            .status(),
+        401
+    );
+    let dir = c.dir.path().to_path_buf();
+    c.master.restart_hard(&dir);
+    let s = http(Some(&submitter));
+    wait_for("the restarted master to know the token", T, || {
+        let r = s.get(url(&format!("/api/v1/apps/{id}"))).send().ok()?;
+        (r.status() == 200).then_some(())
+    });
+    assert_eq!(
+        http(Some(&reader))
+            .get(url("/api/v1/apps"))
+            .send()
+            .unwrap()
+            .status(),
+        401
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_console_logs_in_with_a_token_and_checks_csrf_on_every_form() {
+    let c = Cluster::start_with("3s", &[("w1", 1)], |dir| {
+        let f = token_file(dir, "bootstrap.token", TOKEN);
+        vec![
+            "--auth".into(),
+            "required".into(),
+            "--bootstrap-token-file".into(),
+            f.display().to_string(),
+        ]
+    });
+    let base = c.master.api.base.clone();
+    let url = |p: &str| format!("{base}{p}");
+    let browser = http(None);
+
+    // Not logged in: the pages send you to the login page.
+    let r = browser.get(url("/ui/apps")).send().unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/ui/login");
+    let login = browser.get(url("/ui/login")).send().unwrap();
+    assert_eq!(login.status(), 200);
+    assert!(login.text().unwrap().contains("name=\"token\""));
+
+    // A wrong token: 401, no cookie.
+    let r = browser
+        .post(url("/ui/login"))
+        .form(&[("token", "wrong-token-0123456789")])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("set-cookie").is_none());
+
+    // The right one: an HttpOnly, SameSite=Strict session cookie.
+    let r = browser
+        .post(url("/ui/login"))
+        .form(&[("token", TOKEN)])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    let session = set.split(';').next().unwrap().to_string();
+    let get = |p: &str| {
+        browser
+            .get(url(p))
+            .header("cookie", &session)
+            .send()
+            .unwrap()
+    };
+
+    let id = c.api().submit_cmd("long", &["sleep", "60"], json!({}));
+    c.api().wait_state(&id, "RUNNING", T);
+    let page = get(&format!("/ui/apps/{id}"));
+    assert_eq!(page.status(), 200);
+    let html = page.text().unwrap();
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("a CSRF field in the forms")
+        .to_string();
+    assert!(html.contains("Log out"));
+
+    // A form post without the CSRF token (a forged cross-site form would look so): 403.
+    let kill = url(&format!("/ui/apps/{id}/kill"));
+    let r = browser
+        .post(&kill)
+        .header("cookie", &session)
+        .form(&[("reason", "x")])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = browser
+        .post(&kill)
+        .header("cookie", &session)
+        .form(&[("reason", "x"), ("csrf", "0".repeat(64).as_str())])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(c.api().app(&id)["state"], "RUNNING");
+    // With it: done.
+    let r = browser
+        .post(&kill)
+        .header("cookie", &session)
+        .form(&[("reason", "from the console"), ("csrf", csrf.as_str())])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    c.api().wait_state(&id, "KILLED", T);
+
+    // Logged out: the cookie admits nobody.
+    let r = browser
+        .post(url("/ui/logout"))
+        .header("cookie", &session)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(get("/ui/apps").status(), 303);
+}
+
+#[test]
+fn sparks_submission_port_needs_loopback_or_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let out = Command::new(bin("aloha-master"))
+        .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--rpc-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--submission-addr", &format!("0.0.0.0:{port}")])
+        .arg("--state-dir")
+        .arg(dir.path().join("m"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has no authentication of its own"), "{err}");
+
+    // With --auth required it serves, and asks for a token.
+    let c = Cluster::start_with("3s", &[], |dir| {
+        let f = token_file(dir, "bootstrap.token", TOKEN);
+        vec![
+            "--auth".into(),
+            "required".into(),
+            "--bootstrap-token-file".into(),
+            f.display().to_string(),
+            "--submission-addr".into(),
+            format!("0.0.0.0:{port}"),
+        ]
+    });
+    let create = format!("http://127.0.0.1:{port}/v1/submissions/create");
+    let body = json!({"action": "CreateSubmissionRequest", "appResource": "x.jar", "mainClass": "Main",
+        "appArgs": [], "clientSparkVersion": "3.5.0", "environmentVariables": {}, "sparkProperties": {}});
+    let r = http(None).post(&create).json(&body).send().unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http(Some(TOKEN)).post(&create).json(&body).send().unwrap();
+    assert_ne!(r.status(), 401);
+    assert_ne!(r.status(), 403);
+    drop(c);
+}

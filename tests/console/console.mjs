@@ -1,12 +1,14 @@
 // Drives the Aloha-rs console in Debian's chromium, headless:
-//   node console.mjs <master base URL> <screenshot dir>
+//   node console.mjs <master base URL> <screenshot dir> [token]
+// With a token (a master with --auth required), it first logs in through the login page and
+// every form then carries the session's CSRF token.
 // Submits an app through the form and sees it reach FINISHED live (no reload), kills a
 // running app, reads its logs, walks every page, and saves screenshots. Exits non-zero (with
 // the reason) at the first failure.
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 
-const [base, out] = process.argv.slice(2);
+const [base, out, token] = process.argv.slice(2);
 if (!base || !out) {
   console.error("usage: node console.mjs <base URL> <screenshot dir>");
   process.exit(2);
@@ -30,8 +32,32 @@ async function shot(name) {
   await page.screenshot({ path: `${out}/${name}.png`, fullPage: true });
 }
 function fail(msg) { throw new Error(msg); }
+// Calls made from outside the browser (node's fetch) carry the token themselves.
+const apiHeaders = { "content-type": "application/json",
+                     ...(token ? { authorization: `Bearer ${token}` } : {}) };
 
 try {
+  if (token) {
+    // Not logged in: to the login page; a wrong token is refused; the right one logs in.
+    await page.goto(`${base}/ui/apps`);
+    if (!page.url().endsWith("/ui/login")) fail(`not sent to the login page: ${page.url()}`);
+    await page.getByLabel("Token").fill("not-the-token-0123456789");
+    await page.getByRole("button", { name: "Log in" }).click();
+    await page.getByRole("alert").filter({ hasText: "not valid" }).waitFor();
+    await shot("00-login-refused");
+    // The refused login answered 401, which chromium logs as a failed resource: expected.
+    const expected = problems.filter((p) => p.includes("status of 401"));
+    if (expected.length !== problems.length) fail(problems.join("\n"));
+    problems.length = 0;
+    await page.getByLabel("Token").fill(token);
+    await page.getByRole("button", { name: "Log in" }).click();
+    await page.getByRole("button", { name: "Log out" }).waitFor();
+    const cookies = await page.context().cookies();
+    const session = cookies.find((c) => c.name === "aloha_session");
+    if (!session || !session.httpOnly || session.sameSite !== "Strict") {
+      fail(`no HttpOnly SameSite=Strict session cookie: ${JSON.stringify(cookies)}`);
+    }
+  }
   // The cluster page.
   const r = await page.goto(`${base}/`);
   if (r.status() !== 200) fail(`GET / answered ${r.status()}`);
@@ -96,7 +122,7 @@ try {
   await page.goto(`${base}/ui/events`);
   await page.waitForTimeout(500);
   const sub = await fetch(`${base}/api/v1/apps`, {
-    method: "POST", headers: { "content-type": "application/json" },
+    method: "POST", headers: apiHeaders,
     body: JSON.stringify({ name: "feed-probe", kind: "process", spec: { command: ["true"] } }),
   });
   if (sub.status !== 201) fail(`POST /api/v1/apps answered ${sub.status}`);
@@ -106,7 +132,7 @@ try {
 
   // A schedule: its page shows the next runs; "Trigger a run now" adds a run live.
   const sch = await fetch(`${base}/api/v1/schedules`, {
-    method: "POST", headers: { "content-type": "application/json" },
+    method: "POST", headers: apiHeaders,
     body: JSON.stringify({ name: "nightly", app: { kind: "process", spec: { command: ["true"] } },
                            cron: "0 3 * * *", time_zone: "Europe/Berlin" }),
   });
@@ -123,6 +149,11 @@ try {
   await shot("13-schedule");
 
   if (problems.length) fail(problems.join("\n"));
+  if (token) {
+    await page.getByRole("button", { name: "Log out" }).click();
+    await page.waitForURL(/\/ui\/login$/);
+    await shot("99-logged-out");
+  }
   console.log(`console: every check passed; screenshots in ${out}`);
 } catch (e) {
   await shot("failure").catch(() => {});

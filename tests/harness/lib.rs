@@ -245,6 +245,23 @@ impl Api {
         }
     }
 
+    /// A client for the master at `base` that sends `token` as its bearer token.
+    pub fn with_token(base: &str, token: &str) -> Api {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().expect("a token header"),
+        );
+        Api {
+            base: base.trim_end_matches('/').to_string(),
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .default_headers(headers)
+                .build()
+                .expect("http client"),
+        }
+    }
+
     fn finish(r: reqwest::Result<reqwest::blocking::Response>) -> Result<Resp, String> {
         let r = r.map_err(|e| e.to_string())?;
         let status = r.status().as_u16();
@@ -453,7 +470,17 @@ impl MasterProc {
         log_dir: &Path,
     ) -> MasterProc {
         let proc = Self::spawn_with(name, &opts, &extra_args, log_dir);
-        let api = Api::new(&format!("http://127.0.0.1:{}", opts.http_port));
+        let base = format!("http://127.0.0.1:{}", opts.http_port);
+        // A master with a bootstrap token: the test's API client is its admin.
+        let bootstrap = extra_args
+            .iter()
+            .position(|a| a == "--bootstrap-token-file")
+            .and_then(|i| extra_args.get(i + 1))
+            .and_then(|f| std::fs::read_to_string(f).ok());
+        let api = match bootstrap {
+            Some(t) => Api::with_token(&base, t.trim()),
+            None => Api::new(&base),
+        };
         let mut m = MasterProc {
             proc,
             opts,

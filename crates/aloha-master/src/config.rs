@@ -63,6 +63,14 @@ pub struct Config {
     /// The token read from `join_token_file` by [`Args::into_config`].
     #[serde(skip)]
     pub join_token: Option<aloha_proto::auth::JoinToken>,
+    /// REST API authentication: `required` or `off`; unset: `off` when `http_addr` is a
+    /// loopback address, `required` otherwise ([`Config::auth_mode`]).
+    pub auth: Option<crate::auth::AuthMode>,
+    /// A file (mode 0600) holding the bootstrap admin token.
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// The token read from `bootstrap_token_file` by [`Args::into_config`].
+    #[serde(skip)]
+    pub bootstrap_token: Option<aloha_proto::auth::JoinToken>,
     /// Listener plugins (`[[listeners]]`).
     pub listeners: Vec<crate::listeners::ListenerSpec>,
     /// Log filter (tracing-subscriber `EnvFilter` syntax).
@@ -92,6 +100,9 @@ impl Default for Config {
             retain_dead_workers_for: Duration::from_secs(3600),
             join_token_file: None,
             join_token: None,
+            auth: None,
+            bootstrap_token_file: None,
+            bootstrap_token: None,
             listeners: Vec::new(),
             log: "info".into(),
         }
@@ -103,6 +114,16 @@ impl Config {
     /// heartbeats can be lost before a worker is declared dead.
     pub fn heartbeat_interval(&self) -> Duration {
         (self.worker_timeout / 4).max(Duration::from_millis(50))
+    }
+
+    /// Whether the REST API requires tokens: as configured, else `off` on a loopback HTTP
+    /// address (only this host can call it) and `required` on any other.
+    pub fn auth_mode(&self) -> crate::auth::AuthMode {
+        self.auth.unwrap_or(if self.http_addr.ip().is_loopback() {
+            crate::auth::AuthMode::Off
+        } else {
+            crate::auth::AuthMode::Required
+        })
     }
 
     /// The HTTP URL clients should use for this master.
@@ -174,6 +195,12 @@ pub struct Args {
     /// be dialled again (default true); false waits for the lease TTL.
     #[arg(long, env = "ALOHA_FAST_FAILOVER", value_name = "BOOL", action = clap::ArgAction::Set)]
     pub fast_failover: Option<bool>,
+    /// REST API authentication [default: off on a loopback --http-addr, required otherwise].
+    #[arg(long, env = "ALOHA_AUTH", value_enum)]
+    pub auth: Option<crate::auth::AuthMode>,
+    /// File (chmod 600) with the bootstrap admin token for the REST API.
+    #[arg(long, env = "ALOHA_BOOTSTRAP_TOKEN_FILE")]
+    pub bootstrap_token_file: Option<PathBuf>,
     /// File with the join token workers and masters must present (chmod 600).
     #[arg(long, env = "ALOHA_JOIN_TOKEN_FILE")]
     pub join_token_file: Option<PathBuf>,
@@ -250,6 +277,18 @@ impl Args {
         }
         if let Some(v) = self.lease_ttl {
             cfg.lease_ttl = v;
+        }
+        if let Some(v) = self.auth {
+            cfg.auth = Some(v);
+        }
+        if let Some(v) = self.bootstrap_token_file {
+            cfg.bootstrap_token_file = Some(v);
+        }
+        if let Some(path) = &cfg.bootstrap_token_file {
+            cfg.bootstrap_token =
+                Some(aloha_proto::auth::JoinToken::from_file(path).map_err(|e| {
+                    ConfigError::Invalid(e.replace("join token", "bootstrap token"))
+                })?);
         }
         if let Some(v) = self.join_token_file {
             cfg.join_token_file = Some(v);

@@ -98,6 +98,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/workers/{id}/undrain", post(undrain_worker))
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/cluster/accept-restore", post(accept_restore))
+        .route("/api/v1/tokens", post(create_token).get(list_tokens))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/api/v1/events", get(crate::stream::events))
         .merge(crate::console::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -108,6 +110,7 @@ pub fn router(node: Arc<Node>) -> Router {
             )
         })
         .route_layer(middleware::from_fn_with_state(node.clone(), track))
+        .layer(middleware::from_fn_with_state(node.clone(), authorize))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node)
 }
@@ -123,7 +126,7 @@ pub fn router(node: Arc<Node>) -> Router {
         healthz, readyz, metrics, openapi, submit, list, show, kill, retry,
         crate::logs::app_logs, create_schedule, list_schedules, show_schedule, update_schedule,
         delete_schedule, pause_schedule, resume_schedule, trigger_schedule, backfill_schedule,
-        workers, drain_worker, undrain_worker, cluster, accept_restore, crate::stream::events,
+        workers, drain_worker, undrain_worker, cluster, accept_restore, create_token, list_tokens, revoke_token, crate::stream::events,
     ),
     components(schemas(
         App, AppState, SubmitRequest, AppList, ErrorBody, WorkerInfo, WorkerList, ClusterInfo,
@@ -134,6 +137,7 @@ pub fn router(node: Arc<Node>) -> Router {
         (name = "schedules", description = "Cron and fixed-period schedules"),
         (name = "workers", description = "Workers and their drains"),
         (name = "cluster", description = "Leadership"),
+        (name = "tokens", description = "REST API tokens (admin)"),
         (name = "events", description = "The event stream"),
         (name = "probes", description = "Liveness, readiness, metrics, this document"),
     )
@@ -439,6 +443,202 @@ async fn workers(State(m): State<Arc<Node>>) -> ApiResult<Json<WorkerList>> {
     responses((status = 200, description = "this master's role, the leader, the epoch, the members", body = ClusterInfo)))]
 async fn cluster(State(m): State<Arc<Node>>) -> impl IntoResponse {
     Json(m.cluster().await)
+}
+
+// ----------------------------------------------------------------------------------------
+// Authentication
+
+/// Lets a request through when auth is off, the route is open, or it carries a token (or a
+/// console session) with the role the route needs; else 401 (with `WWW-Authenticate:
+/// Bearer`) or 403, both JSON.
+pub(crate) async fn authorize(
+    State(node): State<Arc<Node>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    if !node.tokens.required() {
+        return next.run(req).await;
+    }
+    let Some(needed) = crate::auth::required_role(req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let (principal, csrf) = match crate::auth::bearer(req.headers()) {
+        Some(token) => (node.tokens.check(token), None),
+        None => match crate::console::session_of(&node, req.headers()) {
+            Some((p, csrf)) => (Some(p), Some(csrf)),
+            None => (None, None),
+        },
+    };
+    let Some(principal) = principal else {
+        let page = req.uri().path() == "/" || req.uri().path().starts_with("/ui/");
+        if page && req.method() == axum::http::Method::GET {
+            // A person at the console: to the login page.
+            return (StatusCode::SEE_OTHER, [(header::LOCATION, "/ui/login")]).into_response();
+        }
+        let msg = if crate::auth::bearer(req.headers()).is_some() {
+            "invalid or revoked token"
+        } else {
+            "a token is required: Authorization: Bearer <token>"
+        };
+        let mut r = ApiError::new(StatusCode::UNAUTHORIZED, msg).into_response();
+        r.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer realm=\"aloha\""),
+        );
+        return r;
+    };
+    if principal.role < needed {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "token {} has the role {}; this needs {needed}",
+                principal.token_id, principal.role
+            ),
+        )
+        .into_response();
+    }
+    // A session (a browser) changing something: the form must carry the session's CSRF token
+    // (the cookie alone would come along on a forged cross-site form post).
+    if let Some(csrf) = csrf {
+        if !matches!(
+            *req.method(),
+            axum::http::Method::GET | axum::http::Method::HEAD
+        ) {
+            let (parts, body) = req.into_parts();
+            let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+                return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large")
+                    .into_response();
+            };
+            let given = form_urlencoded::parse(&bytes)
+                .find(|(k, _)| k == "csrf")
+                .map(|(_, v)| v.into_owned())
+                .or_else(|| {
+                    parts
+                        .headers
+                        .get("x-csrf-token")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                });
+            let ok = given.is_some_and(|g| {
+                g.len() == csrf.len()
+                    && bool::from(subtle::ConstantTimeEq::ct_eq(g.as_bytes(), csrf.as_bytes()))
+            });
+            if !ok {
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "missing or wrong CSRF token: reload the page and try again",
+                )
+                .into_response();
+            }
+            req = Request::from_parts(parts, axum::body::Body::from(bytes));
+        }
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+/// `POST /api/v1/tokens`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    /// What it is for (1 to 64 characters, no control characters).
+    pub name: String,
+    /// `reader`, `submitter` or `admin`.
+    pub role: crate::auth::Role,
+}
+
+/// A new token: its text, shown this once, and its record.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct CreatedToken {
+    /// The bearer token. Not stored (only its hash is) and never shown again.
+    pub token: String,
+    /// Its record.
+    #[serde(flatten)]
+    pub info: crate::auth::TokenInfo,
+}
+
+/// `GET /api/v1/tokens`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct TokenList {
+    /// Every token, without secrets.
+    pub tokens: Vec<crate::auth::TokenInfo>,
+}
+
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = NewToken,
+    responses((status = 201, description = "the token, shown once", body = CreatedToken),
+              (status = 400, description = "bad name or role", body = ErrorBody),
+              (status = 401, description = "no valid token", body = ErrorBody),
+              (status = 403, description = "not an admin token", body = ErrorBody),
+              (status = 503, description = "not the leader, or the store failed", body = ErrorBody)))]
+async fn create_token(
+    State(m): State<Arc<Node>>,
+    body: Result<Json<NewToken>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
+    let Json(req) = body?;
+    let name = req.name.trim().to_string();
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "name must be 1 to 64 characters without control characters",
+        ));
+    }
+    let master = m.leader_master().await?;
+    let (info, token) = m
+        .tokens
+        .create(master.store().as_ref(), name, req.role, chrono::Utc::now())
+        .await
+        .map_err(|e| match e {
+            crate::auth::CreateError::Store(s) => {
+                ApiError::from(crate::master::MasterError::from(s))
+            }
+            other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
+        })?;
+    tracing::info!(id = %info.id, role = %info.role, "token created");
+    Ok((StatusCode::CREATED, Json(CreatedToken { token, info })))
+}
+
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens",
+    responses((status = 200, description = "every token, without secrets", body = TokenList),
+              (status = 401, description = "no valid token", body = ErrorBody),
+              (status = 403, description = "not an admin token", body = ErrorBody)))]
+async fn list_tokens(State(m): State<Arc<Node>>) -> Json<TokenList> {
+    Json(TokenList {
+        tokens: m.tokens.list(),
+    })
+}
+
+/// The answer of `DELETE /api/v1/tokens/{id}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RevokedToken {
+    /// The token revoked.
+    pub revoked: String,
+}
+
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens",
+    params(("id" = String, Path, description = "token id (tok-...)")),
+    responses((status = 200, description = "revoked: it admits nobody from now on (standbys within 2 s)", body = RevokedToken),
+              (status = 404, description = "no such token", body = ErrorBody),
+              (status = 401, description = "no valid token", body = ErrorBody),
+              (status = 403, description = "not an admin token", body = ErrorBody),
+              (status = 503, description = "not the leader, or the store failed", body = ErrorBody)))]
+async fn revoke_token(
+    State(m): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RevokedToken>> {
+    let master = m.leader_master().await?;
+    if !m
+        .tokens
+        .revoke(master.store().as_ref(), &id)
+        .await
+        .map_err(crate::master::MasterError::from)?
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no token {id}"),
+        ));
+    }
+    tracing::info!(%id, "token revoked");
+    Ok(Json(RevokedToken { revoked: id }))
 }
 
 /// The answer of `POST /api/v1/cluster/accept-restore`.

@@ -23,6 +23,7 @@
 //!   metrics; [`submission`]: Spark's REST submission protocol (`--submission-addr`).
 //! - [`clock`]: injected time.
 
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod console;
@@ -69,6 +70,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let rpc_listener = TcpListener::bind(cfg.rpc_addr)
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", cfg.rpc_addr))?;
+    if let Some(addr) = cfg.submission_addr {
+        if !addr.ip().is_loopback() && cfg.auth_mode() != auth::AuthMode::Required {
+            anyhow::bail!(
+                "Spark's REST submission protocol has no authentication of its own: bind \
+                 --submission-addr to a loopback address, or use --auth required so that its \
+                 requests need a token (got {addr})"
+            );
+        }
+    }
     let submission_listener = match cfg.submission_addr {
         None => None,
         Some(addr) => Some(
@@ -112,6 +122,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         node::Node::ha(cfg.clone(), connector, loaded, stop_rx.clone()).await?
     };
 
+    let auth_mode = cfg.auth_mode();
+    if auth_mode == auth::AuthMode::Off && !cfg.http_addr.ip().is_loopback() {
+        tracing::warn!(http = %cfg.http_addr, "--auth off on a non-loopback address: anyone who reaches it can run anything on the workers");
+    }
+    tokio::spawn(auth::keep_loaded(
+        node.tokens.clone(),
+        node.reader(),
+        stop_rx.clone(),
+    ));
     let mut http_stop = stop_rx.clone();
     let http =
         axum::serve(http_listener, http::router(node.clone())).with_graceful_shutdown(async move {
@@ -146,7 +165,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let submission_task = submission_listener.map(|listener| {
         let mut stop = stop_rx.clone();
-        let router = submission::router(node.clone());
+        let loopback = cfg.submission_addr.is_some_and(|a| a.ip().is_loopback());
+        let router = submission::router(node.clone(), loopback);
         tokio::spawn(async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(async move {

@@ -30,6 +30,7 @@ use aloha_core::{App, AppId, AppState, WorkerRecord};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::auth::Tokens;
 use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::election::etcd::EtcdElection;
@@ -72,6 +73,8 @@ pub struct Node {
     election_store: RwLock<Option<Arc<dyn StateStore>>>,
     /// Channels to workers for log reads ([`crate::logs`]).
     log_connector: GrpcWorkerConnector,
+    /// REST API tokens ([`crate::auth`]).
+    pub tokens: Arc<Tokens>,
 }
 
 fn read<T: Clone>(l: &RwLock<T>) -> T {
@@ -108,6 +111,10 @@ impl Node {
             lease: RwLock::new(None),
             election_store: RwLock::new(None),
             log_connector: GrpcWorkerConnector::new(cfg.join_token.clone()),
+            tokens: Arc::new(Tokens::new(
+                cfg.auth_mode(),
+                cfg.bootstrap_token.as_ref().map(|t| t.secret()),
+            )),
             cfg,
         })
     }
@@ -152,6 +159,11 @@ impl Node {
     /// Changes of this process's role.
     pub fn role_watch(&self) -> watch::Receiver<Role> {
         self.role.subscribe()
+    }
+
+    /// The unfenced store reads come from (and the token table is loaded from).
+    pub fn reader(&self) -> Arc<dyn StateStore> {
+        self.reader.clone()
     }
 
     /// The connector log reads use.
@@ -795,7 +807,9 @@ impl Node {
             if self.role() == Role::Standby {
                 match tokio::time::timeout(ASK, election.leader()).await {
                     Ok(Ok(leader)) => {
-                        if let Some(l) = &leader {
+                        // Not our own leader key: etcd may already name us while our campaign
+                        // has not returned yet, and our own epoch is no sign of a rewind.
+                        if let Some(l) = leader.as_ref().filter(|l| l.http != self.cfg.http_url()) {
                             self.history.observe(l.epoch);
                         }
                         write(&self.leader, leader)

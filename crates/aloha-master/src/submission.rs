@@ -207,10 +207,21 @@ pub fn driver_state(state: AppState) -> &'static str {
 
 /// The router: every path goes through [`dispatch`], which routes like Spark's servlets (and
 /// answers like its `ErrorServlet` where none matches).
-pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
-        .fallback(dispatch)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+///
+/// Spark's protocol has no authentication of its own. On a loopback address it is served as
+/// Spark serves it; anywhere else it needs `--auth required`, and then every request needs a
+/// bearer token like the REST API (`submitter` to create and kill, `reader` for the status).
+pub fn router(node: Arc<Node>, loopback: bool) -> Router {
+    let r = Router::new().fallback(dispatch);
+    let r = if loopback {
+        r
+    } else {
+        r.layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            crate::http::authorize,
+        ))
+    };
+    r.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node)
 }
 

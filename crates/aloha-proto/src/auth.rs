@@ -76,6 +76,11 @@ impl JoinToken {
         })
     }
 
+    /// The token's text (to hand it on, e.g. as the master's bootstrap token).
+    pub fn secret(&self) -> &str {
+        &self.value
+    }
+
     /// Whether `metadata` carries this token, compared in constant time.
     pub fn admits(&self, metadata: &MetadataMap) -> bool {
         let Some(given) = metadata

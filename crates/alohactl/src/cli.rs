@@ -45,6 +45,14 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, global = true, help_heading = GLOBAL)]
     pub timeout: Duration,
 
+    /// The API token to send (`Authorization: Bearer`), for masters with `--auth required`.
+    #[arg(long, value_name = "TOKEN", env = "ALOHA_TOKEN", hide_env_values = true, global = true, help_heading = GLOBAL)]
+    pub token: Option<String>,
+
+    /// A file holding the API token (its first line), when --token is not given.
+    #[arg(long, value_name = "PATH", env = "ALOHA_TOKEN_FILE", global = true, help_heading = GLOBAL)]
+    pub token_file: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -108,6 +116,9 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<ClusterCommand>,
     },
+    /// Create, list and revoke API tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Print events (app state changes, relaunches, workers, leadership); `--follow` streams
     /// them and resumes after a disconnect or failover without missing one.
     Events(EventsArgs),
@@ -132,6 +143,27 @@ pub struct LogsArgs {
     /// The attempt (default: the latest).
     #[arg(long)]
     pub attempt: Option<u32>,
+}
+
+/// `alohactl token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; its text is printed once and cannot be shown again.
+    Create {
+        /// What it is for.
+        #[arg(long)]
+        name: String,
+        /// reader, submitter or admin.
+        #[arg(long, value_parser = ["reader", "submitter", "admin"])]
+        role: String,
+    },
+    /// List tokens (ids, names, roles; never the secrets).
+    List,
+    /// Revoke a token: it admits nobody from now on.
+    Revoke {
+        /// The token's id (tok-...).
+        id: String,
+    },
 }
 
 /// `alohactl cluster accept-restore`.

@@ -95,8 +95,20 @@ enum NoAnswer {
 impl Client {
     /// A client for `masters` (already normalized by [`parse_master`]) with a per-request
     /// `timeout`. Honors the usual `HTTP_PROXY`/`NO_PROXY` environment.
-    pub fn new(masters: Vec<String>, timeout: Duration) -> Result<Client, CtlError> {
+    pub fn new(
+        masters: Vec<String>,
+        timeout: Duration,
+        token: Option<&str>,
+    ) -> Result<Client, CtlError> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token {
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+                .map_err(|_| CtlError::Usage("the token must be printable ASCII".into()))?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         let http = Http::builder()
+            .default_headers(headers)
             .timeout(timeout)
             .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
             .user_agent(concat!("alohactl/", env!("CARGO_PKG_VERSION")))

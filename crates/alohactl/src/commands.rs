@@ -10,7 +10,9 @@ use chrono::Utc;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::cli::{Cli, ClusterCommand, Command, ListArgs, Output, SubmitArgs, WorkersCommand};
+use crate::cli::{
+    Cli, ClusterCommand, Command, ListArgs, Output, SubmitArgs, TokenCommand, WorkersCommand,
+};
 use crate::client::{fresh_idempotency_key, segment, Client, Served};
 use crate::error::CtlError;
 use crate::io::{print, Io};
@@ -19,7 +21,21 @@ use crate::wait::{self, SystemClock};
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli, io: &mut Io<'_>) -> Result<(), CtlError> {
-    let client = Client::new(cli.masters, cli.timeout)?;
+    let token = match (cli.token, &cli.token_file) {
+        (Some(t), _) => Some(t.trim().to_string()),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                CtlError::Usage(format!(
+                    "cannot read the token file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            Some(text.lines().next().unwrap_or("").trim().to_string())
+        }
+        (None, None) => None,
+    }
+    .filter(|t| !t.is_empty());
+    let client = Client::new(cli.masters, cli.timeout, token.as_deref())?;
     let format = cli.output;
     match cli.command {
         Command::Submit(args) => submit(&client, format, &args, io),
@@ -37,6 +53,7 @@ pub fn run(cli: Cli, io: &mut Io<'_>) -> Result<(), CtlError> {
             action: Some(ClusterCommand::AcceptRestore),
         } => accept_restore(&client, format, io),
         Command::Events(args) => crate::events::run(&client, format, &args, io),
+        Command::Token(command) => tokens(&client, format, command, io),
         Command::Schedule(command) => crate::schedules::run(&client, format, command, io),
     }
 }
@@ -331,6 +348,57 @@ fn cluster(client: &Client, format: Output, io: &mut Io<'_>) -> Result<(), CtlEr
         &match format {
             Output::Table => output::cluster(&info.data),
             Output::Json => output::json(&info.raw),
+        },
+    )
+}
+
+fn tokens(
+    client: &Client,
+    format: Output,
+    command: TokenCommand,
+    io: &mut Io<'_>,
+) -> Result<(), CtlError> {
+    let (raw, text) = match command {
+        TokenCommand::Create { name, role } => {
+            let body = serde_json::json!({"name": name, "role": role});
+            let r: Served<Value> = client.post("/api/v1/tokens", Some(&body))?;
+            let text = format!(
+                "{}\n# {} ({}, {}): shown once; store it now\n",
+                r.data["token"].as_str().unwrap_or_default(),
+                output::clean(r.data["id"].as_str().unwrap_or_default()),
+                output::clean(r.data["name"].as_str().unwrap_or_default()),
+                r.data["role"].as_str().unwrap_or_default(),
+            );
+            (r.raw, text)
+        }
+        TokenCommand::List => {
+            let r: Served<Value> = client.get("/api/v1/tokens", &[])?;
+            let rows: Vec<Vec<String>> = r.data["tokens"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|t| {
+                    ["id", "name", "role", "created_at"]
+                        .iter()
+                        .map(|k| output::clean(t[*k].as_str().unwrap_or_default()))
+                        .collect()
+                })
+                .collect();
+            let text = output::grid(&["ID", "NAME", "ROLE", "CREATED"], rows);
+            (r.raw, text)
+        }
+        TokenCommand::Revoke { id } => {
+            let r: Served<Value> =
+                client.delete(&format!("/api/v1/tokens/{}", crate::client::segment(&id)))?;
+            (r.raw, format!("revoked {}\n", output::clean(&id)))
+        }
+    };
+    print(
+        io,
+        &match format {
+            Output::Table => text,
+            Output::Json => output::json(&raw),
         },
     )
 }

@@ -691,7 +691,7 @@ fn fields(rows: &[(&str, String)]) -> String {
 }
 
 /// A borderless table with a header, columns two spaces apart, no trailing blanks.
-fn grid(header: &[&str], rows: Vec<Vec<String>>) -> String {
+pub fn grid(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut table = Table::new();
     table
         .load_preset(presets::NOTHING)

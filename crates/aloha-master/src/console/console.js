@@ -3,11 +3,16 @@
 (function () {
   "use strict";
   var main = document.querySelector("main[data-live]");
-  if (!main) return;
+  // The login page has nothing live (and no session to read the stream with yet).
+  if (!main || location.pathname === "/ui/login") return;
 
   // ---- Live refresh: after events, fetch this page's <main> again and swap it in.
   var timer = null;
+  // Something typed into a form of this page: a refresh would throw it away.
+  var edited = false;
+  main.addEventListener("input", function () { edited = true; });
   function busy() {
+    if (edited) return true;
     var a = document.activeElement;
     return a && main.contains(a) && /^(INPUT|SELECT|TEXTAREA)$/.test(a.tagName);
   }
@@ -18,6 +23,8 @@
       .then(function (r) { return r.ok ? r.text() : null; })
       .then(function (html) {
         if (html === null) return;
+        // Typing may have started while the page was being fetched.
+        if (busy()) { schedule(1000); return; }
         var oldLogs = main.querySelector(".logs");
         main.innerHTML = html;
         var newLogs = main.querySelector(".logs");

@@ -60,6 +60,8 @@ pub fn routes() -> Router<Arc<Node>> {
         .route("/ui/schedules/{id}/{action}", post(schedule_action))
         .route("/ui/events", get(pages::events))
         .route("/ui/submit", get(pages::submit_form).post(submit))
+        .route("/ui/login", get(login_form).post(login))
+        .route("/ui/logout", post(logout))
 }
 
 async fn css() -> Response {
@@ -89,6 +91,8 @@ pub(crate) struct Frame {
     epoch: u64,
     /// Only the fragment (`<main>`'s content) was asked for.
     fragment: bool,
+    /// The session's CSRF token, which every form carries (auth required and logged in).
+    csrf: Option<String>,
 }
 
 impl Frame {
@@ -101,6 +105,16 @@ impl Frame {
             fragment: headers
                 .get("x-console-fragment")
                 .is_some_and(|v| v.as_bytes() == b"main"),
+            csrf: session_of(node, headers).map(|(_, csrf)| csrf),
+        }
+    }
+
+    /// The hidden CSRF field every form of this page carries (nothing when auth is off).
+    pub(crate) fn csrf_field(&self) -> Markup {
+        html! {
+            @if let Some(c) = &self.csrf {
+                input type="hidden" name="csrf" value=(c);
+            }
         }
     }
 
@@ -152,6 +166,12 @@ pub(crate) fn page(frame: &Frame, title: &str, current: &str, body: Markup) -> R
                         }
                         span.role data-role=(role_name(frame.role)) {
                             (role_name(frame.role)) " · epoch " (frame.epoch)
+                        }
+                        @if frame.csrf.is_some() {
+                            form.logout method="post" action="/ui/logout" {
+                                (frame.csrf_field())
+                                button type="submit" { "Log out" }
+                            }
                         }
                     }
                     @if !frame.leads() {
@@ -453,3 +473,100 @@ pub(crate) struct AppFilter {
 }
 
 pub(crate) type FilterQuery = Query<AppFilter>;
+
+// ----------------------------------------------------------------------------------------
+// Login (with `--auth required`): a token opens a session kept in an HttpOnly, SameSite=Strict
+// cookie; every form carries the session's CSRF token, checked before the handler runs.
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "aloha_session";
+
+/// The value of cookie `name`, if the request has it.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The console session a request carries (its principal and CSRF token), if any.
+pub fn session_of(node: &Node, headers: &HeaderMap) -> Option<(crate::auth::Principal, String)> {
+    if !node.tokens.required() {
+        return None;
+    }
+    node.tokens.session(cookie(headers, SESSION_COOKIE)?)
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    token: String,
+}
+
+fn login_page(frame: &Frame, error: Option<&str>) -> Response {
+    page(
+        frame,
+        "Log in",
+        "",
+        html! {
+            h1 { "Log in" }
+            @if let Some(e) = error {
+                p.error role="alert" { (e) }
+            }
+            form.login method="post" action="/ui/login" {
+                div {
+                    label for="token" { "Token" }
+                    input id="token" name="token" type="password" autocomplete="current-password" required;
+                }
+                button type="submit" { "Log in" }
+            }
+            p { "Use an API token (" code { "alohactl token create" } " or the bootstrap token). It is kept in this master's memory only; the browser gets an HttpOnly session cookie." }
+        },
+    )
+}
+
+async fn login_form(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    let frame = Frame::of(&node, &headers).await;
+    if !node.tokens.required() {
+        return see("/".into());
+    }
+    login_page(&frame, None)
+}
+
+async fn login(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let frame = Frame::of(&node, &headers).await;
+    let Some((id, _csrf)) = node.tokens.login(form.token.trim()) else {
+        let mut r = login_page(&frame, Some("That token is not valid."));
+        *r.status_mut() = StatusCode::UNAUTHORIZED;
+        return r;
+    };
+    let mut r = see("/".into());
+    let cookie = format!(
+        "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        crate::auth::SESSION_TTL.as_secs()
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+async fn logout(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    if let Some(id) = cookie(&headers, SESSION_COOKIE) {
+        node.tokens.logout(id);
+    }
+    let mut r = see("/ui/login".into());
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("aloha_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    r
+}

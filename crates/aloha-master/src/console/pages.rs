@@ -149,11 +149,11 @@ pub(crate) async fn workers(State(node): State<Arc<Node>>, headers: HeaderMap) -
                             @if f.leads() {
                                 td {
                                     @if w.drain_deadline.is_some() {
-                                        form method="post" action=(format!("/ui/workers/{}/undrain", w.id)) {
+                                        form method="post" action=(format!("/ui/workers/{}/undrain", w.id)) { (f.csrf_field())
                                             button type="submit" { "Undrain" }
                                         }
                                     } @else {
-                                        form.inline method="post" action=(format!("/ui/workers/{}/drain", w.id)) {
+                                        form.inline method="post" action=(format!("/ui/workers/{}/drain", w.id)) { (f.csrf_field())
                                             label for=(format!("deadline-{}", w.id)) { "Deadline" }
                                             input id=(format!("deadline-{}", w.id)) name="deadline" value="1h" size="5";
                                             button type="submit" { "Drain" }
@@ -331,13 +331,13 @@ pub(crate) async fn app(
         @if f.leads() {
             div.actions {
                 @if !a.state.is_terminal() {
-                    form method="post" action=(format!("/ui/apps/{}/kill", a.id)) {
+                    form method="post" action=(format!("/ui/apps/{}/kill", a.id)) { (f.csrf_field())
                         label for="kill-reason" { "Reason" }
                         input id="kill-reason" name="reason" placeholder="no longer needed";
                         button.danger type="submit" { "Kill" }
                     }
                 } @else {
-                    form method="post" action=(format!("/ui/apps/{}/retry", a.id)) {
+                    form method="post" action=(format!("/ui/apps/{}/retry", a.id)) { (f.csrf_field())
                         button type="submit" { "Retry as a new app" }
                     }
                 }
@@ -468,11 +468,11 @@ pub(crate) async fn schedule(
         @if f.leads() && s.state.as_str() != "ENDED" {
             div.actions {
                 @if spec.paused {
-                    form method="post" action=(format!("/ui/schedules/{}/resume", s.schedule.id)) { button type="submit" { "Resume" } }
+                    form method="post" action=(format!("/ui/schedules/{}/resume", s.schedule.id)) { (f.csrf_field()) button type="submit" { "Resume" } }
                 } @else {
-                    form method="post" action=(format!("/ui/schedules/{}/pause", s.schedule.id)) { button type="submit" { "Pause" } }
+                    form method="post" action=(format!("/ui/schedules/{}/pause", s.schedule.id)) { (f.csrf_field()) button type="submit" { "Pause" } }
                 }
-                form method="post" action=(format!("/ui/schedules/{}/trigger", s.schedule.id)) { button type="submit" { "Trigger a run now" } }
+                form method="post" action=(format!("/ui/schedules/{}/trigger", s.schedule.id)) { (f.csrf_field()) button type="submit" { "Trigger a run now" } }
             }
         }
         dl.fields {
@@ -544,7 +544,7 @@ pub(crate) async fn submit_form(State(node): State<Arc<Node>>, headers: HeaderMa
         @if !f.leads() {
             p { "Submit on the leader." }
         } @else {
-            form.submit method="post" action="/ui/submit" {
+            form.submit method="post" action="/ui/submit" { (f.csrf_field())
                 div { label for="s-name" { "Name" } input id="s-name" name="name" required; }
                 div {
                     label for="s-kind" { "Kind" }

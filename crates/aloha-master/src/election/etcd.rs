@@ -340,9 +340,12 @@ impl Renewal for EtcdRenewal {
             }
         };
         if let Some(h) = resp.header() {
-            if let Err((before, now)) = self.revisions.observe(h.member_id(), h.revision()) {
+            let observed = self
+                .revisions
+                .observe(h.member_id(), h.revision(), Instant::now());
+            if let Err((before, now)) = observed {
                 return Ok(Renewed::Rewound(format!(
-                    "etcd member {:x} went back from revision {before} to {now}",
+                    "etcd member {:x} went back from revision {before} to {now} and stayed there",
                     h.member_id()
                 )));
             }

@@ -119,25 +119,53 @@ impl History {
     }
 }
 
-/// Revisions seen per etcd member on one sequential request stream (the lease keep-alive):
-/// a member's revision never goes back unless its data was restored.
+/// How long a member may serve revisions below what it served before until that counts as a
+/// restore. A member restarted after a crash can briefly serve an older revision (it applied
+/// entries whose commit it had not persisted) until the cluster's leader brings it up to date,
+/// which takes well under a second once there is a quorum.
+pub const REWIND_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Revisions seen per etcd member on one sequential request stream (the lease keep-alive). A
+/// member's revision goes back for good only when its data was restored; for a moment after a
+/// crash it may lag ([`REWIND_GRACE`]).
 #[derive(Default)]
 pub struct Revisions {
-    seen: Mutex<std::collections::HashMap<u64, i64>>,
+    seen: Mutex<std::collections::HashMap<u64, Seen>>,
+}
+
+struct Seen {
+    max: i64,
+    /// Since when the member has served revisions below `max`.
+    below_since: Option<std::time::Instant>,
 }
 
 impl Revisions {
-    /// Records `revision` from `member`; `Err((before, now))` when it went backwards.
-    pub fn observe(&self, member: u64, revision: i64) -> Result<(), (i64, i64)> {
+    /// Records `revision` from `member` at `now`; `Err((before, now))` once it has stayed below
+    /// the highest revision seen from that member for [`REWIND_GRACE`].
+    pub fn observe(
+        &self,
+        member: u64,
+        revision: i64,
+        now: std::time::Instant,
+    ) -> Result<(), (i64, i64)> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let before = seen.entry(member).or_insert(revision);
-        if revision < *before {
-            let was = *before;
-            *before = revision;
-            return Err((was, revision));
+        let s = seen.entry(member).or_insert(Seen {
+            max: revision,
+            below_since: None,
+        });
+        if revision >= s.max {
+            s.max = revision;
+            s.below_since = None;
+            return Ok(());
         }
-        *before = revision;
-        Ok(())
+        let since = *s.below_since.get_or_insert(now);
+        if now.saturating_duration_since(since) < REWIND_GRACE {
+            return Ok(());
+        }
+        let was = s.max;
+        s.max = revision;
+        s.below_since = None;
+        Err((was, revision))
     }
 }
 
@@ -179,14 +207,24 @@ mod tests {
     }
 
     #[test]
-    fn a_member_revision_going_back_is_reported_once_per_step() {
+    fn a_member_revision_staying_back_is_a_restore_and_a_brief_lag_is_not() {
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
         let r = Revisions::default();
-        assert!(r.observe(1, 100).is_ok());
-        assert!(r.observe(1, 105).is_ok());
+        assert!(r.observe(1, 100, at(0)).is_ok());
+        assert!(r.observe(1, 105, at(100)).is_ok());
         // Another member is tracked on its own: lagging behind member 1 is not a restore.
-        assert!(r.observe(2, 90).is_ok());
-        assert_eq!(r.observe(1, 40), Err((105, 40)));
-        assert!(r.observe(1, 41).is_ok());
+        assert!(r.observe(2, 90, at(100)).is_ok());
+        // Restarted after a crash: behind for a moment, then caught up.
+        assert!(r.observe(1, 101, at(200)).is_ok());
+        assert!(r.observe(1, 103, at(1_000)).is_ok());
+        assert!(r.observe(1, 106, at(1_500)).is_ok());
+        // Restored: behind, and still behind after the grace.
+        assert!(r.observe(1, 40, at(2_000)).is_ok());
+        assert!(r.observe(1, 44, at(4_000)).is_ok());
+        assert_eq!(r.observe(1, 45, at(7_000)), Err((106, 45)));
+        // Reported once; from then on measured against the new history.
+        assert!(r.observe(1, 46, at(7_500)).is_ok());
     }
 
     #[tokio::test]

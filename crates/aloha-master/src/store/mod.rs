@@ -161,6 +161,13 @@ pub mod keys {
     pub const LISTENERS: &str = "listeners/";
     /// Prefix of schedule records.
     pub const SCHEDULES: &str = "schedules/";
+    /// Prefix of REST API token records ([`crate::auth`]): `tokens/<id>`.
+    pub const TOKENS: &str = "tokens/";
+
+    /// Key of a token record.
+    pub fn token(id: &str) -> String {
+        format!("{TOKENS}{id}")
+    }
     /// The last schedule sequence number handed out.
     pub const SCHEDULE_SEQ: &str = "meta/schedule_seq";
 
