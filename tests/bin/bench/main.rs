@@ -8,6 +8,9 @@
 //!   stuck or run twice, and failover times (the engine is the harness's `chaos` module).
 //! - `failover.rs`: three HA masters on a one-member etcd; the time from SIGKILL (or SIGTERM)
 //!   of the leader to the first submission another master answers `201`.
+//! - `fuzz.rs`: random and malformed HTTP requests over raw TCP (broken JSON, huge numbers,
+//!   hostile ids, wrong methods and content types, oversized headers, lying lengths), then
+//!   slowloris connections: answers by status, 5xx, crashes, a normal GET's latency meanwhile.
 //! - `submit.rs`: submission throughput and latency against a single-node master (embedded
 //!   redb) and an HA master on a one-member etcd, with no worker (the apps only queue); then, end
 //!   to end, how long it takes to submit the apps to a master with two workers and run them all.
@@ -32,6 +35,7 @@
 mod bare;
 mod chaos;
 mod failover;
+mod fuzz;
 mod http;
 mod latency;
 mod load;
@@ -73,6 +77,9 @@ enum Cmd {
     Chaos(chaos::ChaosArgs),
     /// Time from killing the HA leader to the first submission another master accepts.
     Failover(failover::FailoverArgs),
+    /// Random and malformed requests and slowloris connections against a live master:
+    /// answers by status, 5xx, crashes.
+    Fuzz(fuzz::FuzzArgs),
     /// Submission throughput and latency, single-node (redb) and HA (etcd).
     Submit(submit::SubmitArgs),
     /// Submissions/s with many keep-alive connections (wrk), against both masters and a bare
@@ -154,6 +161,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Chaos(a) => chaos::chaos(&a, &command_line),
         Cmd::Failover(a) => failover::failover(&a, &command_line),
+        Cmd::Fuzz(a) => fuzz::fuzz(&a, &command_line),
         Cmd::Submit(a) => submit::submit(&a, &command_line),
         Cmd::Http(a) => http::http(&a, &command_line),
         Cmd::Latency(a) => latency::latency(&a, &command_line),
