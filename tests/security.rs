@@ -661,3 +661,127 @@ fn sparks_submission_port_needs_loopback_or_a_token() {
     assert_ne!(r.status(), 403);
     drop(c);
 }
+
+/// A CA and a certificate it signed for 127.0.0.1 and localhost, as PEM files in `dir`:
+/// (ca.pem, cert.pem, key.pem).
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    chmod(&paths.2, 0o600);
+    paths
+}
+
+#[test]
+fn the_rest_api_and_alohactl_speak_https() {
+    let dir = tempfile::Builder::new()
+        .prefix("aloha-tls-")
+        .tempdir()
+        .unwrap();
+    let (ca, cert, key) = certificates(dir.path());
+    let port = free_port();
+    let mut cmd = Command::new(bin("aloha-master"));
+    cmd.args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .args(["--rpc-addr", &format!("127.0.0.1:{}", free_port())])
+        .arg("--state-dir")
+        .arg(dir.path().join("m"))
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key);
+    let _master = Proc::spawn("tls-master", cmd, dir.path());
+    let base = format!("https://127.0.0.1:{port}");
+    let trusting = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
+        .timeout(T)
+        .build()
+        .unwrap();
+    wait_for("the master over HTTPS", T, || {
+        let r = trusting.get(format!("{base}/healthz")).send().ok()?;
+        (r.status() == 200).then_some(())
+    });
+    let cluster: serde_json::Value = trusting
+        .get(format!("{base}/api/v1/cluster"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(cluster["address"], base, "it advertises its https URL");
+
+    // Plain HTTP gets no answer; a client that does not trust the CA refuses the certificate.
+    let plain = http(None)
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send();
+    assert!(plain.map(|r| r.status() != 200).unwrap_or(true));
+    let untrusting = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(T)
+        .build()
+        .unwrap();
+    assert!(untrusting.get(format!("{base}/healthz")).send().is_err());
+
+    // alohactl with --ca-cert works; without it, a one-line error.
+    let run = |args: &[&str]| {
+        Command::new(bin("alohactl"))
+            .args(["--master", &base])
+            .args(args)
+            .env_remove("ALOHA_CA_CERT")
+            .output()
+            .unwrap()
+    };
+    let ok = run(&["--ca-cert", ca.to_str().unwrap(), "cluster"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("ALIVE"));
+    let bad = run(&["cluster"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use std::io::{Read, Write};
+    let c = Cluster::start("3s", &[]);
+    let addr = c.api().base.trim_start_matches("http://").to_string();
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    // Half a request, then silence (a slowloris client).
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: ")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(40)))
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    match slow.read(&mut buf) {
+        // Closed, or answered (408) and then closed: either way it does not hang forever.
+        Ok(_) => {}
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "the connection was still open after 40 s"
+        ),
+    }
+    // Meanwhile and afterwards, normal requests are served.
+    assert_eq!(c.api().get("/healthz").status, 200);
+}

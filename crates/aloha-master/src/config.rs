@@ -19,6 +19,11 @@ pub struct Config {
     /// Spark's REST submission protocol (`spark-submit --deploy-mode cluster`) listens here;
     /// off when unset. Unauthenticated: see docs/rest-api.md.
     pub submission_addr: Option<SocketAddr>,
+    /// A PEM certificate chain: with `tls_key`, the REST API and the console are served over
+    /// HTTPS (TLS 1.2 and 1.3, rustls).
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     /// HTTP address advertised to clients and other masters (defaults to `http_addr`).
     pub advertise_http: Option<String>,
     /// gRPC address advertised to workers (defaults to `rpc_addr`).
@@ -83,6 +88,8 @@ impl Default for Config {
             http_addr: "127.0.0.1:8080".parse().expect("literal address"),
             rpc_addr: "127.0.0.1:7077".parse().expect("literal address"),
             submission_addr: None,
+            tls_cert: None,
+            tls_key: None,
             advertise_http: None,
             advertise_rpc: None,
             state_dir: PathBuf::from("./aloha-data/master"),
@@ -131,6 +138,7 @@ impl Config {
         match &self.advertise_http {
             Some(a) if a.starts_with("http") => a.clone(),
             Some(a) => format!("http://{a}"),
+            None if self.tls_cert.is_some() => format!("https://{}", self.http_addr),
             None => format!("http://{}", self.http_addr),
         }
     }
@@ -195,6 +203,12 @@ pub struct Args {
     /// be dialled again (default true); false waits for the lease TTL.
     #[arg(long, env = "ALOHA_FAST_FAILOVER", value_name = "BOOL", action = clap::ArgAction::Set)]
     pub fast_failover: Option<bool>,
+    /// PEM certificate (chain) to serve the REST API and console over HTTPS (with --tls-key).
+    #[arg(long, env = "ALOHA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "ALOHA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// REST API authentication [default: off on a loopback --http-addr, required otherwise].
     #[arg(long, env = "ALOHA_AUTH", value_enum)]
     pub auth: Option<crate::auth::AuthMode>,
@@ -280,6 +294,17 @@ impl Args {
         }
         if let Some(v) = self.auth {
             cfg.auth = Some(v);
+        }
+        if let Some(v) = self.tls_cert {
+            cfg.tls_cert = Some(v);
+        }
+        if let Some(v) = self.tls_key {
+            cfg.tls_key = Some(v);
+        }
+        if cfg.tls_cert.is_some() != cfg.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls_cert and tls_key go together: give both or neither".into(),
+            ));
         }
         if let Some(v) = self.bootstrap_token_file {
             cfg.bootstrap_token_file = Some(v);

@@ -110,6 +110,7 @@ pub fn router(node: Arc<Node>) -> Router {
             )
         })
         .route_layer(middleware::from_fn_with_state(node.clone(), track))
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(node.clone(), authorize))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node)
@@ -443,6 +444,25 @@ async fn workers(State(m): State<Arc<Node>>) -> ApiResult<Json<WorkerList>> {
     responses((status = 200, description = "this master's role, the leader, the epoch, the members", body = ClusterInfo)))]
 async fn cluster(State(m): State<Arc<Node>>) -> impl IntoResponse {
     Json(m.cluster().await)
+}
+
+/// Every client error is `{"error": ...}`: the plain-text answers of axum's extractors (a path
+/// segment that is not UTF-8, say) are wrapped; JSON and HTML answers are left alone.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let r = next.run(req).await;
+    let plain = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !r.status().is_client_error() || !plain {
+        return r;
+    }
+    let status = r.status();
+    let body = axum::body::to_bytes(r.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    ApiError::new(status, String::from_utf8_lossy(&body).trim().to_string()).into_response()
 }
 
 // ----------------------------------------------------------------------------------------

@@ -131,11 +131,30 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         node.reader(),
         stop_rx.clone(),
     ));
-    let mut http_stop = stop_rx.clone();
-    let http =
-        axum::serve(http_listener, http::router(node.clone())).with_graceful_shutdown(async move {
-            let _ = http_stop.changed().await;
-        });
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => {
+            // One process-wide crypto provider; a second install is refused harmlessly.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            Some(
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot load the TLS certificate {} and key {}",
+                            cert.display(),
+                            key.display()
+                        )
+                    })?,
+            )
+        }
+        _ => None,
+    };
+    let http = serve_http(
+        http_listener,
+        http::router(node.clone()),
+        tls,
+        stop_rx.clone(),
+    )?;
     let mut rpc_stop = stop_rx.clone();
     let rpc = tonic::transport::Server::builder()
         .add_service(MasterServiceServer::with_interceptor(
@@ -163,24 +182,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.cluster_name
         )
     };
-    let submission_task = submission_listener.map(|listener| {
-        let mut stop = stop_rx.clone();
-        let loopback = cfg.submission_addr.is_some_and(|a| a.ip().is_loopback());
-        let router = submission::router(node.clone(), loopback);
-        tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.changed().await;
-                })
-                .await
-        })
-    });
+    let submission_task = match submission_listener {
+        None => None,
+        Some(listener) => {
+            let loopback = cfg.submission_addr.is_some_and(|a| a.ip().is_loopback());
+            let router = submission::router(node.clone(), loopback);
+            Some(tokio::spawn(serve_http(
+                listener,
+                router,
+                None,
+                stop_rx.clone(),
+            )?))
+        }
+    };
     if let Some(addr) = cfg.submission_addr {
         info!(%addr, "serving Spark's REST submission protocol (no authentication)");
     }
     info!(http = %cfg.http_url(), rpc = %cfg.rpc_url(), %mode, "aloha-master ready");
 
-    let http_task = tokio::spawn(async move { http.await });
+    let http_task = tokio::spawn(http);
     let rpc_task = tokio::spawn(rpc);
     aloha_daemon::shutdown_signal().await;
     info!("shutting down");
@@ -204,5 +224,45 @@ fn require_token(cfg: &config::Config) -> aloha_proto::auth::RequireToken {
             calls,
             "refused gRPC calls without a valid join token (reported at most every 10 s per address)"
         );
+    })
+}
+
+/// How long a client may take to send a request's headers before its connection is closed:
+/// slow-header (slowloris) connections must not pile up.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `router` on `listener` (over TLS with `tls`) until `stop`, then lets requests in
+/// flight finish for up to 10 s. Request headers must arrive within [`HEADER_READ_TIMEOUT`].
+fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>>
+{
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        let _ = stop.changed().await;
+        stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+    });
+    let listener = listener.into_std()?;
+    let service = router.into_make_service();
+    fn limits(b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
+        b.http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+    }
+    Ok(match tls {
+        Some(tls) => {
+            let mut server = axum_server::from_tcp_rustls(listener, tls);
+            limits(server.http_builder());
+            Box::pin(server.handle(handle).serve(service))
+        }
+        None => {
+            let mut server = axum_server::from_tcp(listener);
+            limits(server.http_builder());
+            Box::pin(server.handle(handle).serve(service))
+        }
     })
 }

@@ -49,6 +49,10 @@ pub struct Cli {
     #[arg(long, value_name = "TOKEN", env = "ALOHA_TOKEN", hide_env_values = true, global = true, help_heading = GLOBAL)]
     pub token: Option<String>,
 
+    /// A PEM CA certificate to trust for https:// masters (besides the system's roots).
+    #[arg(long, value_name = "PATH", env = "ALOHA_CA_CERT", global = true, help_heading = GLOBAL)]
+    pub ca_cert: Option<std::path::PathBuf>,
+
     /// A file holding the API token (its first line), when --token is not given.
     #[arg(long, value_name = "PATH", env = "ALOHA_TOKEN_FILE", global = true, help_heading = GLOBAL)]
     pub token_file: Option<std::path::PathBuf>,
@@ -663,9 +667,9 @@ pub fn parse_master(s: &str) -> Result<String, String> {
         format!("http://{s}")
     };
     let url = Url::parse(&with_scheme).map_err(|e| format!("invalid master address {s:?}: {e}"))?;
-    if url.scheme() != "http" {
+    if url.scheme() != "http" && url.scheme() != "https" {
         return Err(format!(
-            "unsupported scheme in {s:?}: only http:// is supported (alohactl is built without TLS)"
+            "unsupported scheme in {s:?}: use http:// or https://"
         ));
     }
     if url.host_str().is_none_or(str::is_empty) {
@@ -886,8 +890,14 @@ mod tests {
     }
 
     #[test]
+    fn https_masters_are_accepted() {
+        let cli = parse(&["--master", "https://m.example:8443", "workers"]).unwrap();
+        assert_eq!(cli.masters, ["https://m.example:8443"]);
+    }
+
+    #[test]
     fn bad_masters_are_usage_errors() {
-        for bad in ["https://a:1", "", "http://", "http://a:1/?x=1", "a b:1"] {
+        for bad in ["ftp://a:1", "", "http://", "http://a:1/?x=1", "a b:1"] {
             let err = parse(&["--master", bad, "workers"]).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::ValueValidation, "{bad:?}");
             assert_eq!(err.exit_code(), 2);

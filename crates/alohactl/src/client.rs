@@ -99,6 +99,7 @@ impl Client {
         masters: Vec<String>,
         timeout: Duration,
         token: Option<&str>,
+        ca_cert: Option<&std::path::Path>,
     ) -> Result<Client, CtlError> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(t) = token {
@@ -107,7 +108,20 @@ impl Client {
             v.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }
-        let http = Http::builder()
+        let mut builder = Http::builder();
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path).map_err(|e| {
+                CtlError::Usage(format!(
+                    "cannot read the CA certificate {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                CtlError::Usage(format!("{} is not a PEM certificate: {e}", path.display()))
+            })?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder
             .default_headers(headers)
             .timeout(timeout)
             .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))

@@ -35,7 +35,12 @@ pub fn run(cli: Cli, io: &mut Io<'_>) -> Result<(), CtlError> {
         (None, None) => None,
     }
     .filter(|t| !t.is_empty());
-    let client = Client::new(cli.masters, cli.timeout, token.as_deref())?;
+    let client = Client::new(
+        cli.masters,
+        cli.timeout,
+        token.as_deref(),
+        cli.ca_cert.as_deref(),
+    )?;
     let format = cli.output;
     match cli.command {
         Command::Submit(args) => submit(&client, format, &args, io),
