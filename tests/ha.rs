@@ -584,3 +584,86 @@ fn a_restored_etcd_makes_the_masters_refuse_to_lead_until_an_operator_accepts_it
     let id = submit_any(std::slice::from_ref(&api), &short("after-restore")).unwrap();
     api.wait_state(&id, "FINISHED", T);
 }
+
+#[test]
+fn masters_log_in_to_an_etcd_with_authentication_and_keep_their_token_fresh() {
+    let dir = tempfile::Builder::new()
+        .prefix("aloha-etcd-auth-")
+        .tempdir()
+        .unwrap();
+    // Auth tokens that expire every 2 s: the masters must renew theirs.
+    let etcd = EtcdCluster::start_with_env(1, dir.path(), &[("ETCD_AUTH_TOKEN_TTL", "2")]);
+    let endpoint = etcd.endpoints();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let mut c = etcd_client::Client::connect([endpoint.as_str()], None)
+                .await
+                .unwrap();
+            let _ = c.role_add("root").await;
+            c.user_add("root", "pass-of-root-0123", None).await.unwrap();
+            c.user_grant_role("root", "root").await.unwrap();
+            c.auth_enable().await.unwrap();
+        });
+    let password = dir.path().join("etcd.password");
+    std::fs::write(&password, "pass-of-root-0123\n").unwrap();
+    std::fs::set_permissions(
+        &password,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let login = vec![
+        "--etcd-user".to_string(),
+        "root".to_string(),
+        "--etcd-password-file".to_string(),
+        password.display().to_string(),
+    ];
+    let mut masters: Vec<MasterProc> = (0..2)
+        .map(|i| {
+            let opts = MasterOpts {
+                http_port: free_port(),
+                rpc_port: free_port(),
+                state_dir: dir.path().join(format!("m{i}")),
+                worker_timeout: "3s".into(),
+                etcd: Some((endpoint.clone(), "2s".into())),
+            };
+            MasterProc::start_with(&format!("m{i}"), opts, login.clone(), dir.path())
+        })
+        .collect();
+    let leader = aloha_e2e::leader_of(&masters, T);
+    let apis: Vec<Api> = masters.iter().map(|m| m.api.clone()).collect();
+    assert!(submit_any(&apis, &long("first")).is_some());
+    // Past several token lifetimes, the leader still writes and keeps its lease.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        aloha_e2e::role_of(&masters[leader]).as_deref(),
+        Some("ALIVE")
+    );
+    assert!(submit_any(&apis, &long("later")).is_some());
+    // Failover works as well (the standby revokes the dead leader's lease as root).
+    masters[leader].proc.kill9();
+    let other = 1 - leader;
+    aloha_e2e::leader_of(&masters[other..=other], T);
+    let api = std::slice::from_ref(&masters[other].api);
+    wait_for("a submission after failover", T, || {
+        submit_any(api, &long("after"))
+    });
+
+    // A wrong password: the master says so and exits.
+    let wrong = dir.path().join("wrong.password");
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = std::process::Command::new(aloha_e2e::bin("aloha-master"))
+        .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--rpc-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--etcd-endpoints", &endpoint, "--etcd-user", "root"])
+        .arg("--etcd-password-file")
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("as user root"), "{err}");
+}

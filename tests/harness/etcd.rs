@@ -34,11 +34,18 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     initial_cluster: String,
     log_dir: PathBuf,
+    /// Extra environment of every member (`ETCD_*` settings).
+    env: Vec<(String, String)>,
 }
 
 impl EtcdCluster {
     /// Starts `n` members and waits until the cluster answers.
     pub fn start(n: usize, dir: &Path) -> EtcdCluster {
+        Self::start_with_env(n, dir, &[])
+    }
+
+    /// Like [`EtcdCluster::start`], with `ETCD_*` settings in every member's environment.
+    pub fn start_with_env(n: usize, dir: &Path, env: &[(&str, &str)]) -> EtcdCluster {
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("etcd{i}"),
@@ -57,6 +64,10 @@ impl EtcdCluster {
             members,
             initial_cluster,
             log_dir: dir.to_path_buf(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         for i in 0..n {
             c.start_member(i);
@@ -91,7 +102,8 @@ impl EtcdCluster {
             .arg("--heartbeat-interval")
             .arg("50")
             .arg("--election-timeout")
-            .arg("500");
+            .arg("500")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let name = format!("{}-{}", m.name, crate::unique());
         let p = Proc::spawn(&name, cmd, &self.log_dir);
         self.members[i].proc = Some(p);

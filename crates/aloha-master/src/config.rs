@@ -39,6 +39,13 @@ pub struct Config {
     pub allowed_kinds: Vec<String>,
     /// etcd client URLs; when set, the master runs in HA mode with its state in etcd.
     pub etcd_endpoints: Vec<String>,
+    /// HA: the etcd user (etcd's authentication); with `etcd_password_file`.
+    pub etcd_user: Option<String>,
+    /// HA: a file (mode 0600) holding `etcd_user`'s password.
+    pub etcd_password_file: Option<PathBuf>,
+    /// The password read from `etcd_password_file` by [`Args::into_config`].
+    #[serde(skip)]
+    pub etcd_password: Option<String>,
     /// Cluster name: HA state lives under `/aloha/<cluster_name>/` in etcd.
     pub cluster_name: String,
     /// The leader's etcd lease TTL: how long a dead leader holds leadership at most.
@@ -97,6 +104,9 @@ impl Default for Config {
             worker_timeout: Duration::from_secs(10),
             allowed_kinds: vec!["process".into(), "spark".into(), "flink".into()],
             etcd_endpoints: Vec::new(),
+            etcd_user: None,
+            etcd_password_file: None,
+            etcd_password: None,
             cluster_name: "aloha".into(),
             lease_ttl: Duration::from_secs(5),
             fast_failover: true,
@@ -193,6 +203,12 @@ pub struct Args {
     #[arg(long, env = "ALOHA_ETCD_ENDPOINTS", value_delimiter = ',')]
     pub etcd_endpoints: Vec<String>,
     /// Cluster name, the etcd key prefix /aloha/<name>/ [default: aloha].
+    /// HA: the etcd user, when etcd has authentication enabled (with --etcd-password-file).
+    #[arg(long, env = "ALOHA_ETCD_USER", requires = "etcd_password_file")]
+    pub etcd_user: Option<String>,
+    /// HA: a file (chmod 600) with the etcd user's password.
+    #[arg(long, env = "ALOHA_ETCD_PASSWORD_FILE", requires = "etcd_user")]
+    pub etcd_password_file: Option<PathBuf>,
     #[arg(long, env = "ALOHA_CLUSTER_NAME")]
     pub cluster_name: Option<String>,
     /// Leader lease TTL in HA mode, whole seconds, e.g. "5s" [default: 5s].
@@ -285,6 +301,26 @@ impl Args {
         }
         if !self.etcd_endpoints.is_empty() {
             cfg.etcd_endpoints = self.etcd_endpoints;
+        }
+        if let Some(v) = self.etcd_user {
+            cfg.etcd_user = Some(v);
+        }
+        if let Some(v) = self.etcd_password_file {
+            cfg.etcd_password_file = Some(v);
+        }
+        match (&cfg.etcd_user, &cfg.etcd_password_file) {
+            (Some(_), Some(path)) => {
+                cfg.etcd_password = Some(
+                    aloha_proto::auth::read_secret_file(path, "etcd password")
+                        .map_err(ConfigError::Invalid)?,
+                );
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "etcd_user and etcd_password_file go together: give both or neither".into(),
+                ))
+            }
         }
         if let Some(v) = self.cluster_name {
             cfg.cluster_name = v;

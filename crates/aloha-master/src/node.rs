@@ -456,8 +456,10 @@ impl Node {
         stop: watch::Receiver<bool>,
     ) -> anyhow::Result<(Arc<Node>, tokio::task::JoinHandle<()>)> {
         let history = Arc::new(History::new());
-        let election = EtcdElection::connect(
+        let credentials = cfg.etcd_user.as_deref().zip(cfg.etcd_password.as_deref());
+        let election = EtcdElection::connect_as(
             &cfg.etcd_endpoints,
+            credentials,
             &cfg.cluster_name,
             Self::me(&cfg),
             cfg.lease_ttl,

@@ -42,19 +42,8 @@ impl JoinToken {
     /// the file is readable or writable by group or others (it is a secret), when the token is
     /// shorter than [`MIN_TOKEN_LEN`], or when it holds anything but printable ASCII.
     pub fn from_file(path: &Path) -> Result<JoinToken, String> {
-        use std::os::unix::fs::MetadataExt;
-        let shown = path.display();
-        let md = std::fs::metadata(path).map_err(|e| format!("join token file {shown}: {e}"))?;
-        let mode = md.mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(format!(
-                "join token file {shown}: permissions {mode:04o} are too open; it is a secret: chmod 600 it"
-            ));
-        }
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("join token file {shown}: {e}"))?;
-        Self::new(text.lines().next().unwrap_or("").trim())
-            .map_err(|e| format!("join token file {shown}: {e}"))
+        let text = read_secret_file(path, "join token")?;
+        Self::new(&text).map_err(|e| format!("join token file {}: {e}", path.display()))
     }
 
     /// A token from its text.
@@ -94,6 +83,23 @@ impl JoinToken {
         // length is no secret worth keeping: the minimum is public).
         given.len() == self.value.len() && bool::from(given.as_bytes().ct_eq(self.value.as_bytes()))
     }
+}
+
+/// Reads a secret (a token, a password) from `path`: its first line, surrounding whitespace
+/// removed. Refused when the file is readable or writable by group or others; `what` names the
+/// secret in errors.
+pub fn read_secret_file(path: &Path, what: &str) -> Result<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let shown = path.display();
+    let md = std::fs::metadata(path).map_err(|e| format!("{what} file {shown}: {e}"))?;
+    let mode = md.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{what} file {shown}: permissions {mode:04o} are too open; it is a secret: chmod 600 it"
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{what} file {shown}: {e}"))?;
+    Ok(text.lines().next().unwrap_or("").trim().to_string())
 }
 
 /// Adds the join token (if any) to every call of a client.

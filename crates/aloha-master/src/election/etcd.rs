@@ -53,11 +53,32 @@ impl EtcdElection {
         ttl: Duration,
         history: Arc<History>,
     ) -> Result<EtcdElection, ElectionError> {
+        Self::connect_as(endpoints, None, cluster, me, ttl, history).await
+    }
+
+    /// [`EtcdElection::connect`] as etcd user `credentials` (name, password), for an etcd with
+    /// authentication enabled; the client renews its auth token by itself.
+    pub async fn connect_as(
+        endpoints: &[String],
+        credentials: Option<(&str, &str)>,
+        cluster: &str,
+        me: LeaderInfo,
+        ttl: Duration,
+        history: Arc<History>,
+    ) -> Result<EtcdElection, ElectionError> {
+        let login = |opts: ConnectOptions| match credentials {
+            // Auth tokens expire (etcd's --auth-token-ttl, 5 min by default): a refused token
+            // is renewed and the call sent again, campaigns included.
+            Some((user, password)) => opts.with_user(user, password).with_auto_token_refresh(true),
+            None => opts,
+        };
         let connect = |opts: ConnectOptions| async move {
+            let opts = login(opts);
             Client::connect(endpoints, Some(opts)).await.map_err(|e| {
                 ElectionError::Unavailable(format!(
-                    "cannot reach etcd at {}: {e}",
-                    endpoints.join(",")
+                    "cannot connect to etcd at {}{}: {e}",
+                    endpoints.join(","),
+                    credentials.map_or(String::new(), |(user, _)| format!(" as user {user}"))
                 ))
             })
         };
