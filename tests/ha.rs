@@ -667,3 +667,76 @@ fn masters_log_in_to_an_etcd_with_authentication_and_keep_their_token_fresh() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("as user root"), "{err}");
 }
+
+#[test]
+fn masters_reach_etcd_over_tls_with_a_client_certificate() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let dir = tempfile::Builder::new()
+        .prefix("aloha-etcd-tls-")
+        .tempdir()
+        .unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issue = |name: &str| {
+        let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        p.subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+        let (c, k) = (
+            dir.path().join(format!("{name}.pem")),
+            dir.path().join(format!("{name}-key.pem")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    };
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let (server_cert, server_key) = issue("etcd");
+    let (client_cert, client_key) = issue("master");
+    let etcd = EtcdCluster::start_tls(1, dir.path(), (ca_file.clone(), server_cert, server_key));
+    let endpoints = etcd.endpoints();
+    assert!(endpoints.starts_with("https://"));
+    let tls_args = |with_cert: bool| {
+        let mut v = vec!["--etcd-ca".to_string(), ca_file.display().to_string()];
+        if with_cert {
+            v.extend([
+                "--etcd-cert".to_string(),
+                client_cert.display().to_string(),
+                "--etcd-key".to_string(),
+                client_key.display().to_string(),
+            ]);
+        }
+        v
+    };
+    let opts = MasterOpts {
+        http_port: free_port(),
+        rpc_port: free_port(),
+        state_dir: dir.path().join("m0"),
+        worker_timeout: "3s".into(),
+        etcd: Some((endpoints.clone(), "2s".into())),
+    };
+    let master = MasterProc::start_with("m0", opts, tls_args(true), dir.path());
+    aloha_e2e::leader_of(std::slice::from_ref(&master), T);
+    assert!(submit_any(std::slice::from_ref(&master.api), &long("over-tls")).is_some());
+
+    // Without a client certificate etcd refuses the connection: the master keeps trying, says
+    // why in its log, and never leads.
+    let mut cmd = std::process::Command::new(aloha_e2e::bin("aloha-master"));
+    let http = free_port();
+    cmd.args(["--http-addr", &format!("127.0.0.1:{http}")])
+        .args(["--rpc-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--etcd-endpoints", &endpoints])
+        .args(tls_args(false))
+        .arg("--state-dir")
+        .arg(dir.path().join("m1"));
+    let refused = aloha_e2e::Proc::spawn("m1-no-cert", cmd, dir.path());
+    wait_for("the refusal in the log", T, || {
+        refused.log_text().contains("BadCertificate").then_some(())
+    });
+    let api = Api::new(&format!("http://127.0.0.1:{http}"));
+    assert_ne!(api.get("/api/v1/cluster").body["role"], "ALIVE");
+}

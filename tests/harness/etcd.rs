@@ -36,6 +36,9 @@ pub struct EtcdCluster {
     log_dir: PathBuf,
     /// Extra environment of every member (`ETCD_*` settings).
     env: Vec<(String, String)>,
+    /// Clients must speak TLS with a certificate signed by this CA; the members' own
+    /// certificate and key: (ca, cert, key) PEM files.
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 impl EtcdCluster {
@@ -46,6 +49,22 @@ impl EtcdCluster {
 
     /// Like [`EtcdCluster::start`], with `ETCD_*` settings in every member's environment.
     pub fn start_with_env(n: usize, dir: &Path, env: &[(&str, &str)]) -> EtcdCluster {
+        Self::start_full(n, dir, env, None)
+    }
+
+    /// Like [`EtcdCluster::start`], serving clients over TLS only, with client certificates
+    /// required (`--client-cert-auth`): `tls` is (ca, cert, key), PEM files, the certificate
+    /// valid for 127.0.0.1. [`EtcdCluster::endpoints`] are then `https://` URLs.
+    pub fn start_tls(n: usize, dir: &Path, tls: (PathBuf, PathBuf, PathBuf)) -> EtcdCluster {
+        Self::start_full(n, dir, &[], Some(tls))
+    }
+
+    fn start_full(
+        n: usize,
+        dir: &Path,
+        env: &[(&str, &str)],
+        tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    ) -> EtcdCluster {
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("etcd{i}"),
@@ -68,6 +87,7 @@ impl EtcdCluster {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            tls,
         };
         for i in 0..n {
             c.start_member(i);
@@ -80,15 +100,16 @@ impl EtcdCluster {
     pub fn start_member(&mut self, i: usize) {
         let bin = etcd_bin();
         let m = &self.members[i];
+        let client_url = format!("{}://127.0.0.1:{}", self.scheme(), m.client_port);
         let mut cmd = Command::new(bin);
         cmd.arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
             .arg(&m.data_dir)
             .arg("--listen-client-urls")
-            .arg(format!("http://127.0.0.1:{}", m.client_port))
+            .arg(&client_url)
             .arg("--advertise-client-urls")
-            .arg(format!("http://127.0.0.1:{}", m.client_port))
+            .arg(&client_url)
             .arg("--listen-peer-urls")
             .arg(format!("http://127.0.0.1:{}", m.peer_port))
             .arg("--initial-advertise-peer-urls")
@@ -104,6 +125,15 @@ impl EtcdCluster {
             .arg("--election-timeout")
             .arg("500")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        if let Some((ca, cert, key)) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(cert)
+                .arg("--key-file")
+                .arg(key)
+                .arg("--trusted-ca-file")
+                .arg(ca)
+                .arg("--client-cert-auth");
+        }
         let name = format!("{}-{}", m.name, crate::unique());
         let p = Proc::spawn(&name, cmd, &self.log_dir);
         self.members[i].proc = Some(p);
@@ -120,19 +150,35 @@ impl EtcdCluster {
     pub fn endpoints(&self) -> String {
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client_port))
             .collect::<Vec<_>>()
             .join(",")
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// Waits until every running member reports healthy.
     pub fn wait_healthy(&self) {
-        let client = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .expect("http client");
+        let mut builder = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2));
+        if let Some((ca, cert, key)) = &self.tls {
+            let read = |p: &PathBuf| std::fs::read(p).expect("a PEM file");
+            let mut pem = read(cert);
+            pem.extend(read(key));
+            builder = builder
+                .add_root_certificate(reqwest::Certificate::from_pem(&read(ca)).expect("a CA"))
+                .identity(reqwest::Identity::from_pem(&pem).expect("a client identity"));
+        }
+        let client = builder.build().expect("http client");
         for m in self.members.iter().filter(|m| m.proc.is_some()) {
-            let url = format!("http://127.0.0.1:{}/health", m.client_port);
+            let url = format!("{}://127.0.0.1:{}/health", self.scheme(), m.client_port);
             wait_for(
                 &format!("{} healthy", m.name),
                 Duration::from_secs(30),

@@ -46,6 +46,13 @@ pub struct Config {
     /// The password read from `etcd_password_file` by [`Args::into_config`].
     #[serde(skip)]
     pub etcd_password: Option<String>,
+    /// HA: the PEM CA that signed etcd's certificates; etcd is then reached over TLS
+    /// (`https://` endpoints).
+    pub etcd_ca: Option<PathBuf>,
+    /// HA: a PEM client certificate for etcd's `--client-cert-auth` (with `etcd_key`).
+    pub etcd_cert: Option<PathBuf>,
+    /// HA: the PEM key of `etcd_cert`.
+    pub etcd_key: Option<PathBuf>,
     /// Cluster name: HA state lives under `/aloha/<cluster_name>/` in etcd.
     pub cluster_name: String,
     /// The leader's etcd lease TTL: how long a dead leader holds leadership at most.
@@ -104,6 +111,9 @@ impl Default for Config {
             worker_timeout: Duration::from_secs(10),
             allowed_kinds: vec!["process".into(), "spark".into(), "flink".into()],
             etcd_endpoints: Vec::new(),
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
             etcd_user: None,
             etcd_password_file: None,
             etcd_password: None,
@@ -209,6 +219,15 @@ pub struct Args {
     /// HA: a file (chmod 600) with the etcd user's password.
     #[arg(long, env = "ALOHA_ETCD_PASSWORD_FILE", requires = "etcd_user")]
     pub etcd_password_file: Option<PathBuf>,
+    /// HA: PEM CA of etcd's certificates: talk to etcd over TLS (https:// endpoints).
+    #[arg(long, env = "ALOHA_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// HA: PEM client certificate for etcd (with --etcd-key and --etcd-ca).
+    #[arg(long, env = "ALOHA_ETCD_CERT", requires_all = ["etcd_key", "etcd_ca"])]
+    pub etcd_cert: Option<PathBuf>,
+    /// HA: PEM key of --etcd-cert.
+    #[arg(long, env = "ALOHA_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
     #[arg(long, env = "ALOHA_CLUSTER_NAME")]
     pub cluster_name: Option<String>,
     /// Leader lease TTL in HA mode, whole seconds, e.g. "5s" [default: 5s].
@@ -301,6 +320,22 @@ impl Args {
         }
         if !self.etcd_endpoints.is_empty() {
             cfg.etcd_endpoints = self.etcd_endpoints;
+        }
+        if let Some(v) = self.etcd_ca {
+            cfg.etcd_ca = Some(v);
+        }
+        if let Some(v) = self.etcd_cert {
+            cfg.etcd_cert = Some(v);
+        }
+        if let Some(v) = self.etcd_key {
+            cfg.etcd_key = Some(v);
+        }
+        if cfg.etcd_cert.is_some() != cfg.etcd_key.is_some()
+            || (cfg.etcd_cert.is_some() && cfg.etcd_ca.is_none())
+        {
+            return Err(ConfigError::Invalid(
+                "etcd_cert and etcd_key go together, and need etcd_ca".into(),
+            ));
         }
         if let Some(v) = self.etcd_user {
             cfg.etcd_user = Some(v);

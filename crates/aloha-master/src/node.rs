@@ -456,10 +456,22 @@ impl Node {
         stop: watch::Receiver<bool>,
     ) -> anyhow::Result<(Arc<Node>, tokio::task::JoinHandle<()>)> {
         let history = Arc::new(History::new());
-        let credentials = cfg.etcd_user.as_deref().zip(cfg.etcd_password.as_deref());
+        let access = crate::election::etcd::EtcdAccess {
+            credentials: cfg.etcd_user.clone().zip(cfg.etcd_password.clone()),
+            tls: match &cfg.etcd_ca {
+                Some(ca) => Some(
+                    crate::election::etcd::EtcdAccess::tls_from_files(
+                        ca,
+                        cfg.etcd_cert.as_deref().zip(cfg.etcd_key.as_deref()),
+                    )
+                    .map_err(|e| anyhow::anyhow!("etcd TLS: {e}"))?,
+                ),
+                None => None,
+            },
+        };
         let election = EtcdElection::connect_as(
             &cfg.etcd_endpoints,
-            credentials,
+            &access,
             &cfg.cluster_name,
             Self::me(&cfg),
             cfg.lease_ttl,

@@ -24,6 +24,34 @@ const ETCD_KEEPALIVE: Duration = Duration::from_secs(10);
 /// How long resigning may take before the lease is left to expire.
 const RESIGN_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How to reach etcd beyond its endpoints: a user (etcd authentication) and TLS.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdAccess {
+    /// The user and its password.
+    pub credentials: Option<(String, String)>,
+    /// TLS: the CA that signed etcd's certificates, and this master's client certificate.
+    pub tls: Option<etcd_client::TlsOptions>,
+}
+
+impl EtcdAccess {
+    /// TLS settings from PEM files: the CA to trust (`ca`), and a client certificate and key
+    /// (for etcd's `--client-cert-auth`).
+    pub fn tls_from_files(
+        ca: &std::path::Path,
+        client: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<etcd_client::TlsOptions, String> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
+        let mut tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+        if let Some((cert, key)) = client {
+            tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(tls)
+    }
+}
+
 /// One master's view of the etcd election of its cluster.
 pub struct EtcdElection {
     /// For everything but campaigning: requests time out.
@@ -53,24 +81,36 @@ impl EtcdElection {
         ttl: Duration,
         history: Arc<History>,
     ) -> Result<EtcdElection, ElectionError> {
-        Self::connect_as(endpoints, None, cluster, me, ttl, history).await
+        Self::connect_as(endpoints, &EtcdAccess::default(), cluster, me, ttl, history).await
     }
 
-    /// [`EtcdElection::connect`] as etcd user `credentials` (name, password), for an etcd with
-    /// authentication enabled; the client renews its auth token by itself.
+    /// [`EtcdElection::connect`] with `access`: etcd's authentication (the client renews its
+    /// auth token by itself) and TLS.
     pub async fn connect_as(
         endpoints: &[String],
-        credentials: Option<(&str, &str)>,
+        access: &EtcdAccess,
         cluster: &str,
         me: LeaderInfo,
         ttl: Duration,
         history: Arc<History>,
     ) -> Result<EtcdElection, ElectionError> {
-        let login = |opts: ConnectOptions| match credentials {
-            // Auth tokens expire (etcd's --auth-token-ttl, 5 min by default): a refused token
-            // is renewed and the call sent again, campaigns included.
-            Some((user, password)) => opts.with_user(user, password).with_auto_token_refresh(true),
-            None => opts,
+        let credentials = access
+            .credentials
+            .as_ref()
+            .map(|(u, p)| (u.as_str(), p.as_str()));
+        let login = |opts: ConnectOptions| {
+            let opts = match &access.tls {
+                Some(tls) => opts.with_tls(tls.clone()),
+                None => opts,
+            };
+            match credentials {
+                // Auth tokens expire (etcd's --auth-token-ttl, 5 min by default): a refused
+                // token is renewed and the call sent again, campaigns included.
+                Some((user, password)) => {
+                    opts.with_user(user, password).with_auto_token_refresh(true)
+                }
+                None => opts,
+            }
         };
         let connect = |opts: ConnectOptions| async move {
             let opts = login(opts);
