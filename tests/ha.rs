@@ -740,3 +740,41 @@ fn masters_reach_etcd_over_tls_with_a_client_certificate() {
     let api = Api::new(&format!("http://127.0.0.1:{http}"));
     assert_ne!(api.get("/api/v1/cluster").body["role"], "ALIVE");
 }
+
+#[test]
+fn a_standby_recovers_more_state_than_one_grpc_answer_holds() {
+    // 400 queued apps with 16 KiB specs: 6.5 MB of records, past gRPC's 4 MiB answer default,
+    // which once made every recovery (and the standby's replica) fail.
+    let mut ha = Ha::start(1, 2, "2s", &[]);
+    let old = ha.wait_leader(None);
+    let api = ha.masters[old].api.clone();
+    let filler = "x".repeat(16 * 1024);
+    for i in 0..400 {
+        let r = api.post(
+            "/api/v1/apps",
+            &json!({"name": format!("big-{i}"), "kind": "process", "cores": 1000,
+                    "spec": {"command": ["true"], "env": {"FILLER": filler}}}),
+        );
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+    ha.masters[old].proc.kill9();
+    let new = ha.wait_leader(Some(old));
+    let api = ha.masters[new].api.clone();
+    let mut seen = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/api/v1/apps?limit=1000&after={a}"),
+            None => "/api/v1/apps?limit=1000".to_string(),
+        };
+        let page = api.get(&path);
+        assert_eq!(page.status, 200, "{:?}", page.body);
+        seen += page.body["apps"].as_array().unwrap().len();
+        match page.body["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 400);
+    assert!(!ha.masters[new].proc.log_text().contains("recovery failed"));
+}

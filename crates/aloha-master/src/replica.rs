@@ -128,8 +128,11 @@ async fn replicate(
         "standby replica loaded; following the leader's writes"
     );
     replica.set(Some(cluster.clone()));
-    let mut c = client.clone();
-    let mut stream = c
+    // One watch answer carries a whole group commit: past gRPC's 4 MiB default at times.
+    let mut w = client
+        .watch_client()
+        .max_decoding_message_size(crate::store::etcd::MAX_ANSWER_BYTES);
+    let mut stream = w
         .watch(
             prefix,
             Some(
@@ -236,7 +239,10 @@ fn apply(cluster: &mut Cluster, rel: &str, kind: EventType, value: &[u8]) -> boo
 
 /// Reads every app and worker record at one revision; returns the mirror and the revision.
 async fn load(client: &Client, prefix: &str, rules: &Rules) -> Result<(Cluster, i64), String> {
-    let mut c = client.clone();
+    // Pages of records may pass gRPC's 4 MiB default answer size.
+    let mut c = client
+        .kv_client()
+        .max_decoding_message_size(crate::store::etcd::MAX_ANSWER_BYTES);
     let seq_key = format!("{prefix}{}", keys::APP_SEQ);
     let first = c
         .get(seq_key, None)
@@ -272,7 +278,7 @@ async fn load(client: &Client, prefix: &str, rules: &Rules) -> Result<(Cluster, 
 
 /// Every record under `prefix` at `revision`, a page at a time.
 async fn scan<T: serde::de::DeserializeOwned>(
-    c: &mut Client,
+    c: &mut etcd_client::KvClient,
     prefix: &str,
     revision: i64,
 ) -> Result<Vec<T>, String> {

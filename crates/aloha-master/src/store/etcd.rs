@@ -26,6 +26,10 @@ use crate::lease::LeaseGuard;
 /// How many keys one range request reads when scanning.
 const SCAN_PAGE: i64 = 500;
 
+/// The largest etcd answer read: a page of [`SCAN_PAGE`] records of up to etcd's largest
+/// request (1.5 MiB by default) each would be more, but records are far smaller.
+pub const MAX_ANSWER_BYTES: usize = 256 << 20;
+
 /// Proof of leadership attached to every write.
 #[derive(Clone)]
 pub struct Fence {
@@ -41,6 +45,9 @@ pub struct Fence {
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
+    /// Reads: a KV client that accepts answers up to [`MAX_ANSWER_BYTES`] (the gRPC default
+    /// is 4 MiB, which a page of large records can pass).
+    kv: etcd_client::KvClient,
     prefix: String,
     fence: Option<Fence>,
     retry_for: Duration,
@@ -73,6 +80,9 @@ impl EtcdStore {
     /// for reads and for tests.
     pub fn new(client: Client, cluster: &str) -> Self {
         EtcdStore {
+            kv: client
+                .kv_client()
+                .max_decoding_message_size(MAX_ANSWER_BYTES),
             client,
             prefix: cluster_prefix(cluster),
             fence: None,
@@ -212,7 +222,7 @@ impl StateStore for EtcdStore {
                 let opts = GetOptions::new()
                     .with_range(end.clone())
                     .with_limit(SCAN_PAGE);
-                self.client
+                self.kv
                     .clone()
                     .get(start.clone(), Some(opts))
                     .await
@@ -250,7 +260,7 @@ impl StateStore for EtcdStore {
             let opts = GetOptions::new()
                 .with_range(end.clone())
                 .with_limit(limit.min(i64::MAX as usize) as i64);
-            self.client
+            self.kv
                 .clone()
                 .get(start.clone(), Some(opts))
                 .await
