@@ -42,7 +42,7 @@ pub const SILENCE: Duration = Duration::from_secs(2);
 /// How often a standby dials a leader whose stream broke before it revokes the lease.
 pub const REDIALS: u32 = 3;
 /// The pause between those dials.
-pub const REDIAL_PAUSE: Duration = Duration::from_millis(100);
+pub const REDIAL_PAUSE: Duration = Duration::from_millis(50);
 /// How long one dial (connect, call, first beat) may take.
 const DIAL_TIMEOUT: Duration = Duration::from_millis(300);
 
