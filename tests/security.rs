@@ -282,6 +282,17 @@ fn a_plugin_others_can_write_to_is_refused_with_a_clear_error() {
     assert_eq!(shown["plugin_errors"], json!([]), "{shown}");
 }
 
+/// Master flags for `--auth required` with [`TOKEN`] as the bootstrap token (a file in `dir`).
+fn required_auth(dir: &Path) -> Vec<String> {
+    let f = token_file(dir, "bootstrap.token", TOKEN);
+    vec![
+        "--auth".into(),
+        "required".into(),
+        "--bootstrap-token-file".into(),
+        f.display().to_string(),
+    ]
+}
+
 /// A blocking HTTP client that sends `token` (if any) as a bearer token and follows no redirect.
 fn http(token: Option<&str>) -> reqwest::blocking::Client {
     let mut headers = reqwest::header::HeaderMap::new();
@@ -339,15 +350,7 @@ fn create_token(c: &Cluster, bootstrap: &Path, role: &str) -> String {
 
 #[test]
 fn rest_calls_need_a_token_with_the_right_role() {
-    let mut c = Cluster::start_with("3s", &[("w1", 1)], |dir| {
-        let f = token_file(dir, "bootstrap.token", TOKEN);
-        vec![
-            "--auth".into(),
-            "required".into(),
-            "--bootstrap-token-file".into(),
-            f.display().to_string(),
-        ]
-    });
+    let mut c = Cluster::start_with("3s", &[("w1", 1)], required_auth);
     let base = c.master.api.base.clone();
     let bootstrap = c.dir.path().join("bootstrap.token");
     let url = |p: &str| format!("{base}{p}");
@@ -521,15 +524,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn the_console_logs_in_with_a_token_and_checks_csrf_on_every_form() {
-    let c = Cluster::start_with("3s", &[("w1", 1)], |dir| {
-        let f = token_file(dir, "bootstrap.token", TOKEN);
-        vec![
-            "--auth".into(),
-            "required".into(),
-            "--bootstrap-token-file".into(),
-            f.display().to_string(),
-        ]
-    });
+    let c = Cluster::start_with("3s", &[("w1", 1)], required_auth);
     let base = c.master.api.base.clone();
     let url = |p: &str| format!("{base}{p}");
     let browser = http(None);
@@ -641,15 +636,9 @@ fn sparks_submission_port_needs_loopback_or_a_token() {
 
     // With --auth required it serves, and asks for a token.
     let c = Cluster::start_with("3s", &[], |dir| {
-        let f = token_file(dir, "bootstrap.token", TOKEN);
-        vec![
-            "--auth".into(),
-            "required".into(),
-            "--bootstrap-token-file".into(),
-            f.display().to_string(),
-            "--submission-addr".into(),
-            format!("0.0.0.0:{port}"),
-        ]
+        let mut args = required_auth(dir);
+        args.extend(["--submission-addr".into(), format!("0.0.0.0:{port}")]);
+        args
     });
     let create = format!("http://127.0.0.1:{port}/v1/submissions/create");
     let body = json!({"action": "CreateSubmissionRequest", "appResource": "x.jar", "mainClass": "Main",
