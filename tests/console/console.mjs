@@ -68,7 +68,7 @@ try {
 
   // Submit a slow app through the form; its page follows it to FINISHED without a reload.
   await page.getByRole("link", { name: "Submit", exact: true }).click();
-  await page.getByLabel("Name").fill("from-the-console");
+  await page.getByLabel("Name", { exact: true }).fill("from-the-console");
   await page.getByLabel("Command (process; split on spaces)").fill("sh -c 'sleep 2; echo done'");
   // A command with quotes needs the JSON spec.
   await page.getByLabel("Or the spec as JSON").fill('{"command": ["sh", "-c", "echo hello from the console; sleep 2; echo done"]}');
@@ -84,7 +84,7 @@ try {
 
   // Kill a running app from its page.
   await page.goto(`${base}/ui/submit`);
-  await page.getByLabel("Name").fill("to-kill");
+  await page.getByLabel("Name", { exact: true }).fill("to-kill");
   await page.getByLabel("Command (process; split on spaces)").fill("sleep 600");
   await page.getByRole("button", { name: "Submit" }).click();
   await page.waitForURL(/\/ui\/apps\/app-/);

@@ -300,6 +300,17 @@ impl Api {
         .unwrap_or_else(|e| panic!("PATCH {path}: {e}"))
     }
 
+    /// PUT with a JSON body.
+    pub fn put(&self, path: &str, body: &Value) -> Resp {
+        Self::finish(
+            self.client
+                .put(format!("{}{path}", self.base))
+                .json(body)
+                .send(),
+        )
+        .unwrap_or_else(|e| panic!("PUT {path}: {e}"))
+    }
+
     /// DELETE.
     pub fn delete(&self, path: &str) -> Resp {
         Self::finish(self.client.delete(format!("{}{path}", self.base)).send())

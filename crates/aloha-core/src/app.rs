@@ -252,6 +252,12 @@ pub struct SubmitRequest {
     /// they mean is the plugin's to say.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub libs: Vec<String>,
+    /// The namespace the app belongs to (default `default`); it must exist.
+    #[serde(
+        default = "crate::namespace::default_namespace",
+        skip_serializing_if = "crate::namespace::is_default_namespace"
+    )]
+    pub namespace: String,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -278,6 +284,9 @@ pub enum SubmitError {
         /// The kinds the cluster knows, comma-separated.
         known: String,
     },
+    /// The namespace does not exist.
+    #[error("namespace {0:?} does not exist; an admin creates it with PUT /api/v1/namespaces/{0}")]
+    UnknownNamespace(String),
 }
 
 /// The first character of `s` that must not appear in a name or label: a control character
@@ -309,6 +318,7 @@ impl SubmitRequest {
                 c as u32
             ));
         }
+        crate::namespace::validate_name(&self.namespace).map_err(SubmitError::Invalid)?;
         if self.kind.trim().is_empty() {
             return invalid("kind must not be empty".into());
         }
@@ -412,6 +422,9 @@ pub struct App {
     pub seq: u64,
     /// Name from the submission.
     pub name: String,
+    /// The namespace it belongs to.
+    #[serde(default = "crate::namespace::default_namespace")]
+    pub namespace: String,
     /// Plugin kind.
     pub kind: String,
     /// Plugin spec from the submission.
@@ -523,6 +536,7 @@ impl App {
             id,
             seq,
             name: req.name,
+            namespace: req.namespace,
             kind: req.kind,
             spec: Spec::new(&req.spec),
             // validate() bounds these, so the conversions cannot truncate.
@@ -580,6 +594,7 @@ impl App {
             max_backoff: self.max_backoff,
             on_demand: self.on_demand,
             libs: self.libs.clone(),
+            namespace: self.namespace.clone(),
         }
     }
 
@@ -599,6 +614,7 @@ impl App {
             && self.max_backoff == req.max_backoff
             && self.on_demand == req.on_demand
             && self.libs == req.libs
+            && self.namespace == req.namespace
     }
 
     /// The single place an app changes state: checks legality, records history and keeps the

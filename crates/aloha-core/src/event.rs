@@ -182,6 +182,22 @@ pub enum EventBody {
         /// Its name.
         name: String,
     },
+    /// An admin created or changed a namespace (`PUT /api/v1/namespaces/{name}`).
+    #[serde(rename = "namespace.updated")]
+    NamespaceUpdated {
+        /// Its name.
+        namespace: String,
+        /// Its quota as it is now.
+        quota: crate::namespace::Quota,
+        /// Its weight as it is now.
+        weight: u32,
+    },
+    /// An admin deleted a namespace.
+    #[serde(rename = "namespace.deleted")]
+    NamespaceDeleted {
+        /// Its name.
+        namespace: String,
+    },
     /// A master took or lost leadership.
     LeaderChanged {
         /// The role the master now has.
@@ -212,11 +228,13 @@ impl EventBody {
             EventBody::ScheduleResumed { .. } => "schedule.resumed",
             EventBody::ScheduleEnded { .. } => "schedule.ended",
             EventBody::ScheduleDeleted { .. } => "schedule.deleted",
+            EventBody::NamespaceUpdated { .. } => "namespace.updated",
+            EventBody::NamespaceDeleted { .. } => "namespace.deleted",
         }
     }
 
     /// Every `type` tag.
-    pub const TYPES: [&'static str; 15] = [
+    pub const TYPES: [&'static str; 17] = [
         "app_state_changed",
         "app_relaunched",
         "worker_joined",
@@ -232,6 +250,8 @@ impl EventBody {
         "schedule.resumed",
         "schedule.ended",
         "schedule.deleted",
+        "namespace.updated",
+        "namespace.deleted",
     ];
 
     /// The schedule the event is about, if any.

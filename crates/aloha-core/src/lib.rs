@@ -14,6 +14,7 @@
 //! - [`schedule`]: the FIFO, resource-based placement policy ([`schedule::place`]), the
 //!   reference the cluster's incremental placement is tested against.
 //! - [`report`]: applying a worker's statement about an app ([`report::apply`]).
+//! - [`namespace`]: namespaces, their quotas and weights, and the arithmetic of fair shares.
 //! - [`event`]: the numbered events listeners and the event stream receive.
 //! - [`api`]: the JSON shapes the REST API serves.
 //! - [`schedules`]: schedules ([`schedules::Schedule`]), their requests and overlap and
@@ -25,6 +26,7 @@ pub mod api;
 pub mod app;
 pub mod cluster;
 pub mod event;
+pub mod namespace;
 pub mod report;
 pub mod schedule;
 pub mod schedules;

@@ -175,10 +175,11 @@ pub struct AppTemplate {
 }
 
 impl AppTemplate {
-    /// The submission of the run named `name`.
-    pub fn request(&self, name: String) -> SubmitRequest {
+    /// The submission of the run named `name`, in `namespace`.
+    pub fn request(&self, name: String, namespace: &str) -> SubmitRequest {
         SubmitRequest {
             name,
+            namespace: namespace.to_string(),
             kind: self.kind.clone(),
             spec: self.spec.clone(),
             cores: self.cores,
@@ -201,6 +202,10 @@ impl AppTemplate {
 pub struct ScheduleRequest {
     /// Name; runs are named `<name>@<nominal time>`.
     pub name: String,
+    /// The namespace of the schedule and its runs (default `default`); it must exist and
+    /// cannot be changed later.
+    #[serde(default = "crate::namespace::default_namespace")]
+    pub namespace: String,
     /// The runs' template.
     pub app: AppTemplate,
     /// A cron expression; exactly one of `cron` and `every`.
@@ -249,6 +254,8 @@ pub struct ScheduleRequest {
 pub struct ScheduleFields {
     /// Name; runs are named `<name>@<nominal time>`.
     name: String,
+    /// The namespace of the schedule and its runs.
+    namespace: String,
     /// The runs' template.
     app: AppTemplate,
     /// A cron expression; exactly one of `cron` and `every`.
@@ -292,6 +299,7 @@ impl ScheduleRequest {
         if self.name.len() > MAX_NAME_LEN {
             return Err(format!("name is longer than {MAX_NAME_LEN} bytes"));
         }
+        crate::namespace::validate_name(&self.namespace)?;
         if self.max_queued > MAX_QUEUED_LIMIT {
             return Err(format!(
                 "max_queued must be at most {MAX_QUEUED_LIMIT} (got {})",

@@ -4,8 +4,9 @@
 //! and static files needs `Authorization: Bearer <token>` (or, in the console, the session
 //! cookie a login with a token set). The role the route needs ([`required_role`]) is compared
 //! with the token's: `reader` reads (every GET, `/metrics`, the event stream, logs);
-//! `submitter` also submits, kills, retries and manages schedules; `admin` also manages tokens,
-//! drains workers and accepts a restored store. No token or a bad one: `401` with
+//! `submitter` also submits, kills, retries and manages schedules (a submitter token may be
+//! scoped to namespaces: it then writes only there); `admin` also manages tokens and
+//! namespaces, drains workers and accepts a restored store. No token or a bad one: `401` with
 //! `WWW-Authenticate: Bearer`; a valid token without the role: `403`.
 //!
 //! Tokens are `aloha_<id>_<secret>`: 12 hex digits of id and 64 of secret from the OS's random
@@ -25,6 +26,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+use aloha_core::namespace::Scope;
 
 use crate::store::{keys, StateStore, StoreError, Txn};
 
@@ -75,6 +78,7 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     let admin = path == "/api/v1/tokens"
         || path.starts_with("/api/v1/tokens/")
         || path == "/api/v1/cluster/accept-restore"
+        || (path.starts_with("/api/v1/namespaces/") && *method != Method::GET)
         || (path.starts_with("/api/v1/workers/") && *method != Method::GET)
         || (path.starts_with("/ui/workers/") && *method != Method::GET);
     if admin {
@@ -96,6 +100,9 @@ pub struct TokenInfo {
     pub name: String,
     /// What it may do.
     pub role: Role,
+    /// A `submitter` token may write only in these namespaces; empty: in every namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// The SHA-256 of the secret, hex; never served.
@@ -121,6 +128,35 @@ pub struct Principal {
     pub token_id: String,
     /// Its role.
     pub role: Role,
+    /// The namespaces it may write in (`Scope::All` for an admin or an unscoped token).
+    pub scope: Scope,
+}
+
+impl Principal {
+    fn of(info: &TokenInfo) -> Principal {
+        Principal {
+            token_id: info.id.clone(),
+            role: info.role,
+            scope: scope_of(&info.id, info.role, &info.namespaces),
+        }
+    }
+}
+
+/// Where a token of `role` scoped to `namespaces` may write.
+fn scope_of(id: &str, role: Role, namespaces: &[String]) -> Scope {
+    if role == Role::Admin || namespaces.is_empty() {
+        Scope::All
+    } else {
+        Scope::Only {
+            who: format!("token {id}"),
+            namespaces: namespaces.to_vec().into(),
+        }
+    }
+}
+
+/// Where the caller of a request may write: everywhere when the API needs no token.
+pub fn scope(principal: Option<&Principal>) -> Scope {
+    principal.map_or(Scope::All, |p| p.scope.clone())
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -209,22 +245,21 @@ impl Tokens {
         if s.expires <= std::time::Instant::now() {
             return None;
         }
-        let role = if s.token_id == "bootstrap" {
-            self.bootstrap.as_ref().map(|_| Role::Admin)?
-        } else {
-            self.by_id
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&s.token_id)?
-                .role
-        };
-        Some((
-            Principal {
+        let principal = if s.token_id == "bootstrap" {
+            self.bootstrap.as_ref().map(|_| Principal {
                 token_id: s.token_id,
-                role,
-            },
-            s.csrf,
-        ))
+                role: Role::Admin,
+                scope: Scope::All,
+            })?
+        } else {
+            Principal::of(
+                self.by_id
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&s.token_id)?,
+            )
+        };
+        Some((principal, s.csrf))
     }
 
     /// Ends a console session.
@@ -247,6 +282,7 @@ impl Tokens {
                 return Some(Principal {
                     token_id: "bootstrap".into(),
                     role: Role::Admin,
+                    scope: Scope::All,
                 });
             }
         }
@@ -256,10 +292,8 @@ impl Tokens {
         let table = self.by_id.read().unwrap_or_else(|p| p.into_inner());
         let info = table.get(&id)?;
         let given = hex(&sha256(secret.as_bytes()));
-        bool::from(given.as_bytes().ct_eq(info.secret_sha256.as_bytes())).then(|| Principal {
-            token_id: id.clone(),
-            role: info.role,
-        })
+        bool::from(given.as_bytes().ct_eq(info.secret_sha256.as_bytes()))
+            .then(|| Principal::of(info))
     }
 
     /// Every token, without secrets, by id.
@@ -294,6 +328,7 @@ impl Tokens {
         store: &dyn StateStore,
         name: String,
         role: Role,
+        namespaces: Vec<String>,
         now: DateTime<Utc>,
     ) -> Result<(TokenInfo, String), CreateError> {
         let id_hex = random_hex(6).map_err(CreateError::Random)?;
@@ -302,6 +337,7 @@ impl Tokens {
             id: format!("tok-{id_hex}"),
             name,
             role,
+            namespaces,
             created_at: now,
             secret_sha256: hex(&sha256(secret.as_bytes())),
         };
@@ -419,7 +455,7 @@ mod tests {
         let store = MemoryStore::new();
         let t = Tokens::new(AuthMode::Required, Some("bootstrap-secret-0123"));
         let (info, text) = t
-            .create(&store, "ci".into(), Role::Submitter, Utc::now())
+            .create(&store, "ci".into(), Role::Submitter, vec![], Utc::now())
             .await
             .unwrap();
         assert!(text.starts_with(&format!("aloha_{}_", &info.id[4..])));

@@ -17,11 +17,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use aloha_core::cluster::namespaces::Target;
 use aloha_core::cluster::schedules::{Backfill, RunOutcome};
 use aloha_core::cluster::{
     AppWrite, Cluster, Command, Effects, Now, OpError, Registration, ReportOutcome, Submitted,
     WorkerReport,
 };
+use aloha_core::namespace::Scope;
 use aloha_core::schedules::{Overlap, Schedule, ScheduleId, SchedulePatch, ScheduleRequest};
 use aloha_core::{App, AppId, Event, EventBody, SubmitRequest, WorkerId};
 use aloha_proto as pb;
@@ -77,6 +79,8 @@ type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
 pub enum Op {
     /// `POST /api/v1/apps`.
     Submit {
+        /// Where the caller may write.
+        scope: Scope,
         /// The request.
         req: SubmitRequest,
         /// Its `Idempotency-Key`.
@@ -86,6 +90,8 @@ pub enum Op {
     },
     /// `POST /api/v1/apps/{id}/kill`.
     Kill {
+        /// Where the caller may write.
+        scope: Scope,
         /// App.
         id: AppId,
         /// Why.
@@ -95,6 +101,8 @@ pub enum Op {
     },
     /// `POST /api/v1/apps/{id}/retry`.
     Retry {
+        /// Where the caller may write.
+        scope: Scope,
         /// The ended app.
         id: AppId,
         /// The new app.
@@ -109,8 +117,19 @@ pub enum Op {
         /// Done.
         reply: Reply<()>,
     },
+    /// `PUT /api/v1/namespaces/{name}` (`Some`) or `DELETE` (`None`).
+    Namespace {
+        /// The namespace.
+        name: String,
+        /// Its quota and weight; `None` deletes it.
+        spec: Option<aloha_core::namespace::NamespaceSpec>,
+        /// Done.
+        reply: Reply<()>,
+    },
     /// A schedule operation (`/api/v1/schedules...`).
     Schedule {
+        /// Where the caller may write.
+        scope: Scope,
         /// What to do.
         cmd: ScheduleCmd,
         /// The answer.
@@ -388,6 +407,19 @@ impl Engine {
     }
 
     /// Runs a schedule operation on the cluster.
+    fn authorize_schedule(&self, scope: &Scope, cmd: &ScheduleCmd) -> Result<(), OpError> {
+        let target = match cmd {
+            ScheduleCmd::Create(req) => Target::Namespace(&req.namespace, "the schedule"),
+            ScheduleCmd::Update(id, _)
+            | ScheduleCmd::Delete(id)
+            | ScheduleCmd::Pause(id)
+            | ScheduleCmd::Resume(id)
+            | ScheduleCmd::Trigger(id, _)
+            | ScheduleCmd::Backfill { id, .. } => Target::Schedule(id),
+        };
+        self.cluster.authorize(scope, target)
+    }
+
     fn schedule_op(
         &mut self,
         cmd: ScheduleCmd,
@@ -485,19 +517,38 @@ impl Engine {
         let mut submitted = 0u64;
         for op in batch {
             match op {
-                Op::Submit { req, key, reply } => {
-                    let r = self.cluster.submit(req, key, now, &mut fx);
+                Op::Submit {
+                    scope,
+                    req,
+                    key,
+                    reply,
+                } => {
+                    let r = self
+                        .cluster
+                        .authorize(&scope, Target::Namespace(&req.namespace, "the app"))
+                        .and_then(|()| self.cluster.submit(req, key, now, &mut fx));
                     if r.as_ref().is_ok_and(|s| s.created) {
                         submitted += 1;
                     }
                     pending.push(Pending::Submit(reply, r));
                 }
-                Op::Kill { id, reason, reply } => {
-                    let r = self.cluster.kill(&id, reason, now, &mut fx);
+                Op::Kill {
+                    scope,
+                    id,
+                    reason,
+                    reply,
+                } => {
+                    let r = self
+                        .cluster
+                        .authorize(&scope, Target::App(&id))
+                        .and_then(|()| self.cluster.kill(&id, reason, now, &mut fx));
                     pending.push(Pending::App(reply, r));
                 }
-                Op::Retry { id, reply } => {
-                    let r = self.cluster.retry(&id, now, &mut fx);
+                Op::Retry { scope, id, reply } => {
+                    let r = self
+                        .cluster
+                        .authorize(&scope, Target::App(&id))
+                        .and_then(|()| self.cluster.retry(&id, now, &mut fx));
                     if r.is_ok() {
                         submitted += 1;
                     }
@@ -514,8 +565,20 @@ impl Engine {
                     };
                     pending.push(Pending::Done(reply, r.map(|_| ())));
                 }
-                Op::Schedule { cmd, reply } => {
-                    let r = self.schedule_op(cmd, now, &mut fx);
+                Op::Namespace { name, spec, reply } => {
+                    let r = match spec {
+                        Some(spec) => self
+                            .cluster
+                            .put_namespace(&name, spec, now, &mut fx)
+                            .map(|_| ()),
+                        None => self.cluster.delete_namespace(&name, &mut fx),
+                    };
+                    pending.push(Pending::Done(reply, r));
+                }
+                Op::Schedule { scope, cmd, reply } => {
+                    let r = self
+                        .authorize_schedule(&scope, &cmd)
+                        .and_then(|()| self.schedule_op(cmd, now, &mut fx));
                     pending.push(Pending::Schedule(reply, r));
                 }
                 Op::Register { reg, reply } => {
@@ -692,6 +755,9 @@ impl Engine {
         for (id, s) in &fx.schedules {
             ops.push((keys::schedule(id), s.as_ref().map(|r| json(r.as_ref()))));
         }
+        for (name, n) in &fx.namespaces {
+            ops.push((keys::namespace(name), n.as_ref().map(|r| json(r.as_ref()))));
+        }
         for e in &events {
             ops.push((crate::events::key(e.seq), Some(json(e.as_ref()))));
         }
@@ -761,7 +827,9 @@ pub fn refuse(op: Op) {
         }
         Op::Register { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
         Op::Schedule { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
-        Op::Drain { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
+        Op::Drain { reply, .. } | Op::Namespace { reply, .. } => {
+            drop(reply.send(Err(EngineError::Stopped)))
+        }
         Op::Report { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
         Op::Reports { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
         Op::Tick { reply } => drop(reply.send(Err(EngineError::Stopped))),

@@ -55,15 +55,18 @@ impl IntoResponse for ApiError {
 impl From<MasterError> for ApiError {
     fn from(e: MasterError) -> Self {
         let status = match &e {
-            MasterError::Submit(SubmitError::UnknownKind { .. }) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            MasterError::Submit(
+                SubmitError::UnknownKind { .. } | SubmitError::UnknownNamespace(_),
+            ) => StatusCode::UNPROCESSABLE_ENTITY,
             MasterError::Submit(_) | MasterError::BadRequest(_) => StatusCode::BAD_REQUEST,
             MasterError::AppNotFound(_)
             | MasterError::AppExpired(_)
             | MasterError::ScheduleNotFound(_)
-            | MasterError::WorkerNotFound(_) => StatusCode::NOT_FOUND,
+            | MasterError::WorkerNotFound(_)
+            | MasterError::NamespaceNotFound(_) => StatusCode::NOT_FOUND,
             MasterError::Conflict(_) => StatusCode::CONFLICT,
+            MasterError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
+            MasterError::Forbidden(_) => StatusCode::FORBIDDEN,
             MasterError::NotLeader { leader } => {
                 return ApiError {
                     status: StatusCode::SERVICE_UNAVAILABLE,

@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use aloha_core::api::{AppList, WorkerList};
 use aloha_core::api::{ClusterInfo, ErrorBody, ScheduleInfo, ScheduleList, WorkerInfo};
+use aloha_core::cluster::namespaces::NamespaceInfo;
 use aloha_core::cluster::schedules::RunOutcome;
 use aloha_core::cluster::Placement;
+use aloha_core::namespace::{NamespaceSpec, Scope};
 use aloha_core::schedules::{Overlap, ScheduleId, SchedulePatch, ScheduleRequest};
 use aloha_core::App;
 use aloha_core::{AppState, SubmitRequest};
@@ -45,6 +47,23 @@ struct SubmitQuery {
     dry_run: bool,
     /// Answer once the app ended, or when this runs out (`"30s"`).
     wait: Option<String>,
+}
+
+/// Where the caller may write: the scope of its token ([`crate::auth::Principal`], put in the
+/// request by [`authorize`]); everywhere when the API needs no token.
+pub(crate) struct CallerScope(pub Scope);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for CallerScope {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(CallerScope(crate::auth::scope(
+            parts.extensions.get::<crate::auth::Principal>(),
+        )))
+    }
 }
 
 /// A `?wait=` duration: at most [`MAX_WAIT`].
@@ -98,6 +117,13 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/workers/{id}/undrain", post(undrain_worker))
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/cluster/accept-restore", post(accept_restore))
+        .route("/api/v1/namespaces", get(list_namespaces))
+        .route(
+            "/api/v1/namespaces/{name}",
+            get(show_namespace)
+                .put(put_namespace)
+                .delete(delete_namespace),
+        )
         .route("/api/v1/tokens", post(create_token).get(list_tokens))
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/api/v1/events", get(crate::stream::events))
@@ -127,7 +153,8 @@ pub fn router(node: Arc<Node>) -> Router {
         healthz, readyz, metrics, openapi, submit, list, show, kill, retry,
         crate::logs::app_logs, create_schedule, list_schedules, show_schedule, update_schedule,
         delete_schedule, pause_schedule, resume_schedule, trigger_schedule, backfill_schedule,
-        workers, drain_worker, undrain_worker, cluster, accept_restore, create_token, list_tokens, revoke_token, crate::stream::events,
+        workers, drain_worker, undrain_worker, cluster, accept_restore,
+        list_namespaces, show_namespace, put_namespace, delete_namespace, create_token, list_tokens, revoke_token, crate::stream::events,
     ),
     components(schemas(
         App, AppState, SubmitRequest, AppList, ErrorBody, WorkerInfo, WorkerList, ClusterInfo,
@@ -138,6 +165,7 @@ pub fn router(node: Arc<Node>) -> Router {
         (name = "schedules", description = "Cron and fixed-period schedules"),
         (name = "workers", description = "Workers and their drains"),
         (name = "cluster", description = "Leadership"),
+        (name = "namespaces", description = "Namespaces: quotas, weights and usage"),
         (name = "tokens", description = "REST API tokens (admin)"),
         (name = "events", description = "The event stream"),
         (name = "probes", description = "Liveness, readiness, metrics, this document"),
@@ -214,6 +242,7 @@ async fn metrics(State(m): State<Arc<Node>>) -> impl IntoResponse {
               (status = 422, description = "unknown kind or field, or a body of the wrong type", body = ErrorBody), (status = 503, description = "not the leader (the body names it), or the store failed", body = ErrorBody)))]
 async fn submit(
     State(m): State<Arc<Node>>,
+    CallerScope(scope): CallerScope,
     headers: HeaderMap,
     query: Result<Query<SubmitQuery>, QueryRejection>,
     body: Result<Json<SubmitRequest>, JsonRejection>,
@@ -237,6 +266,9 @@ async fn submit(
     let Json(req) = body?;
     let master = m.leader_master().await?;
     if query.dry_run {
+        scope
+            .check(&req.namespace, "the app")
+            .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e))?;
         let (app, placement) = master.dry_run(req)?;
         let mut out = serde_json::to_value(&app)
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -247,7 +279,7 @@ async fn submit(
         };
         return Ok((StatusCode::OK, Json(out)).into_response());
     }
-    let s = master.submit(req, key).await?;
+    let s = master.submit_as(&scope, req, key).await?;
     let mut current = s.app.clone();
     if let Some(wait) = wait {
         if let Some(now) = master.wait_ended(&s.app.id, wait).await {
@@ -339,6 +371,7 @@ struct KillBody {
               (status = 404, description = "unknown or expired", body = ErrorBody), (status = 409, description = "the app already ended", body = ErrorBody), (status = 503, description = "not the leader (the body names it), or the store failed", body = ErrorBody)))]
 async fn kill(
     State(m): State<Arc<Node>>,
+    CallerScope(scope): CallerScope,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
@@ -351,7 +384,7 @@ async fn kill(
             .reason
     };
     let master = m.leader_master().await?;
-    let app = master.kill(&id, reason).await?;
+    let app = master.kill_as(&scope, &id, reason).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(present(&master.view().cluster, &app)),
@@ -364,9 +397,13 @@ async fn kill(
     params(("id" = String, Path, description = "the ended app")),
     responses((status = 201, description = "a new app from its template, with retry_of", body = App),
               (status = 404, description = "unknown or expired", body = ErrorBody), (status = 409, description = "the app has not ended", body = ErrorBody), (status = 503, description = "not the leader (the body names it), or the store failed", body = ErrorBody)))]
-async fn retry(State(m): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn retry(
+    State(m): State<Arc<Node>>,
+    CallerScope(scope): CallerScope,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let master = m.leader_master().await?;
-    let app = master.retry(&id).await?;
+    let app = master.retry_as(&scope, &id).await?;
     let location = format!("/api/v1/apps/{}", app.id);
     Ok((
         StatusCode::CREATED,
@@ -565,6 +602,9 @@ pub struct NewToken {
     pub name: String,
     /// `reader`, `submitter` or `admin`.
     pub role: crate::auth::Role,
+    /// For a `submitter`: the namespaces it may write in (absent or empty: every namespace).
+    #[serde(default)]
+    pub namespaces: Vec<String>,
 }
 
 /// A new token: its text, shown this once, and its record.
@@ -602,10 +642,32 @@ async fn create_token(
             "name must be 1 to 64 characters without control characters",
         ));
     }
+    let mut namespaces = req.namespaces;
+    if !namespaces.is_empty() && req.role != crate::auth::Role::Submitter {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "only submitter tokens are scoped to namespaces (a {} token reads or writes every namespace)",
+                req.role
+            ),
+        ));
+    }
+    for ns in &namespaces {
+        aloha_core::namespace::validate_name(ns)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    }
+    namespaces.sort();
+    namespaces.dedup();
     let master = m.leader_master().await?;
     let (info, token) = m
         .tokens
-        .create(master.store().as_ref(), name, req.role, chrono::Utc::now())
+        .create(
+            master.store().as_ref(),
+            name,
+            req.role,
+            namespaces,
+            chrono::Utc::now(),
+        )
         .await
         .map_err(|e| match e {
             crate::auth::CreateError::Store(s) => {
@@ -661,6 +723,78 @@ async fn revoke_token(
     Ok(Json(RevokedToken { revoked: id }))
 }
 
+/// `GET /api/v1/namespaces`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct NamespaceList {
+    /// Every namespace (`default` included), by name, with its usage next to its quota.
+    pub namespaces: Vec<NamespaceInfo>,
+}
+
+#[utoipa::path(get, path = "/api/v1/namespaces", tag = "namespaces",
+    responses((status = 200, description = "every namespace with its quota, weight and usage", body = NamespaceList)))]
+async fn list_namespaces(State(m): State<Arc<Node>>) -> ApiResult<Json<NamespaceList>> {
+    let view = m.schedule_view().await?;
+    Ok(Json(NamespaceList {
+        namespaces: view.cluster.namespaces(),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/namespaces/{name}", tag = "namespaces",
+    params(("name" = String, Path, description = "namespace")),
+    responses((status = 200, description = "the namespace", body = NamespaceInfo),
+              (status = 404, description = "no such namespace", body = ErrorBody)))]
+async fn show_namespace(
+    State(m): State<Arc<Node>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<NamespaceInfo>> {
+    let view = m.schedule_view().await?;
+    view.cluster
+        .namespace(&name)
+        .map(Json)
+        .ok_or_else(|| crate::master::MasterError::NamespaceNotFound(name).into())
+}
+
+/// `PUT /api/v1/namespaces/{name}`: creates the namespace or replaces its quota and weight.
+#[utoipa::path(put, path = "/api/v1/namespaces/{name}", tag = "namespaces",
+    params(("name" = String, Path, description = "namespace: a-z, 0-9 and '-', at most 63")),
+    request_body = NamespaceSpec,
+    responses((status = 200, description = "the namespace as it now is", body = NamespaceInfo),
+              (status = 400, description = "a bad name, quota or weight", body = ErrorBody),
+              (status = 403, description = "not an admin token", body = ErrorBody),
+              (status = 422, description = "unknown field or wrong type", body = ErrorBody),
+              (status = 503, description = "not the leader (the body names it), or the store failed", body = ErrorBody)))]
+async fn put_namespace(
+    State(m): State<Arc<Node>>,
+    Path(name): Path<String>,
+    body: Result<Json<NamespaceSpec>, JsonRejection>,
+) -> ApiResult<Json<NamespaceInfo>> {
+    let Json(spec) = body?;
+    let master = m.leader_master().await?;
+    Ok(Json(master.put_namespace(&name, spec).await?))
+}
+
+/// The answer of `DELETE /api/v1/namespaces/{name}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DeletedNamespace {
+    /// The namespace deleted.
+    pub deleted: String,
+}
+
+#[utoipa::path(delete, path = "/api/v1/namespaces/{name}", tag = "namespaces",
+    params(("name" = String, Path, description = "namespace")),
+    responses((status = 200, description = "deleted (its ended apps stay until the retention removes them)", body = DeletedNamespace),
+              (status = 404, description = "no such namespace", body = ErrorBody),
+              (status = 409, description = "`default`, or it still has queued or running apps or schedules", body = ErrorBody),
+              (status = 503, description = "not the leader (the body names it), or the store failed", body = ErrorBody)))]
+async fn delete_namespace(
+    State(m): State<Arc<Node>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<DeletedNamespace>> {
+    let master = m.leader_master().await?;
+    master.delete_namespace(&name).await?;
+    Ok(Json(DeletedNamespace { deleted: name }))
+}
+
 /// The answer of `POST /api/v1/cluster/accept-restore`.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct AcceptedRestore {
@@ -683,9 +817,13 @@ async fn accept_restore(State(m): State<Arc<Node>>) -> ApiResult<Json<AcceptedRe
 // Schedules
 
 /// A schedule operation on the leader; the schedule as it is after it.
-async fn schedule_write(m: &Node, cmd: ScheduleCmd) -> ApiResult<(Arc<Master>, ScheduleAnswer)> {
+async fn schedule_write(
+    m: &Node,
+    scope: &Scope,
+    cmd: ScheduleCmd,
+) -> ApiResult<(Arc<Master>, ScheduleAnswer)> {
     let master = m.leader_master().await?;
-    let answer = master.schedule_op(cmd).await?;
+    let answer = master.schedule_op_as(scope, cmd).await?;
     Ok((master, answer))
 }
 
@@ -715,10 +853,11 @@ fn schedule_info(master: &Master, answer: ScheduleAnswer) -> ApiResult<ScheduleI
               (status = 400, description = "a bad rule, zone, window or template", body = ErrorBody), (status = 422, description = "unknown field or wrong type", body = ErrorBody), (status = 503, description = "not the leader (the body names it), or the store failed", body = ErrorBody)))]
 async fn create_schedule(
     State(m): State<Arc<Node>>,
+    CallerScope(scope): CallerScope,
     body: Result<Json<ScheduleRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(req) = body?;
-    let (master, answer) = schedule_write(&m, ScheduleCmd::Create(req)).await?;
+    let (master, answer) = schedule_write(&m, &scope, ScheduleCmd::Create(req)).await?;
     let info = schedule_info(&master, answer)?;
     let location = format!("/api/v1/schedules/{}", info.schedule.id);
     Ok((
@@ -767,11 +906,13 @@ async fn show_schedule(
               (status = 400, description = "a bad change", body = ErrorBody), (status = 404, description = "unknown schedule", body = ErrorBody), (status = 422, description = "unknown field or wrong type", body = ErrorBody), (status = 503, description = "not the leader (the body names it), or the store failed", body = ErrorBody)))]
 async fn update_schedule(
     State(m): State<Arc<Node>>,
+    CallerScope(scope): CallerScope,
     Path(id): Path<String>,
     body: Result<Json<SchedulePatch>, JsonRejection>,
 ) -> ApiResult<Json<ScheduleInfo>> {
     let Json(patch) = body?;
-    let (master, answer) = schedule_write(&m, ScheduleCmd::Update(ScheduleId(id), patch)).await?;
+    let (master, answer) =
+        schedule_write(&m, &scope, ScheduleCmd::Update(ScheduleId(id), patch)).await?;
     Ok(Json(schedule_info(&master, answer)?))
 }
 
@@ -781,9 +922,10 @@ async fn update_schedule(
               (status = 404, description = "unknown schedule", body = ErrorBody), (status = 503, description = "not the leader (the body names it), or the store failed", body = ErrorBody)))]
 async fn delete_schedule(
     State(m): State<Arc<Node>>,
+    CallerScope(scope): CallerScope,
     Path(id): Path<String>,
 ) -> ApiResult<Json<ScheduleInfo>> {
-    let (master, answer) = schedule_write(&m, ScheduleCmd::Delete(ScheduleId(id))).await?;
+    let (master, answer) = schedule_write(&m, &scope, ScheduleCmd::Delete(ScheduleId(id))).await?;
     Ok(Json(schedule_info(&master, answer)?))
 }
 
@@ -793,9 +935,10 @@ async fn delete_schedule(
               (status = 409, description = "the schedule has ended", body = ErrorBody), (status = 503, description = "not the leader (the body names it), or the store failed", body = ErrorBody)))]
 async fn pause_schedule(
     State(m): State<Arc<Node>>,
+    CallerScope(scope): CallerScope,
     Path(id): Path<String>,
 ) -> ApiResult<Json<ScheduleInfo>> {
-    let (master, answer) = schedule_write(&m, ScheduleCmd::Pause(ScheduleId(id))).await?;
+    let (master, answer) = schedule_write(&m, &scope, ScheduleCmd::Pause(ScheduleId(id))).await?;
     Ok(Json(schedule_info(&master, answer)?))
 }
 
@@ -805,9 +948,10 @@ async fn pause_schedule(
               (status = 404, description = "unknown schedule", body = ErrorBody), (status = 503, description = "not the leader (the body names it), or the store failed", body = ErrorBody)))]
 async fn resume_schedule(
     State(m): State<Arc<Node>>,
+    CallerScope(scope): CallerScope,
     Path(id): Path<String>,
 ) -> ApiResult<Json<ScheduleInfo>> {
-    let (master, answer) = schedule_write(&m, ScheduleCmd::Resume(ScheduleId(id))).await?;
+    let (master, answer) = schedule_write(&m, &scope, ScheduleCmd::Resume(ScheduleId(id))).await?;
     Ok(Json(schedule_info(&master, answer)?))
 }
 
@@ -849,12 +993,17 @@ fn outcome_json(t: chrono::DateTime<chrono::Utc>, o: &RunOutcome) -> serde_json:
               (status = 404, description = "unknown schedule", body = ErrorBody), (status = 409, description = "skipped by the overlap policy, or the schedule ended", body = ErrorBody), (status = 503, description = "not the leader (the body names it), or the store failed", body = ErrorBody)))]
 async fn trigger_schedule(
     State(m): State<Arc<Node>>,
+    CallerScope(scope): CallerScope,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
     let TriggerBody { overlap } = optional_body(&body, "trigger")?;
-    let (master, answer) =
-        schedule_write(&m, ScheduleCmd::Trigger(ScheduleId(id.clone()), overlap)).await?;
+    let (master, answer) = schedule_write(
+        &m,
+        &scope,
+        ScheduleCmd::Trigger(ScheduleId(id.clone()), overlap),
+    )
+    .await?;
     let ScheduleAnswer::Run(outcome) = answer else {
         return Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -898,6 +1047,7 @@ struct BackfillBody {
               (status = 422, description = "a bad body", body = ErrorBody), (status = 503, description = "not the leader (the body names it), or the store failed", body = ErrorBody)))]
 async fn backfill_schedule(
     State(m): State<Arc<Node>>,
+    CallerScope(scope): CallerScope,
     Path(id): Path<String>,
     body: Result<Json<BackfillBody>, JsonRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
@@ -908,7 +1058,7 @@ async fn backfill_schedule(
         end: b.end,
         dry_run: b.dry_run,
     };
-    let (_, answer) = schedule_write(&m, cmd).await?;
+    let (_, answer) = schedule_write(&m, &scope, cmd).await?;
     let ScheduleAnswer::Backfill(bf) = answer else {
         return Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -12,10 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aloha_core::api::WorkerInfo;
+use aloha_core::cluster::namespaces::NamespaceInfo;
 use aloha_core::cluster::{
     Cluster, Effects, Lookup, Now, OpError, Placement, Registration, ReportOutcome, Rules,
     Submitted, WorkerReport,
 };
+use aloha_core::namespace::{Namespace, NamespaceSpec, Scope};
 use aloha_core::schedules::Schedule;
 use aloha_core::{
     App, AppId, AppState, EventBody, SubmitError, SubmitRequest, WorkerId, WorkerRecord,
@@ -64,6 +66,15 @@ pub enum MasterError {
     /// The request conflicts with the app's state.
     #[error("{0}")]
     Conflict(String),
+    /// A namespace quota refuses it.
+    #[error("{0}")]
+    Quota(String),
+    /// No such namespace.
+    #[error("namespace {0} not found")]
+    NamespaceNotFound(String),
+    /// The caller may not write in that namespace.
+    #[error("{0}")]
+    Forbidden(String),
     /// This master is not the leader.
     #[error("not leader")]
     NotLeader {
@@ -85,6 +96,9 @@ impl From<OpError> for MasterError {
             OpError::WorkerNotFound(id) => MasterError::WorkerNotFound(id.0),
             OpError::Expired(id) => MasterError::AppExpired(id.0),
             OpError::Conflict(m) => MasterError::Conflict(m),
+            OpError::Quota(m) => MasterError::Quota(m),
+            OpError::NamespaceNotFound(n) => MasterError::NamespaceNotFound(n),
+            OpError::Forbidden(m) => MasterError::Forbidden(m),
         }
     }
 }
@@ -188,6 +202,7 @@ impl Master {
         let apps: Vec<App> = load_all(store.as_ref(), keys::APPS).await?;
         let schedules: Vec<Schedule> = load_all(store.as_ref(), keys::SCHEDULES).await?;
         let last_schedule_seq = read_u64(store.as_ref(), keys::SCHEDULE_SEQ).await?;
+        let namespaces: Vec<Namespace> = load_all(store.as_ref(), keys::NAMESPACES).await?;
         let now = Now {
             wall: clock.now(),
             mono_ms: clock.mono_ms(),
@@ -197,6 +212,7 @@ impl Master {
         let nschedules = schedules.len();
         let (cluster, errors) =
             Cluster::recover(rules(&cfg), workers, apps, last_seq, now, &mut fx)
+                .with_namespaces(namespaces)
                 .with_schedules(schedules, last_schedule_seq);
         for e in errors {
             warn!("{e}; it stays stored but does not fire");
@@ -336,7 +352,25 @@ impl Master {
         req: SubmitRequest,
         key: Option<String>,
     ) -> Result<Submitted, MasterError> {
-        let s = self.call(|reply| Op::Submit { req, key, reply }).await?;
+        self.submit_as(&Scope::All, req, key).await
+    }
+
+    /// [`Master::submit`] for a caller that may write only in `scope`.
+    pub async fn submit_as(
+        &self,
+        scope: &Scope,
+        req: SubmitRequest,
+        key: Option<String>,
+    ) -> Result<Submitted, MasterError> {
+        let scope = scope.clone();
+        let s = self
+            .call(|reply| Op::Submit {
+                scope,
+                req,
+                key,
+                reply,
+            })
+            .await?;
         if s.created {
             debug!(app_id = %s.app.id, name = %s.app.name, kind = %s.app.kind, "app submitted");
         }
@@ -345,9 +379,20 @@ impl Master {
 
     /// Asks for an app to be killed (see [`Cluster::kill`]).
     pub async fn kill(&self, id: &str, reason: Option<String>) -> Result<Arc<App>, MasterError> {
+        self.kill_as(&Scope::All, id, reason).await
+    }
+
+    /// [`Master::kill`] for a caller that may write only in `scope`.
+    pub async fn kill_as(
+        &self,
+        scope: &Scope,
+        id: &str,
+        reason: Option<String>,
+    ) -> Result<Arc<App>, MasterError> {
         let id = AppId(id.to_string());
         let app = self
             .call(|reply| Op::Kill {
+                scope: scope.clone(),
                 id: id.clone(),
                 reason,
                 reply,
@@ -359,9 +404,15 @@ impl Master {
 
     /// A new app from the template of an ended one (see [`Cluster::retry`]).
     pub async fn retry(&self, id: &str) -> Result<Arc<App>, MasterError> {
+        self.retry_as(&Scope::All, id).await
+    }
+
+    /// [`Master::retry`] for a caller that may write only in `scope`.
+    pub async fn retry_as(&self, scope: &Scope, id: &str) -> Result<Arc<App>, MasterError> {
         let id = AppId(id.to_string());
         let app = self
             .call(|reply| Op::Retry {
+                scope: scope.clone(),
                 id: id.clone(),
                 reply,
             })
@@ -419,9 +470,50 @@ impl Master {
             .ok_or_else(|| MasterError::WorkerNotFound(id.to_string()))
     }
 
+    /// Creates or changes namespace `name`; answers it as it is after the change.
+    pub async fn put_namespace(
+        &self,
+        name: &str,
+        spec: NamespaceSpec,
+    ) -> Result<NamespaceInfo, MasterError> {
+        self.call(|reply| Op::Namespace {
+            name: name.to_string(),
+            spec: Some(spec.clone()),
+            reply,
+        })
+        .await?;
+        info!(namespace = name, weight = spec.weight, quota = ?spec.quota, "namespace set");
+        self.view()
+            .cluster
+            .namespace(name)
+            .ok_or_else(|| MasterError::NamespaceNotFound(name.to_string()))
+    }
+
+    /// Deletes namespace `name`.
+    pub async fn delete_namespace(&self, name: &str) -> Result<(), MasterError> {
+        self.call(|reply| Op::Namespace {
+            name: name.to_string(),
+            spec: None,
+            reply,
+        })
+        .await?;
+        info!(namespace = name, "namespace deleted");
+        Ok(())
+    }
+
     /// A schedule operation (see the `Cluster`'s schedule rules).
     pub async fn schedule_op(&self, cmd: ScheduleCmd) -> Result<ScheduleAnswer, MasterError> {
-        self.call(|reply| Op::Schedule { cmd, reply }).await
+        self.schedule_op_as(&Scope::All, cmd).await
+    }
+
+    /// [`Master::schedule_op`] for a caller that may write only in `scope`.
+    pub async fn schedule_op_as(
+        &self,
+        scope: &Scope,
+        cmd: ScheduleCmd,
+    ) -> Result<ScheduleAnswer, MasterError> {
+        let scope = scope.clone();
+        self.call(|reply| Op::Schedule { scope, cmd, reply }).await
     }
 
     // ----------------------------------------------------------------------------------------

@@ -351,8 +351,16 @@ impl Node {
             .into_iter()
             .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
             .collect();
+        let namespaces: Vec<aloha_core::namespace::Namespace> =
+            bounded(self.reader.scan_prefix(keys::NAMESPACES))
+                .await?
+                .into_iter()
+                .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+                .collect();
         let rules = crate::master::rules(&self.cfg);
-        let (cluster, _) = Cluster::mirror(rules, Vec::new(), apps, 0).with_schedules(schedules, 0);
+        let (cluster, _) = Cluster::mirror(rules, Vec::new(), apps, 0)
+            .with_namespaces(namespaces)
+            .with_schedules(schedules, 0);
         Ok(Arc::new(View { cluster, epoch: 0 }))
     }
 

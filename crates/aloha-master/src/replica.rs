@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use aloha_core::api::Role;
 use aloha_core::cluster::{Cluster, Rules};
+use aloha_core::namespace::Namespace;
 use aloha_core::schedules::{Schedule, ScheduleId};
 use aloha_core::{App, AppId, WorkerId, WorkerRecord};
 use arc_swap::ArcSwapOption;
@@ -56,6 +57,7 @@ enum Key<'a> {
     App(&'a str),
     Worker(&'a str),
     Schedule(&'a str),
+    Namespace(&'a str),
     AppSeq,
     ScheduleSeq,
     Other,
@@ -68,6 +70,8 @@ fn classify(rel: &str) -> Key<'_> {
         Key::Worker(id)
     } else if let Some(id) = rel.strip_prefix(keys::SCHEDULES) {
         Key::Schedule(id)
+    } else if let Some(name) = rel.strip_prefix(keys::NAMESPACES) {
+        Key::Namespace(name)
     } else if rel == keys::APP_SEQ {
         Key::AppSeq
     } else if rel == keys::SCHEDULE_SEQ {
@@ -217,6 +221,20 @@ fn apply(cluster: &mut Cluster, rel: &str, kind: EventType, value: &[u8]) -> boo
                 false
             }
         },
+        (Key::Namespace(_), EventType::Put) => match serde_json::from_slice::<Namespace>(value) {
+            Ok(ns) => {
+                cluster.mirror_namespace(ns);
+                true
+            }
+            Err(e) => {
+                warn!("standby replica: unreadable namespace record {rel}: {e}");
+                false
+            }
+        },
+        (Key::Namespace(name), EventType::Delete) => {
+            cluster.mirror_namespace_deleted(name);
+            true
+        }
         (Key::Schedule(id), EventType::Delete) => {
             cluster.mirror_schedule_deleted(&ScheduleId(id.to_string()));
             true
@@ -262,14 +280,17 @@ async fn load(client: &Client, prefix: &str, rules: &Rules) -> Result<(Cluster, 
     let apps: Vec<App> = scan(&mut c, &format!("{prefix}{}", keys::APPS), revision).await?;
     let schedules: Vec<Schedule> =
         scan(&mut c, &format!("{prefix}{}", keys::SCHEDULES), revision).await?;
+    let namespaces: Vec<Namespace> =
+        scan(&mut c, &format!("{prefix}{}", keys::NAMESPACES), revision).await?;
     debug!(
         revision,
         apps = apps.len(),
         workers = workers.len(),
         "standby replica read"
     );
-    let (cluster, errors) =
-        Cluster::mirror(rules.clone(), workers, apps, last_seq).with_schedules(schedules, 0);
+    let (cluster, errors) = Cluster::mirror(rules.clone(), workers, apps, last_seq)
+        .with_namespaces(namespaces)
+        .with_schedules(schedules, 0);
     for e in errors {
         warn!("standby replica: {e}");
     }

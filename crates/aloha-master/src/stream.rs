@@ -25,7 +25,7 @@ use crate::error::ApiError;
 use crate::node::Node;
 
 /// Event types a filter may name.
-pub const TYPES: [&str; 15] = aloha_core::EventBody::TYPES;
+pub const TYPES: [&str; 17] = aloha_core::EventBody::TYPES;
 
 /// Longest wait for one read of the log while streaming.
 const READ_DEADLINE: Duration = Duration::from_secs(5);

@@ -123,6 +123,9 @@ pub enum Command {
     /// Create, list and revoke API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// List namespaces with their quotas, weights and usage; set or delete one (admin).
+    #[command(subcommand)]
+    Namespace(NamespaceCommand),
     /// Print events (app state changes, relaunches, workers, leadership); `--follow` streams
     /// them and resumes after a disconnect or failover without missing one.
     Events(EventsArgs),
@@ -160,6 +163,10 @@ pub enum TokenCommand {
         /// reader, submitter or admin.
         #[arg(long, value_parser = ["reader", "submitter", "admin"])]
         role: String,
+        /// For a submitter: a namespace it may write in; repeat for more (none: every
+        /// namespace).
+        #[arg(long = "namespace", short = 'n', value_name = "NAME")]
+        namespaces: Vec<String>,
     },
     /// List tokens (ids, names, roles; never the secrets).
     List,
@@ -168,6 +175,50 @@ pub enum TokenCommand {
         /// The token's id (tok-...).
         id: String,
     },
+}
+
+/// `alohactl namespace ...`.
+#[derive(Debug, Subcommand)]
+pub enum NamespaceCommand {
+    /// Every namespace with its quota, weight and what it uses.
+    List,
+    /// One namespace.
+    Show {
+        /// The namespace.
+        name: String,
+    },
+    /// Create a namespace or replace its quota and weight (limits not given are removed).
+    Set(NamespaceSetArgs),
+    /// Delete a namespace without queued or running apps or schedules.
+    Delete {
+        /// The namespace.
+        name: String,
+    },
+}
+
+/// `alohactl namespace set`.
+#[derive(Debug, Args)]
+pub struct NamespaceSetArgs {
+    /// The namespace: a-z, 0-9 and '-', at most 63 characters.
+    pub name: String,
+    /// Its share under fair placement (1 to 1000000).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub weight: u32,
+    /// Most cores its apps hold at once; more apps wait.
+    #[arg(long)]
+    pub max_cores: Option<u64>,
+    /// Most memory (MiB) its apps hold at once; more apps wait.
+    #[arg(long, value_name = "MIB")]
+    pub max_memory_mb: Option<u64>,
+    /// Most apps on workers at once; more apps wait.
+    #[arg(long)]
+    pub max_running_apps: Option<u64>,
+    /// Most apps waiting; submissions beyond it are refused.
+    #[arg(long)]
+    pub max_queued_apps: Option<u64>,
+    /// Most schedules; creating more is refused.
+    #[arg(long)]
+    pub max_schedules: Option<u64>,
 }
 
 /// `alohactl cluster accept-restore`.
@@ -436,6 +487,10 @@ pub struct ScheduleCreateArgs {
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
 
+    /// The namespace of the schedule and its runs; it must exist [master's default: default].
+    #[arg(long, short = 'n', value_parser = NonEmptyStringValueParser::new())]
+    pub namespace: Option<String>,
+
     #[command(flatten)]
     pub rule: RuleArgs,
 
@@ -532,6 +587,10 @@ pub struct SubmitArgs {
     /// The plugin kind that runs the app.
     #[arg(long, default_value = "process", value_parser = NonEmptyStringValueParser::new())]
     pub kind: String,
+
+    /// The namespace the app belongs to; it must exist [master's default: default].
+    #[arg(long, short = 'n', value_parser = NonEmptyStringValueParser::new())]
+    pub namespace: Option<String>,
 
     /// The plugin spec, a JSON object.
     #[arg(long, value_name = "JSON", conflicts_with_all = ["spec_file", "command"])]

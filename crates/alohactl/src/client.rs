@@ -213,6 +213,24 @@ impl Client {
         })
     }
 
+    /// `PUT path` with a JSON body, decoded as `T`. A PUT sets a whole resource, so sending it
+    /// twice leaves the same state: like a GET it is resent to the other masters after a
+    /// timeout or a lost connection.
+    pub fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<Served<T>, CtlError> {
+        self.call(&Request {
+            method: Method::PUT,
+            path,
+            query: &[],
+            body: Some(encode(body)?),
+            idempotency_key: None,
+            read_only: true,
+        })
+    }
+
     /// `DELETE path`, decoded as `T`. Not repeated on another master once it may have reached
     /// one: a repeat would answer 404 for a deletion that succeeded.
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<Served<T>, CtlError> {

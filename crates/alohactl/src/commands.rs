@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::cli::{
-    Cli, ClusterCommand, Command, ListArgs, Output, SubmitArgs, TokenCommand, WorkersCommand,
+    Cli, ClusterCommand, Command, ListArgs, NamespaceCommand, Output, SubmitArgs, TokenCommand,
+    WorkersCommand,
 };
 use crate::client::{fresh_idempotency_key, segment, Client, Served};
 use crate::error::CtlError;
@@ -59,6 +60,7 @@ pub fn run(cli: Cli, io: &mut Io<'_>) -> Result<(), CtlError> {
         } => accept_restore(&client, format, io),
         Command::Events(args) => crate::events::run(&client, format, &args, io),
         Command::Token(command) => tokens(&client, format, command, io),
+        Command::Namespace(command) => namespaces(&client, format, command, io),
         Command::Schedule(command) => crate::schedules::run(&client, format, command, io),
     }
 }
@@ -364,8 +366,12 @@ fn tokens(
     io: &mut Io<'_>,
 ) -> Result<(), CtlError> {
     let (raw, text) = match command {
-        TokenCommand::Create { name, role } => {
-            let body = serde_json::json!({"name": name, "role": role});
+        TokenCommand::Create {
+            name,
+            role,
+            namespaces,
+        } => {
+            let body = serde_json::json!({"name": name, "role": role, "namespaces": namespaces});
             let r: Served<Value> = client.post("/api/v1/tokens", Some(&body))?;
             let text = format!(
                 "{}\n# {} ({}, {}): shown once; store it now\n",
@@ -384,19 +390,86 @@ fn tokens(
                 .unwrap_or_default()
                 .iter()
                 .map(|t| {
-                    ["id", "name", "role", "created_at"]
+                    let mut row: Vec<String> = ["id", "name", "role"]
                         .iter()
                         .map(|k| output::clean(t[*k].as_str().unwrap_or_default()))
-                        .collect()
+                        .collect();
+                    let scope: Vec<&str> = t["namespaces"]
+                        .as_array()
+                        .map(Vec::as_slice)
+                        .unwrap_or_default()
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    row.push(if scope.is_empty() {
+                        "*".to_string()
+                    } else {
+                        output::clean(&scope.join(","))
+                    });
+                    row.push(output::clean(t["created_at"].as_str().unwrap_or_default()));
+                    row
                 })
                 .collect();
-            let text = output::grid(&["ID", "NAME", "ROLE", "CREATED"], rows);
+            let text = output::grid(&["ID", "NAME", "ROLE", "NAMESPACES", "CREATED"], rows);
             (r.raw, text)
         }
         TokenCommand::Revoke { id } => {
             let r: Served<Value> =
                 client.delete(&format!("/api/v1/tokens/{}", crate::client::segment(&id)))?;
             (r.raw, format!("revoked {}\n", output::clean(&id)))
+        }
+    };
+    print(
+        io,
+        &match format {
+            Output::Table => text,
+            Output::Json => output::json(&raw),
+        },
+    )
+}
+
+fn namespaces(
+    client: &Client,
+    format: Output,
+    command: NamespaceCommand,
+    io: &mut Io<'_>,
+) -> Result<(), CtlError> {
+    let path = |name: &str| format!("/api/v1/namespaces/{}", crate::client::segment(name));
+    let (raw, text) = match command {
+        NamespaceCommand::List => {
+            let r: Served<Value> = client.get("/api/v1/namespaces", &[])?;
+            let list = r.data["namespaces"].as_array().cloned().unwrap_or_default();
+            (r.raw, output::namespace_list(&list))
+        }
+        NamespaceCommand::Show { name } => {
+            let r: Served<Value> = client.get(&path(&name), &[])?;
+            let text = output::namespace_list(std::slice::from_ref(&r.data));
+            (r.raw, text)
+        }
+        NamespaceCommand::Set(a) => {
+            let mut quota = serde_json::Map::new();
+            for (k, v) in [
+                ("max_cores", a.max_cores),
+                ("max_memory_mb", a.max_memory_mb),
+                ("max_running_apps", a.max_running_apps),
+                ("max_queued_apps", a.max_queued_apps),
+                ("max_schedules", a.max_schedules),
+            ] {
+                if let Some(v) = v {
+                    quota.insert(k.into(), v.into());
+                }
+            }
+            let body = serde_json::json!({"quota": quota, "weight": a.weight});
+            let r: Served<Value> = client.put(&path(&a.name), &body)?;
+            let text = output::namespace_list(std::slice::from_ref(&r.data));
+            (r.raw, text)
+        }
+        NamespaceCommand::Delete { name } => {
+            let r: Served<Value> = client.delete(&path(&name))?;
+            (
+                r.raw,
+                format!("deleted namespace {}\n", output::clean(&name)),
+            )
         }
     };
     print(
@@ -486,6 +559,9 @@ pub fn submit_request(
         request.max_backoff = d;
     }
     request.on_demand = args.on_demand;
+    if let Some(ns) = &args.namespace {
+        request.namespace = ns.clone();
+    }
     Ok(request)
 }
 

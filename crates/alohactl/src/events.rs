@@ -147,6 +147,15 @@ pub fn describe(e: &Event) -> String {
         | EventBody::ScheduleResumed { schedule_id, name }
         | EventBody::ScheduleEnded { schedule_id, name }
         | EventBody::ScheduleDeleted { schedule_id, name } => format!("{schedule_id} {name:?}"),
+        EventBody::NamespaceUpdated {
+            namespace,
+            quota,
+            weight,
+        } => format!(
+            "{namespace} weight {weight} quota {}",
+            serde_json::to_string(quota).unwrap_or_default()
+        ),
+        EventBody::NamespaceDeleted { namespace } => namespace.clone(),
     };
     format!("{:>6} {at} {:<17} {rest}\n", e.seq, e.body.type_name())
 }

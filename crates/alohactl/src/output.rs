@@ -53,6 +53,7 @@ pub fn app_summary(app: &App) -> String {
     let mut rows = vec![
         ("Id", app.id.to_string()),
         ("Name", clean(&app.name)),
+        ("Namespace", clean(&app.namespace)),
         ("Kind", clean(&app.kind)),
         ("State", app.state.to_string()),
         ("Cores", app.cores.to_string()),
@@ -176,6 +177,47 @@ pub fn app_detail(app: &App) -> String {
     text
 }
 
+/// `namespace list|show|set`: one row per namespace, usage next to quota (`used/max`, `-` for
+/// no limit).
+pub fn namespace_list(list: &[serde_json::Value]) -> String {
+    let limit = |ns: &serde_json::Value, used: &str, max: &str| {
+        let u = ns["usage"][used].as_u64().unwrap_or(0);
+        match ns["quota"][max].as_u64() {
+            Some(m) => format!("{u}/{m}"),
+            None => format!("{u}/-"),
+        }
+    };
+    grid(
+        &[
+            "NAME",
+            "WEIGHT",
+            "CORES",
+            "MEMORY_MB",
+            "RUNNING",
+            "QUEUED",
+            "SCHEDULES",
+            "SHARE",
+        ],
+        list.iter()
+            .map(|ns| {
+                vec![
+                    clean(ns["name"].as_str().unwrap_or_default()),
+                    ns["weight"].as_u64().unwrap_or(1).to_string(),
+                    limit(ns, "cores", "max_cores"),
+                    limit(ns, "memory_mb", "max_memory_mb"),
+                    limit(ns, "running_apps", "max_running_apps"),
+                    limit(ns, "queued_apps", "max_queued_apps"),
+                    limit(ns, "schedules", "max_schedules"),
+                    format!(
+                        "{:.1}%",
+                        ns["dominant_share"].as_f64().unwrap_or(0.0) * 100.0
+                    ),
+                ]
+            })
+            .collect(),
+    )
+}
+
 /// `list`: one row per app.
 pub fn app_list(apps: &[App]) -> String {
     if apps.is_empty() {
@@ -185,6 +227,7 @@ pub fn app_list(apps: &[App]) -> String {
         &[
             "ID",
             "NAME",
+            "NAMESPACE",
             "KIND",
             "STATE",
             "WORKER",
@@ -197,6 +240,7 @@ pub fn app_list(apps: &[App]) -> String {
                 vec![
                     a.id.to_string(),
                     truncate(&clean(&a.name), LIST_NAME_CHARS),
+                    clean(&a.namespace),
                     clean(&a.kind),
                     a.state.to_string(),
                     a.worker_id.as_ref().map_or(dash(), |w| clean(w.as_str())),
@@ -853,6 +897,7 @@ pid  4242
         let expected = "\
 Id:           app-20240102030405-0007
 Name:         nightly-etl
+Namespace:    default
 Kind:         process
 State:        RUNNING
 Cores:        2

@@ -258,6 +258,9 @@ pub fn create_body(
     if let Some(name) = &args.name {
         body.insert("name".into(), name.clone().into());
     }
+    if let Some(ns) = &args.namespace {
+        body.insert("namespace".into(), ns.clone().into());
+    }
     let rule = rule_fields(&args.rule);
     // One rule: a flag's replaces the file's other one.
     if rule.contains_key("cron") {

@@ -107,6 +107,11 @@ impl WaitQueue {
         }
     }
 
+    /// Whether some shape is blocked.
+    pub fn has_blocked(&self) -> bool {
+        !self.blocked.is_empty()
+    }
+
     /// Capacity grew somewhere: every shape is a candidate again.
     pub fn unblock_all(&mut self) {
         if self.blocked.is_empty() {

@@ -16,6 +16,7 @@
 //! milliseconds for timeouts.
 
 pub mod index;
+pub mod namespaces;
 pub mod schedules;
 
 use std::collections::{BTreeMap, HashSet};
@@ -26,11 +27,13 @@ use imbl::{HashMap as PMap, OrdMap, OrdSet};
 
 use crate::app::{App, AppId, SubmitError, SubmitRequest, ON_DEMAND_KEEP};
 use crate::event::{app_events, worker_events, EventBody};
+use crate::namespace::{self, Namespace};
 use crate::report::{self, Outcome, Report};
 use crate::schedules::{Schedule, ScheduleId};
 use crate::state::AppState;
 use crate::worker::{WorkerId, WorkerRecord, WorkerState};
-use index::{CapacityIndex, Shape, WaitQueue};
+use index::{CapacityIndex, Shape};
+use namespaces::{usage_delta, NsEntry};
 
 /// Longest accepted `Idempotency-Key`, in bytes.
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -148,6 +151,8 @@ pub struct Effects {
     pub schedules: BTreeMap<ScheduleId, Option<Arc<Schedule>>>,
     /// The last schedule sequence number, when it moved.
     pub schedule_seq: Option<u64>,
+    /// Namespace writes (`None`: delete the record).
+    pub namespaces: BTreeMap<String, Option<Arc<Namespace>>>,
 }
 
 impl Effects {
@@ -159,6 +164,7 @@ impl Effects {
             && self.events.is_empty()
             && self.schedules.is_empty()
             && self.schedule_seq.is_none()
+            && self.namespaces.is_empty()
     }
 }
 
@@ -186,6 +192,15 @@ pub enum OpError {
     /// The request conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
+    /// A namespace quota refuses it (`max_queued_apps`, `max_schedules`).
+    #[error("{0}")]
+    Quota(String),
+    /// No such namespace.
+    #[error("namespace {0} not found")]
+    NamespaceNotFound(String),
+    /// The caller may not write in the namespace of what it acts on.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 /// A submission's result: the app, and whether it was created now (or is the app an earlier
@@ -364,7 +379,8 @@ pub struct Cluster {
     apps: OrdMap<u64, Arc<App>>,
     /// Sequence numbers by state, indexed by `AppState as usize`.
     states: Vec<OrdSet<u64>>,
-    queue: WaitQueue,
+    /// Namespaces: records, usage and each one's waiting queue.
+    namespaces: OrdMap<String, NsEntry>,
     workers: OrdMap<WorkerId, Worker>,
     capacity: CapacityIndex,
     /// How many worker records (any state) provide each kind.
@@ -409,6 +425,8 @@ pub struct Cluster {
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Offers {
     alive: usize,
+    /// Total cores and memory of the ALIVE workers (the denominators of fair shares).
+    total: (u64, u64),
     /// Distinct (cores, memory) totals of the ALIVE workers providing each kind.
     by_kind: BTreeMap<String, std::collections::BTreeSet<(u32, u64)>>,
 }
@@ -472,7 +490,7 @@ impl Cluster {
             rules: Arc::new(rules),
             apps: OrdMap::new(),
             states: vec![OrdSet::new(); AppState::ALL.len()],
-            queue: WaitQueue::default(),
+            namespaces: OrdMap::new(),
             workers: OrdMap::new(),
             capacity: CapacityIndex::default(),
             kinds: OrdMap::new(),
@@ -504,6 +522,8 @@ impl Cluster {
                 continue;
             }
             o.alive += 1;
+            o.total.0 += u64::from(w.record.cores);
+            o.total.1 += w.record.memory_mb;
             for k in &w.record.kinds {
                 o.by_kind
                     .entry(k.clone())
@@ -659,12 +679,12 @@ impl Cluster {
 
     /// Apps waiting to be placed.
     pub fn queued(&self) -> usize {
-        self.queue.len()
+        self.queued_total()
     }
 
     /// Distinct resource shapes waiting.
     pub fn queued_shapes(&self) -> usize {
-        self.queue.shapes()
+        self.queued_shapes_total()
     }
 
     /// One app by id.
@@ -747,6 +767,9 @@ impl Cluster {
 
     /// Why a waiting app is not placed, computed from the workers as they are now.
     pub fn wait_reason(&self, app: &App) -> String {
+        if let Some(quota) = self.quota_reason(app) {
+            return quota;
+        }
         let need = format!("{} cores and {} MiB", app.cores, app.memory_mb);
         if self.offers.alive == 0 {
             return format!("waiting for an ALIVE worker (needs {need})");
@@ -775,7 +798,7 @@ impl Cluster {
     /// Whether a placement round could place anything (something waits that is not known to
     /// fit nowhere).
     pub fn can_place(&self) -> bool {
-        self.queue.next().is_some()
+        self.namespaces.values().any(|e| e.queue.next().is_some())
     }
 
     // ------------------------------------------------------------------------------------
@@ -823,17 +846,41 @@ impl Cluster {
                 self.states[s as usize].insert(seq);
             }
         }
-        // The queue.
+        // The namespace's queue.
         let was_waiting = old.filter(|a| queued(a));
         let is_waiting = new.filter(|a| queued(a));
         match (was_waiting, is_waiting) {
             (Some(_), Some(_)) => {}
-            (Some(o), None) => self.queue.remove(&shape(o), seq),
-            (None, Some(n)) => self.queue.push(&shape(n), seq),
+            (Some(o), None) => self.ns_entry(&o.namespace).queue.remove(&shape(o), seq),
+            (None, Some(n)) => self.ns_entry(&n.namespace).queue.push(&shape(n), seq),
             (None, None) => {}
         }
-        // Resources on workers.
+        // The namespace's usage.
         let (was_on, is_on) = (old.and_then(holding), new.and_then(holding));
+        let counted = |a: &App, on: bool| (on, a.state.is_waiting());
+        let before = old.map(|o| counted(o, was_on.is_some()));
+        let after = new.map(|n| counted(n, is_on.is_some()));
+        if before != after || old.map(|o| &o.namespace) != new.map(|n| &n.namespace) {
+            if let (Some(o), Some((h, w))) = (old, before) {
+                if h || w {
+                    let e = self.ns_entry(&o.namespace);
+                    usage_delta(&mut e.usage, o, h, w, false);
+                    if h {
+                        // Its quota may let a held-back app go.
+                        e.queue.unblock_all();
+                    }
+                }
+            }
+            if let (Some(n), Some((h, w))) = (new, after) {
+                if h || w {
+                    usage_delta(&mut self.ns_entry(&n.namespace).usage, n, h, w, true);
+                }
+            }
+            if let Some(o) = old {
+                self.tidy_namespace(&o.namespace);
+            }
+        }
+        // Resources on workers.
         if was_on != is_on {
             if let (Some(o), Some(w)) = (old, was_on) {
                 self.use_resources(w, seq, o, false);
@@ -909,7 +956,7 @@ impl Cluster {
         }
         self.set_worker(id, w);
         if !add {
-            self.queue.unblock_all();
+            self.unblock_all_queues();
         }
     }
 
@@ -956,7 +1003,7 @@ impl Cluster {
             new.placeable() && old.is_none_or(|o| !o.placeable() || o.free() != new.free());
         self.workers.insert(id, new.clone());
         if gained {
-            self.queue.unblock_all();
+            self.unblock_all_queues();
         }
     }
 
@@ -1046,6 +1093,7 @@ impl Cluster {
             }
         }
         self.validate(&req)?;
+        self.admit_app(&req.namespace)?;
         let app = self.create(req, now, fx, |app| app.idempotency_key = idempotency_key);
         Ok(Submitted { app, created: true })
     }
@@ -1096,6 +1144,7 @@ impl Cluster {
                 old.state
             )));
         }
+        self.admit_app(&old.namespace)?;
         Ok(self.create(old.template(), now, fx, |app| {
             app.retry_of = Some(old.id.clone());
             app.schedule_id = old.schedule_id.clone();
@@ -1107,11 +1156,17 @@ impl Cluster {
     /// where it would go now.
     pub fn dry_run(&self, req: SubmitRequest, now: Now) -> Result<(App, Placement), OpError> {
         self.validate(&req)?;
+        self.admit_app(&req.namespace)?;
         let seq = self.last_seq + 1;
         let app = App::submitted(AppId::new(seq, now.wall), seq, req, now.wall);
         let shape = shape(&app);
-        let ahead = self.queue.waiting(&shape);
+        let ahead = self
+            .namespaces
+            .get(&app.namespace)
+            .map_or(0, |e| e.queue.waiting(&shape));
+        let held = self.quota_reason(&app);
         let placement = match self.capacity.best(&shape) {
+            _ if held.is_some() => Placement::Waiting(held.unwrap_or_default()),
             Some(w) if ahead == 0 => Placement::Worker(w),
             Some(_) => Placement::Waiting(format!(
                 "queued behind {ahead} waiting apps of the same kind and size"
@@ -1733,15 +1788,24 @@ impl Cluster {
     /// examined again until capacity grows.
     pub fn place(&mut self, now: Now, fx: &mut Effects) -> usize {
         let mut placed = 0;
-        while let Some((seq, shape)) = self.queue.next() {
-            let Some(wid) = self.capacity.best(&shape) else {
-                self.queue.block(&shape);
+        while let Some((ns, seq, shape)) = self.fairest_namespace() {
+            let e = &self.namespaces[&ns];
+            let held =
+                namespace::held_back(&ns, &e.quota(), &e.usage, shape.cores, shape.memory_mb);
+            let best = match held {
+                Some(_) => None,
+                None => self.capacity.best(&shape),
+            };
+            let Some(wid) = best else {
+                // Over its namespace's quota, or fits on no worker now: skip the shape until
+                // the namespace frees resources or capacity grows.
+                self.ns_entry(&ns).queue.block(&shape);
                 continue;
             };
             let (Some(old), Some(w)) = (self.apps.get(&seq).cloned(), self.workers.get(&wid))
             else {
                 // Indexes out of step with the records would be a bug; never loop on it.
-                self.queue.remove(&shape, seq);
+                self.ns_entry(&ns).queue.remove(&shape, seq);
                 continue;
             };
             let address = w.record.address.clone();
@@ -1752,7 +1816,7 @@ impl Cluster {
                 .transition(AppState::Launching, now.wall, Some(msg))
                 .is_err()
             {
-                self.queue.remove(&shape, seq);
+                self.ns_entry(&ns).queue.remove(&shape, seq);
                 continue;
             }
             let app = self.put_app(Some(old), app, fx);
@@ -1775,12 +1839,26 @@ impl Cluster {
             .map(|a| a.seq)
             .collect();
         waiting.sort_unstable();
-        if waiting != self.queue.all() {
+        if waiting != self.queued_all() {
             return Err(format!(
                 "queue {:?} != waiting apps {:?}",
-                self.queue.all(),
+                self.queued_all(),
                 waiting
             ));
+        }
+        let recounted = self.recount_usage();
+        for (ns, u) in recounted.iter() {
+            if self.usage(ns) != *u {
+                return Err(format!(
+                    "namespace {ns}: usage {:?} != recounted {u:?}",
+                    self.usage(ns)
+                ));
+            }
+        }
+        for (ns, e) in self.namespaces.iter() {
+            if !e.usage.is_empty() && recounted.get(ns).is_none() {
+                return Err(format!("namespace {ns}: usage {:?} of nothing", e.usage));
+            }
         }
         for s in AppState::ALL {
             let n = self.apps.values().filter(|a| a.state == s).count();
@@ -1921,6 +1999,8 @@ fn format_ms(ms: u64) -> String {
     parts.join(" ")
 }
 
+#[cfg(test)]
+mod namespace_tests;
 #[cfg(test)]
 mod schedule_tests;
 #[cfg(test)]

@@ -255,7 +255,23 @@ impl Cluster {
             self.schedule_timers.insert((t, id.clone()));
         }
         self.schedule_order.insert(entry.record.seq, id.clone());
-        self.schedules.insert(id, entry);
+        let ns = entry.record.spec.namespace.clone();
+        if let Some(old) = self.schedules.insert(id, entry) {
+            self.count_schedule(&old.record.spec.namespace, false);
+        }
+        self.count_schedule(&ns, true);
+    }
+
+    fn count_schedule(&mut self, namespace: &str, add: bool) {
+        let u = &mut self.ns_entry(namespace).usage;
+        if add {
+            u.schedules += 1;
+        } else {
+            u.schedules = u.schedules.saturating_sub(1);
+        }
+        if !add {
+            self.tidy_namespace(namespace);
+        }
     }
 
     fn uninstall_schedule(&mut self, id: &ScheduleId) -> Option<ScheduleEntry> {
@@ -264,6 +280,7 @@ impl Cluster {
             self.schedule_timers.remove(&(t, id.clone()));
         }
         self.schedule_order.remove(&old.record.seq);
+        self.count_schedule(&old.record.spec.namespace, false);
         Some(old)
     }
 
@@ -359,6 +376,7 @@ impl Cluster {
         let seq = self.last_schedule_seq + 1;
         let id = ScheduleId::new(seq, now.wall);
         let table = self.check_schedule(&req, &id, now.wall)?;
+        self.admit_schedule(&req.namespace)?;
         let mut spec = req;
         spec.start_at = Some(table.start_at());
         let s = Schedule {
@@ -394,9 +412,10 @@ impl Cluster {
         created_at: DateTime<Utc>,
     ) -> Result<Timetable, OpError> {
         let table = req.validate(id, created_at).map_err(bad)?;
-        let probe = req
-            .app
-            .request(format!("{}@{}", req.name, rfc3339(created_at)));
+        let probe = req.app.request(
+            format!("{}@{}", req.name, rfc3339(created_at)),
+            &req.namespace,
+        );
         self.validate(&probe).map_err(|e| match e {
             OpError::Submit(SubmitError::Invalid(m)) => bad(format!("app: {m}")),
             other => other,
@@ -854,7 +873,7 @@ impl Cluster {
         if self.run_index.contains_key(&(s.id.clone(), t)) {
             return None;
         }
-        let req = s.spec.app.request(s.run_name(t));
+        let req = s.spec.app.request(s.run_name(t), &s.spec.namespace);
         let sid = s.id.clone();
         let app = self.create(req, now, fx, |app| {
             app.schedule_id = Some(sid.0.clone());

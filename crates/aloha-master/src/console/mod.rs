@@ -33,6 +33,7 @@ use aloha_core::schedules::{Overlap, ScheduleId};
 use aloha_core::SubmitRequest;
 
 use crate::engine::ScheduleCmd;
+use crate::http::CallerScope;
 use crate::master::MasterError;
 use crate::node::Node;
 
@@ -265,6 +266,8 @@ pub(crate) struct SubmitForm {
     max_runtime: String,
     #[serde(default)]
     restart: String,
+    #[serde(default)]
+    namespace: String,
 }
 
 impl SubmitForm {
@@ -302,12 +305,16 @@ impl SubmitForm {
         if !self.restart.trim().is_empty() {
             body["restart"] = self.restart.trim().into();
         }
+        if !self.namespace.trim().is_empty() {
+            body["namespace"] = self.namespace.trim().into();
+        }
         serde_json::from_value(body).map_err(|e| e.to_string())
     }
 }
 
 async fn submit(
     State(node): State<Arc<Node>>,
+    CallerScope(scope): CallerScope,
     headers: HeaderMap,
     Form(form): Form<SubmitForm>,
 ) -> Response {
@@ -318,7 +325,7 @@ async fn submit(
     };
     let r = async {
         let m = node.leader_master().await?;
-        m.submit(req, None).await
+        m.submit_as(&scope, req, None).await
     }
     .await;
     match r {
@@ -335,6 +342,7 @@ pub(crate) struct ReasonForm {
 
 async fn kill(
     State(node): State<Arc<Node>>,
+    CallerScope(scope): CallerScope,
     headers: HeaderMap,
     Path(id): Path<String>,
     Form(form): Form<ReasonForm>,
@@ -343,7 +351,8 @@ async fn kill(
     let reason = Some(form.reason.trim().to_string()).filter(|r| !r.is_empty());
     let r = async {
         let m = node.leader_master().await?;
-        m.kill(
+        m.kill_as(
+            &scope,
             &id,
             reason.or_else(|| Some("killed from the console".into())),
         )
@@ -358,13 +367,14 @@ async fn kill(
 
 async fn retry(
     State(node): State<Arc<Node>>,
+    CallerScope(scope): CallerScope,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
     let frame = Frame::of(&node, &headers).await;
     let r = async {
         let m = node.leader_master().await?;
-        m.retry(&id).await
+        m.retry_as(&scope, &id).await
     }
     .await;
     match r {
@@ -430,6 +440,7 @@ async fn undrain(
 
 async fn schedule_action(
     State(node): State<Arc<Node>>,
+    CallerScope(scope): CallerScope,
     headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
 ) -> Response {
@@ -450,7 +461,7 @@ async fn schedule_action(
     };
     let r = async {
         let m = node.leader_master().await?;
-        m.schedule_op(cmd).await
+        m.schedule_op_as(&scope, cmd).await
     }
     .await;
     match r {

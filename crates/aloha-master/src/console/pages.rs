@@ -270,8 +270,8 @@ pub(crate) async fn apps(
             table {
                 caption.visually-hidden { "Apps, newest first" }
                 thead { tr {
-                    th scope="col" { "Id" } th scope="col" { "Name" } th scope="col" { "Kind" }
-                    th scope="col" { "State" } th scope="col" { "Worker" } th scope="col" { "Attempt" }
+                    th scope="col" { "Id" } th scope="col" { "Name" } th scope="col" { "Namespace" }
+                    th scope="col" { "Kind" } th scope="col" { "State" } th scope="col" { "Worker" } th scope="col" { "Attempt" }
                     th scope="col" { "Submitted" }
                 } }
                 tbody {
@@ -279,6 +279,7 @@ pub(crate) async fn apps(
                         tr data-app=(a.id) {
                             td { (app_link(&a.id)) }
                             td { (a.name) }
+                            td { (a.namespace) }
                             td { (a.kind) }
                             td { (state_badge(a.state.as_str())) }
                             td { @if let Some(w) = &a.worker_id { code { (w) } } }
@@ -344,6 +345,7 @@ pub(crate) async fn app(
             }
         }
         dl.fields {
+            dt { "Namespace" } dd { (a.namespace) }
             dt { "Kind" } dd { (a.kind) }
             dt { "Resources" } dd { (a.cores) " cores, " (a.memory_mb) " MiB" }
             dt { "Worker" } dd { @if let Some(w) = &a.worker_id { code { (w) } } @else { "—" } }
@@ -546,6 +548,10 @@ pub(crate) async fn submit_form(State(node): State<Arc<Node>>, headers: HeaderMa
         } @else {
             form.submit method="post" action="/ui/submit" { (f.csrf_field())
                 div { label for="s-name" { "Name" } input id="s-name" name="name" required; }
+                div {
+                    label for="s-namespace" { "Namespace" }
+                    input id="s-namespace" name="namespace" value="default" required;
+                }
                 div {
                     label for="s-kind" { "Kind" }
                     input id="s-kind" name="kind" value="process" required;

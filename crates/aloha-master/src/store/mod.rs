@@ -161,6 +161,13 @@ pub mod keys {
     pub const LISTENERS: &str = "listeners/";
     /// Prefix of schedule records.
     pub const SCHEDULES: &str = "schedules/";
+    /// Prefix of namespace records.
+    pub const NAMESPACES: &str = "namespaces/";
+
+    /// Key of a namespace record.
+    pub fn namespace(name: &str) -> String {
+        format!("{NAMESPACES}{name}")
+    }
     /// Prefix of REST API token records ([`crate::auth`]): `tokens/<id>`.
     pub const TOKENS: &str = "tokens/";
 
