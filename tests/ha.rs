@@ -316,6 +316,20 @@ fn sigterm_hands_leadership_over_in_well_under_a_second() {
     let apis = ha.apis();
     let id = submit_any(&apis, &long("keeps-running")).unwrap();
     ha.masters[old].api.wait_state(&id, "RUNNING", T);
+    // A namespace set on the leader reaches the standby's replica, and outlives the leader.
+    let r = ha.masters[old].api.put(
+        "/api/v1/namespaces/ha-ns",
+        &json!({"weight": 2, "quota": {"max_queued_apps": 5}}),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let standby = 1 - old;
+    wait_for("the namespace on the standby", T, || {
+        let r = ha.masters[standby]
+            .api
+            .try_get("/api/v1/namespaces/ha-ns")
+            .ok()?;
+        (r.status == 200 && r.body["weight"] == 2).then_some(())
+    });
     let start = Instant::now();
     ha.masters[old].proc.signal(libc::SIGTERM);
     let new = ha.wait_leader(Some(old));
@@ -335,6 +349,19 @@ fn sigterm_hands_leadership_over_in_well_under_a_second() {
     assert_eq!(app["attempt"], 1);
     let after = submit_any(std::slice::from_ref(&api), &long("after")).unwrap();
     api.wait_state(&after, "RUNNING", T);
+    let ns = api.get("/api/v1/namespaces/ha-ns").body;
+    assert_eq!(
+        (
+            ns["weight"].as_u64(),
+            ns["quota"]["max_queued_apps"].as_u64()
+        ),
+        (Some(2), Some(5)),
+        "{ns}"
+    );
+    let mut body = long("in-ha-ns");
+    body["namespace"] = json!("ha-ns");
+    let in_ns = submit_any(std::slice::from_ref(&api), &body).unwrap();
+    assert_eq!(api.app(&in_ns)["namespace"], "ha-ns");
 }
 
 #[test]

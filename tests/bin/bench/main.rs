@@ -8,6 +8,8 @@
 //!   stuck or run twice, and failover times (the engine is the harness's `chaos` module).
 //! - `failover.rs`: three HA masters on a one-member etcd; the time from SIGKILL (or SIGTERM)
 //!   of the leader to the first submission another master answers `201`.
+//! - `fairshare.rs`: namespaces of different weights with big backlogs on real workers: the
+//!   cores each holds against its weight, and how soon apps of a late namespace start.
 //! - `fuzz.rs`: random and malformed HTTP requests over raw TCP (broken JSON, huge numbers,
 //!   hostile ids, wrong methods and content types, oversized headers, lying lengths), then
 //!   slowloris connections: answers by status, 5xx, crashes, a normal GET's latency meanwhile.
@@ -35,6 +37,7 @@
 mod bare;
 mod chaos;
 mod failover;
+mod fairshare;
 mod fuzz;
 mod http;
 mod latency;
@@ -77,6 +80,8 @@ enum Cmd {
     Chaos(chaos::ChaosArgs),
     /// Time from killing the HA leader to the first submission another master accepts.
     Failover(failover::FailoverArgs),
+    /// Weighted fair shares between namespaces with big backlogs, on real workers.
+    Fairshare(fairshare::FairshareArgs),
     /// Random and malformed requests and slowloris connections against a live master:
     /// answers by status, 5xx, crashes.
     Fuzz(fuzz::FuzzArgs),
@@ -161,6 +166,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Chaos(a) => chaos::chaos(&a, &command_line),
         Cmd::Failover(a) => failover::failover(&a, &command_line),
+        Cmd::Fairshare(a) => fairshare::fairshare(&a, &command_line),
         Cmd::Fuzz(a) => fuzz::fuzz(&a, &command_line),
         Cmd::Submit(a) => submit::submit(&a, &command_line),
         Cmd::Http(a) => http::http(&a, &command_line),
