@@ -131,6 +131,7 @@ pub(crate) fn fairshare(a: &FairshareArgs, command_line: &str) -> Result<(), Str
     let mut late: Vec<(String, Instant)> = Vec::new();
     let mut late_running: Vec<Duration> = Vec::new();
     let mut a_queued_at_late = 0;
+    let mut late_sent = false;
     let body = sleeper("late", a.run_for);
     while t0.elapsed() < a.duration {
         let r = api.get("/api/v1/namespaces");
@@ -145,7 +146,8 @@ pub(crate) fn fairshare(a: &FairshareArgs, command_line: &str) -> Result<(), Str
             t: t0.elapsed().as_secs_f64(),
             cores: names.iter().map(|n| cores_of(&find(n))).collect(),
         });
-        if late.is_empty() && t0.elapsed() >= a.duration / 2 {
+        if !late_sent && t0.elapsed() >= a.duration / 2 {
+            late_sent = true;
             a_queued_at_late = find("a")["usage"]["queued_apps"].as_u64().unwrap_or(0);
             for _ in 0..a.late {
                 let r = api.post("/api/v1/apps", &serde_json::from_str(&body).unwrap());
@@ -170,7 +172,12 @@ pub(crate) fn fairshare(a: &FairshareArgs, command_line: &str) -> Result<(), Str
         std::thread::sleep(Duration::from_millis(250));
     }
     if !late.is_empty() {
-        return Err(format!("{} late apps never started", late.len()));
+        let last = samples.last().map(|x| x.cores.clone()).unwrap_or_default();
+        let app = api.get(&format!("/api/v1/apps/{}", late[0].0)).body;
+        return Err(format!(
+            "{} late apps never started (cores held at the end: {last:?}; one of them: {app})",
+            late.len()
+        ));
     }
 
     // Shares over the window after the warm-up, and per 10 s slice.

@@ -447,3 +447,23 @@ fn namespaces_survive_recovery_and_mirroring() {
     assert!(!m.namespace_exists("a"));
     assert!(matches!(c.lookup(&id), Lookup::Found(_)));
 }
+
+#[test]
+fn a_late_namespace_gets_the_next_free_core() {
+    let mut n = N::new();
+    n.worker("w1", 4, 1 << 20);
+    n.ns("a", 1, Quota::default());
+    n.ns("late", 1, Quota::default());
+    for _ in 0..20 {
+        n.submit("a", 1, 0).unwrap();
+    }
+    n.place();
+    assert_eq!(n.running("a"), 4);
+    let late = n.submit("late", 1, 0).unwrap();
+    n.place();
+    assert_eq!(n.app(&late).state, AppState::Submitted);
+    let first = n.on_workers()[0].clone();
+    n.finish(&first);
+    n.place();
+    assert!(n.app(&late).state.is_on_worker(), "{:?}", n.app(&late));
+}
