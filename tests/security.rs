@@ -85,7 +85,7 @@ fn without_the_join_token_nothing_registers_heartbeats_reports_or_launches() {
     wait_for("the master to log the attempts", T, || {
         let log = c.master.proc.log_text();
         // Reported at most every 10 s per address, with a count: both workers are on 127.0.0.1.
-        log.contains("refused gRPC calls without a valid join token")
+        log.contains("refused gRPC calls: a valid join token is required")
             .then_some(())
     });
     assert!(api.workers().is_empty(), "{:?}", api.workers());
@@ -157,7 +157,7 @@ fn without_the_join_token_nothing_registers_heartbeats_reports_or_launches() {
         );
     });
     let good_log = c.workers[2].log_text();
-    assert!(good_log.contains("refused gRPC calls without a valid join token"));
+    assert!(good_log.contains("refused gRPC calls: a valid join token is required"));
 }
 
 #[test]

@@ -50,6 +50,7 @@ pub mod worker_client;
 use std::sync::Arc;
 
 use aloha_proto::master_service_server::MasterServiceServer;
+use aloha_proto::tls::PeerRole;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tracing::info;
@@ -59,9 +60,8 @@ pub use config::Config;
 /// Runs a master until SIGTERM or Ctrl-C: single-node over the embedded store, or HA over etcd
 /// when `etcd_endpoints` is set.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let connector: Arc<dyn worker_client::WorkerConnector> = Arc::new(
-        worker_client::GrpcWorkerConnector::new(cfg.join_token.clone()),
-    );
+    let connector: Arc<dyn worker_client::WorkerConnector> =
+        Arc::new(worker_client::GrpcWorkerConnector::from_config(&cfg));
 
     // Bind before anything else so a port clash fails fast and nothing changes.
     let http_listener = TcpListener::bind(cfg.http_addr)
@@ -156,23 +156,33 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         stop_rx.clone(),
     )?;
     let mut rpc_stop = stop_rx.clone();
-    let rpc = tonic::transport::Server::builder()
+    let rpc_stopped = async move {
+        let _ = rpc_stop.changed().await;
+    };
+    // With mutual TLS, workers call MasterService and standbys call PeerService, each with
+    // the certificate of its role.
+    let role = |r| cfg.mutual_tls.as_ref().map(|_| r);
+    let routes = tonic::transport::Server::builder()
         .add_service(MasterServiceServer::with_interceptor(
             rpc::MasterRpc::new(node.clone()),
-            require_token(&cfg),
+            require_token(&cfg).with_peer_role(role(PeerRole::Worker)),
         ))
         .add_service(
             aloha_proto::peer_service_server::PeerServiceServer::with_interceptor(
                 peer::PeerRpc::new(node.clone()),
-                require_token(&cfg),
+                require_token(&cfg).with_peer_role(role(PeerRole::Master)),
             ),
-        )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(rpc_listener),
-            async move {
-                let _ = rpc_stop.changed().await;
-            },
         );
+    let rpc: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> =
+        match &cfg.mutual_tls {
+            Some(tls) => Box::pin(
+                routes.serve_with_incoming_shutdown(tls.accept(rpc_listener), rpc_stopped),
+            ),
+            None => Box::pin(routes.serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(rpc_listener),
+                rpc_stopped,
+            )),
+        };
     let mode = if cfg.etcd_endpoints.is_empty() {
         format!("single-node, state in {}", cfg.state_dir.display())
     } else {
@@ -198,6 +208,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(addr) = cfg.submission_addr {
         info!(%addr, "serving Spark's REST submission protocol (no authentication)");
     }
+    if let Some(tls) = &cfg.mutual_tls {
+        info!(?tls, "gRPC links use mutual TLS");
+    }
     info!(http = %cfg.http_url(), rpc = %cfg.rpc_url(), %mode, "aloha-master ready");
 
     let http_task = tokio::spawn(http);
@@ -218,11 +231,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// The join-token check of this master's gRPC services; refusals are logged with the caller.
 fn require_token(cfg: &config::Config) -> aloha_proto::auth::RequireToken {
-    aloha_proto::auth::RequireToken::new(cfg.join_token.clone(), |from, calls| {
+    aloha_proto::auth::RequireToken::new(cfg.join_token.clone(), |from, calls, why| {
         tracing::warn!(
-            from = %from.map_or("unknown".to_string(), |a| a.to_string()),
-            calls,
-            "refused gRPC calls without a valid join token (reported at most every 10 s per address)"
+            %from, calls,
+            "refused gRPC calls: {why} (reported at most every 10 s per address)"
         );
     })
 }
