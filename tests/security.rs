@@ -999,7 +999,8 @@ fn certificates_from_another_ca_or_with_the_wrong_role_are_refused() {
     .unwrap();
     let flags = mtls_worker(&dir, "stranger", &other, "worker", &both);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    c.workers.push(worker(&c, "stranger", &target_dir(), &flags));
+    c.workers
+        .push(worker(&c, "stranger", &target_dir(), &flags));
     wait_for("the master to refuse the stranger", T, || {
         let log = c.master.proc.log_text();
         (log.contains("refused a gRPC connection in the TLS handshake")
@@ -1040,10 +1041,7 @@ fn certificates_from_another_ca_or_with_the_wrong_role_are_refused() {
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
-        assert!(
-            status.message().contains("aloha:role:master"),
-            "{status:?}"
-        );
+        assert!(status.message().contains("aloha:role:master"), "{status:?}");
 
         // And a master's certificate does not register a worker: MasterService takes workers.
         let ch = tls_channel(&url, &ca, &mcert, &mkey).await;
@@ -1094,12 +1092,16 @@ fn certificates_from_another_ca_or_with_the_wrong_role_are_refused() {
         .arg(target_dir())
         .args(&flags);
     c.workers.push(Proc::spawn("misled", cmd, &dir));
-    wait_for("the misled worker to refuse a worker's certificate", T, || {
-        c.workers[2]
-            .log_text()
-            .contains("lacks the URI SAN aloha:role:master (it has: aloha:role:worker)")
-            .then_some(())
-    });
+    wait_for(
+        "the misled worker to refuse a worker's certificate",
+        T,
+        || {
+            c.workers[2]
+                .log_text()
+                .contains("lacks the URI SAN aloha:role:master (it has: aloha:role:worker)")
+                .then_some(())
+        },
+    );
 }
 
 #[test]
@@ -1116,17 +1118,38 @@ fn mutual_tls_setups_that_cannot_work_are_refused_at_start() {
     let cases: Vec<(&str, Vec<&str>, &str)> = vec![
         (
             "aloha-master",
-            vec!["--tls-ca", &ca, "--grpc-tls-cert", &wcert, "--grpc-tls-key", &wkey],
+            vec![
+                "--tls-ca",
+                &ca,
+                "--grpc-tls-cert",
+                &wcert,
+                "--grpc-tls-key",
+                &wkey,
+            ],
             "no URI SAN aloha:role:master",
         ),
         (
             "aloha-master",
-            vec!["--tls-ca", &ca, "--grpc-tls-cert", &ocert, "--grpc-tls-key", &okey],
+            vec![
+                "--tls-ca",
+                &ca,
+                "--grpc-tls-cert",
+                &ocert,
+                "--grpc-tls-key",
+                &okey,
+            ],
             "is not issued by --tls-ca",
         ),
         (
             "aloha-master",
-            vec!["--tls-ca", &ca, "--grpc-tls-cert", &mcert, "--grpc-tls-key", &wkey],
+            vec![
+                "--tls-ca",
+                &ca,
+                "--grpc-tls-cert",
+                &mcert,
+                "--grpc-tls-key",
+                &wkey,
+            ],
             "the key does not belong to the certificate",
         ),
         (

@@ -173,16 +173,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 require_token(&cfg).with_peer_role(role(PeerRole::Master)),
             ),
         );
-    let rpc: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> =
-        match &cfg.mutual_tls {
-            Some(tls) => Box::pin(
-                routes.serve_with_incoming_shutdown(tls.accept(rpc_listener), rpc_stopped),
-            ),
-            None => Box::pin(routes.serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(rpc_listener),
-                rpc_stopped,
-            )),
-        };
+    let rpc: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> = match &cfg.mutual_tls
+    {
+        Some(tls) => {
+            Box::pin(routes.serve_with_incoming_shutdown(tls.accept(rpc_listener), rpc_stopped))
+        }
+        None => Box::pin(routes.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(rpc_listener),
+            rpc_stopped,
+        )),
+    };
     let mode = if cfg.etcd_endpoints.is_empty() {
         format!("single-node, state in {}", cfg.state_dir.display())
     } else {

@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use aloha_proto as pb;
 use aloha_proto::auth::{JoinToken, WithToken};
-use aloha_proto::tls::{PeerRole, TlsConnect};
 use aloha_proto::peer_service_client::PeerServiceClient;
 use aloha_proto::peer_service_server::PeerService;
+use aloha_proto::tls::{PeerRole, TlsConnect};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;

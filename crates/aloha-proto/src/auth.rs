@@ -7,8 +7,10 @@
 //! as `authorization: Bearer <token>` metadata; use TLS where the network is not trusted, or it
 //! can be read on the wire.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use subtle::ConstantTimeEq;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
@@ -123,12 +125,18 @@ pub type Authed =
 /// flood the log.
 pub const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Where a [`Reporter`] sends reports: `(address, count, reason)`.
+type Sink = Arc<dyn Fn(&str, u64, &str) + Send + Sync>;
+
+/// When each `(address, reason)` was last reported, and how often it happened since.
+type Reported = HashMap<(String, String), (Instant, u64)>;
+
 /// Reports refusals and failures to a callback at most once per [`REPORT_EVERY`] per address and
 /// reason, with how many happened since the last report.
 #[derive(Clone)]
 pub struct Reporter {
-    sink: Arc<dyn Fn(&str, u64, &str) + Send + Sync>,
-    last: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), (std::time::Instant, u64)>>>,
+    sink: Sink,
+    last: Arc<std::sync::Mutex<Reported>>,
 }
 
 impl Reporter {
@@ -142,7 +150,7 @@ impl Reporter {
 
     /// Counts one refusal of `from` for `reason`; reports it unless reported recently.
     pub fn report(&self, from: &str, reason: &str) {
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         let report = {
             // A std mutex: held for a map update, never across an await.
             let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());

@@ -656,11 +656,17 @@ mod tests {
         let err = MutualTls::load(PeerRole::Master, &cert, &other_key, &ca_pem)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("o.key") && err.contains("does not belong"), "{err}");
+        assert!(
+            err.contains("o.key") && err.contains("does not belong"),
+            "{err}"
+        );
         let err = MutualTls::load(PeerRole::Master, &cert, &key, &dir.path().join("nope"))
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("--tls-ca ") && err.contains("nope"), "{err}");
+        assert!(
+            err.starts_with("--tls-ca ") && err.contains("nope"),
+            "{err}"
+        );
         let err = MutualTls::load(PeerRole::Master, &key, &key, &other_ca)
             .unwrap_err()
             .to_string();
@@ -687,7 +693,11 @@ mod tests {
     }
 
     /// A real handshake over loopback: the server's acceptor and a client's connector.
-    async fn handshake(server: &MutualTls, client: &MutualTls, want: PeerRole) -> Result<Vec<String>, String> {
+    async fn handshake(
+        server: &MutualTls,
+        client: &MutualTls,
+        want: PeerRole,
+    ) -> Result<Vec<String>, String> {
         use tokio_stream::StreamExt;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -741,11 +751,18 @@ mod tests {
             vec!["aloha:role:worker".to_string()]
         );
         // A worker dialling something that is not a master: refused by the client.
-        let err = handshake(&worker, &master, PeerRole::Master).await.unwrap_err();
+        let err = handshake(&worker, &master, PeerRole::Master)
+            .await
+            .unwrap_err();
         assert!(err.contains("lacks the URI SAN aloha:role:master"), "{err}");
         // A client certificate from another CA: refused by the server.
-        let err = handshake(&master, &stranger, PeerRole::Master).await.unwrap_err();
-        assert!(err.contains("server: ") && err.contains("UnknownIssuer"), "{err}");
+        let err = handshake(&master, &stranger, PeerRole::Master)
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("server: ") && err.contains("UnknownIssuer"),
+            "{err}"
+        );
         assert!(err.contains("not issued by the cluster CA"), "{err}");
     }
 }

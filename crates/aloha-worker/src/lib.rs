@@ -103,8 +103,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (rpc_stop_tx, mut rpc_stop_rx) = tokio::sync::watch::channel(false);
-    let routes = tonic::transport::Server::builder().add_service(
-        WorkerServiceServer::with_interceptor(
+    let routes =
+        tonic::transport::Server::builder().add_service(WorkerServiceServer::with_interceptor(
             rpc::WorkerRpc::new(worker.clone()),
             aloha_proto::auth::RequireToken::new(cfg.join_token.clone(), |from, calls, why| {
                 warn!(
@@ -114,8 +114,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             })
             // With mutual TLS only masters may command this worker.
             .with_peer_role(cfg.mutual_tls.as_ref().map(|_| PeerRole::Master)),
-        ),
-    );
+        ));
     let stopped = async move {
         let _ = rpc_stop_rx.changed().await;
     };

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use aloha_proto as pb;
 use aloha_proto::auth::{Authed, JoinToken, WithToken};
-use aloha_proto::tls::TlsConnect;
 use aloha_proto::master_service_client::MasterServiceClient;
+use aloha_proto::tls::TlsConnect;
 use tokio::sync::{watch, RwLock};
 use tonic::transport::Endpoint;
 use tracing::{debug, error, info, warn};
