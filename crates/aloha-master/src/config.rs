@@ -19,6 +19,13 @@ pub struct Config {
     /// Spark's REST submission protocol (`spark-submit --deploy-mode cluster`) listens here;
     /// off when unset. Unauthenticated: see docs/rest-api.md.
     pub submission_addr: Option<SocketAddr>,
+    /// A file (mode 0600) with the base64url secret of Spark's `JWSFilter`: requests to
+    /// `submission_addr` then need `Authorization: Bearer <jws>` signed with it (HS256), or
+    /// (with `auth = "required"`) an Aloha token; see [`crate::jws`].
+    pub submission_jws_secret_file: Option<PathBuf>,
+    /// The secret read from `submission_jws_secret_file` by [`Args::into_config`].
+    #[serde(skip)]
+    pub submission_jws: Option<crate::jws::JwsKey>,
     /// A PEM certificate chain: with `tls_key`, the REST API and the console are served over
     /// HTTPS (TLS 1.2 and 1.3, rustls).
     pub tls_cert: Option<PathBuf>,
@@ -114,6 +121,8 @@ impl Default for Config {
             http_addr: "127.0.0.1:8080".parse().expect("literal address"),
             rpc_addr: "127.0.0.1:7077".parse().expect("literal address"),
             submission_addr: None,
+            submission_jws_secret_file: None,
+            submission_jws: None,
             tls_cert: None,
             tls_key: None,
             tls_ca: None,
@@ -244,6 +253,10 @@ pub struct Args {
     /// No authentication: bind it to loopback or put it behind an authenticating proxy.
     #[arg(long, env = "ALOHA_SUBMISSION_ADDR")]
     pub submission_addr: Option<SocketAddr>,
+    /// File (chmod 600) with a base64url secret, as Spark's JWSFilter takes it: requests to
+    /// --submission-addr then need `Authorization: Bearer <jws>` signed with it (HS256).
+    #[arg(long, env = "ALOHA_SUBMISSION_JWS_SECRET_FILE")]
+    pub submission_jws_secret_file: Option<PathBuf>,
     /// HTTP address advertised to clients [default: the http address].
     #[arg(long, env = "ALOHA_ADVERTISE_HTTP")]
     pub advertise_http: Option<String>,
@@ -360,6 +373,13 @@ impl Args {
         }
         if let Some(v) = self.submission_addr {
             cfg.submission_addr = Some(v);
+        }
+        if let Some(v) = self.submission_jws_secret_file {
+            cfg.submission_jws_secret_file = Some(v);
+        }
+        if let Some(path) = &cfg.submission_jws_secret_file {
+            cfg.submission_jws =
+                Some(crate::jws::JwsKey::from_file(path).map_err(ConfigError::Invalid)?);
         }
         if let Some(v) = self.advertise_http {
             cfg.advertise_http = Some(v);

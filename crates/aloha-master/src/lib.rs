@@ -20,7 +20,8 @@
 //! - [`events`]: the event log; [`listeners`]: listener plugins; [`stream`]: the SSE stream.
 //! - [`logs`]: apps' `stdout`/`stderr`, proxied from their workers.
 //! - [`http`]: the REST API and [`error`], its one error type; [`metrics`]: Prometheus
-//!   metrics; [`submission`]: Spark's REST submission protocol (`--submission-addr`).
+//!   metrics; [`submission`]: Spark's REST submission protocol (`--submission-addr`), and
+//!   [`jws`], the Spark JWS bearer it may take.
 //! - [`clock`]: injected time.
 
 pub mod auth;
@@ -32,6 +33,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod jws;
 pub mod lease;
 pub mod listeners;
 pub mod liveness;
@@ -71,11 +73,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", cfg.rpc_addr))?;
     if let Some(addr) = cfg.submission_addr {
-        if !addr.ip().is_loopback() && cfg.auth_mode() != auth::AuthMode::Required {
+        if !addr.ip().is_loopback()
+            && cfg.auth_mode() != auth::AuthMode::Required
+            && cfg.submission_jws.is_none()
+        {
             anyhow::bail!(
                 "Spark's REST submission protocol has no authentication of its own: bind \
                  --submission-addr to a loopback address, or use --auth required so that its \
-                 requests need a token (got {addr})"
+                 requests need a token, or --submission-jws-secret-file so that they need \
+                 Spark's JWS bearer (got {addr})"
             );
         }
     }
@@ -195,8 +201,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let submission_task = match submission_listener {
         None => None,
         Some(listener) => {
-            let loopback = cfg.submission_addr.is_some_and(|a| a.ip().is_loopback());
-            let router = submission::router(node.clone(), loopback);
+            // Open as Spark's own port only on loopback and without a JWS secret.
+            let open = cfg.submission_addr.is_some_and(|a| a.ip().is_loopback())
+                && cfg.submission_jws.is_none();
+            let router = submission::router(node.clone(), open);
             Some(tokio::spawn(serve_http(
                 listener,
                 router,
@@ -206,7 +214,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     };
     if let Some(addr) = cfg.submission_addr {
-        info!(%addr, "serving Spark's REST submission protocol (no authentication)");
+        let guard = match (
+            cfg.submission_jws.is_some(),
+            addr.ip().is_loopback() && cfg.submission_jws.is_none(),
+        ) {
+            (true, _) if cfg.auth_mode() == auth::AuthMode::Required => {
+                "a JWS signed with the submission secret, or a token"
+            }
+            (true, _) => "a JWS signed with the submission secret",
+            (false, true) => "no authentication: loopback only",
+            (false, false) => "a token",
+        };
+        info!(%addr, requests_need = guard, "serving Spark's REST submission protocol");
     }
     if let Some(tls) = &cfg.mutual_tls {
         info!(?tls, "gRPC links use mutual TLS");
