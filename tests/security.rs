@@ -1229,3 +1229,188 @@ fn masters_watch_each_other_over_mutual_tls() {
     aloha_e2e::leader_of(&masters[standby..=standby], T);
     drop(etcd);
 }
+
+/// A compact JWS over `header` and `claims` (JSON texts), HMAC-SHA256-signed with `key`.
+fn jws(key: &[u8], header: &str, claims: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use hmac::Mac;
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims)
+    );
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(input.as_bytes());
+    format!(
+        "{input}.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    )
+}
+
+#[test]
+fn sparks_submission_port_takes_sparks_jws_bearer() {
+    use base64::Engine;
+    let port = free_port();
+    let key = [42u8; 32];
+    // Padded, as Spark's documentation makes it (Java's URL encoder).
+    let secret = base64::engine::general_purpose::URL_SAFE.encode(key);
+    // Off loopback with --auth off: the JWS secret alone guards the port.
+    let c = Cluster::start_with("3s", &[], |dir| {
+        let f = token_file(dir, "jws.secret", &secret);
+        vec![
+            "--submission-addr".into(),
+            format!("0.0.0.0:{port}"),
+            "--submission-jws-secret-file".into(),
+            f.display().to_string(),
+        ]
+    });
+    let base = format!("http://127.0.0.1:{port}/v1/submissions");
+    let create = json!({"action": "CreateSubmissionRequest", "appResource": "x.jar",
+        "mainClass": "Main", "appArgs": [], "clientSparkVersion": "4.0.1",
+        "environmentVariables": {}, "sparkProperties": {"spark.app.name": "jws"}});
+    let good = jws(&key, r#"{"alg":"HS256","typ":"JWT"}"#, r#"{"sub":"ci"}"#);
+
+    // Refused: no bearer, another secret, alg none, a changed payload, expired, an Aloha-style
+    // token.
+    let r = http(None)
+        .post(format!("{base}/create"))
+        .json(&create)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    let none = {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.",
+            URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#),
+            URL_SAFE_NO_PAD.encode("{}")
+        )
+    };
+    let mut tampered: Vec<String> = good.split('.').map(String::from).collect();
+    tampered[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"sub":"admin"}"#);
+    let bad = [
+        jws(&[7u8; 32], r#"{"alg":"HS256"}"#, "{}"),
+        none,
+        jws(&key, r#"{"alg":"none"}"#, "{}"),
+        jws(&key, r#"{"alg":"HS512"}"#, "{}"),
+        tampered.join("."),
+        jws(&key, r#"{"alg":"HS256"}"#, r#"{"exp":1000}"#),
+        TOKEN.to_string(),
+    ];
+    for token in &bad {
+        let r = http(Some(token))
+            .post(format!("{base}/create"))
+            .json(&create)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 401, "{token}");
+        let r = http(Some(token))
+            .get(format!("{base}/status/app-20260101000000-0001"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 401, "{token}");
+    }
+    assert!(c.api().get("/api/v1/apps").body["apps"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    // Accepted: create, status and kill with the JWS.
+    let r = http(Some(&good))
+        .post(format!("{base}/create"))
+        .json(&create)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(body["success"], true, "{body}");
+    let id = body["submissionId"].as_str().unwrap().to_string();
+    let r = http(Some(&good))
+        .get(format!("{base}/status/{id}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let later = jws(
+        &key,
+        r#"{"alg":"HS256"}"#,
+        &format!(r#"{{"exp":{}}}"#, chrono_now() + 600),
+    );
+    let r = http(Some(&later))
+        .post(format!("{base}/kill/{id}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    c.api().wait_state(&id, "KILLED", T);
+}
+
+fn chrono_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn a_submission_jws_secret_that_is_short_or_open_is_refused_at_start() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let short = token_file(
+        dir.path(),
+        "short",
+        &base64::engine::general_purpose::URL_SAFE.encode([1u8; 16]),
+    );
+    let open = token_file(
+        dir.path(),
+        "open",
+        &base64::engine::general_purpose::URL_SAFE.encode([1u8; 32]),
+    );
+    chmod(&open, 0o644);
+    for (f, expected) in [
+        (&short, "at least 32"),
+        (&open, "permissions 0644 are too open"),
+    ] {
+        let out = Command::new(bin("aloha-master"))
+            .arg("--state-dir")
+            .arg(dir.path().join("m"))
+            .arg("--submission-jws-secret-file")
+            .arg(f)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{err}");
+    }
+}
+
+#[test]
+fn with_auth_required_the_submission_port_takes_a_jws_or_an_aloha_token() {
+    use base64::Engine;
+    let port = free_port();
+    let key = [9u8; 48];
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key);
+    let c = Cluster::start_with("3s", &[], |dir| {
+        let mut args = required_auth(dir);
+        let f = token_file(dir, "jws.secret", &secret);
+        args.extend([
+            "--submission-addr".into(),
+            format!("127.0.0.1:{port}"),
+            "--submission-jws-secret-file".into(),
+            f.display().to_string(),
+        ]);
+        args
+    });
+    let status = format!("http://127.0.0.1:{port}/v1/submissions/status/app-20260101000000-0001");
+    // On loopback too: with a secret set, the port is no longer open.
+    assert_eq!(http(None).get(&status).send().unwrap().status(), 401);
+    let wrong = jws(&[1u8; 48], r#"{"alg":"HS256"}"#, "{}");
+    assert_eq!(
+        http(Some(&wrong)).get(&status).send().unwrap().status(),
+        401
+    );
+    let good = jws(&key, r#"{"alg":"HS256"}"#, "{}");
+    assert_eq!(http(Some(&good)).get(&status).send().unwrap().status(), 200);
+    assert_eq!(http(Some(TOKEN)).get(&status).send().unwrap().status(), 200);
+    drop(c);
+}
