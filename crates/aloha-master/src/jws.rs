@@ -120,7 +120,9 @@ impl JwsKey {
         let claims: serde_json::Map<String, serde_json::Value> = decode_base64url(payload)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or(JwsError::Malformed("the payload is not a base64url JSON object"))?;
+            .ok_or(JwsError::Malformed(
+                "the payload is not a base64url JSON object",
+            ))?;
         let time = |name: &str| -> Result<Option<i64>, JwsError> {
             match claims.get(name) {
                 None => Ok(None),
@@ -162,7 +164,8 @@ impl JwsKey {
 mod tests {
     use super::*;
 
-    const SECRET: &str = "VmlzaXQgaHR0cHM6Ly9zcGFyay5hcGFjaGUub3JnIHRvIGRvd25sb2FkIEFwYWNoZSBTcGFyay4=";
+    const SECRET: &str =
+        "VmlzaXQgaHR0cHM6Ly9zcGFyay5hcGFjaGUub3JnIHRvIGRvd25sb2FkIEFwYWNoZSBTcGFyay4=";
     const HS256: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
 
     fn key() -> JwsKey {
@@ -200,9 +203,15 @@ mod tests {
             Err(JwsError::Algorithm(_))
         ));
         let hs512 = key().sign(r#"{"alg":"HS512"}"#, "{}");
-        assert!(matches!(key().verify(&hs512, 0), Err(JwsError::Algorithm(_))));
+        assert!(matches!(
+            key().verify(&hs512, 0),
+            Err(JwsError::Algorithm(_))
+        ));
         let no_alg = key().sign(r#"{"typ":"JWT"}"#, "{}");
-        assert!(matches!(key().verify(&no_alg, 0), Err(JwsError::Algorithm(_))));
+        assert!(matches!(
+            key().verify(&no_alg, 0),
+            Err(JwsError::Algorithm(_))
+        ));
         let crit = key().sign(r#"{"alg":"HS256","crit":["b64"],"b64":false}"#, "{}");
         assert_eq!(key().verify(&crit, 0), Err(JwsError::Critical));
 
@@ -218,7 +227,10 @@ mod tests {
         }
         // Signed, but not a claims object.
         let text = key().sign(HS256, "hello");
-        assert!(matches!(key().verify(&text, 0), Err(JwsError::Malformed(_))));
+        assert!(matches!(
+            key().verify(&text, 0),
+            Err(JwsError::Malformed(_))
+        ));
     }
 
     #[test]

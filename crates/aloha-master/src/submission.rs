@@ -221,7 +221,10 @@ pub fn router(node: Arc<Node>, open: bool) -> Router {
     let r = if open {
         r
     } else {
-        r.layer(axum::middleware::from_fn_with_state(node.clone(), authorize))
+        r.layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            authorize,
+        ))
     };
     r.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node)
