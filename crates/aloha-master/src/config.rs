@@ -17,7 +17,7 @@ pub struct Config {
     /// gRPC listen address for workers.
     pub rpc_addr: SocketAddr,
     /// Spark's REST submission protocol (`spark-submit --deploy-mode cluster`) listens here;
-    /// off when unset. Unauthenticated: see docs/rest-api.md.
+    /// off when unset. Open on loopback only; see `submission_jws_secret_file` and docs/rest-api.md.
     pub submission_addr: Option<SocketAddr>,
     /// A file (mode 0600) with the base64url secret of Spark's `JWSFilter`: requests to
     /// `submission_addr` then need `Authorization: Bearer <jws>` signed with it (HS256), or
@@ -250,7 +250,7 @@ pub struct Args {
     #[arg(long, env = "ALOHA_RPC_ADDR")]
     pub rpc_addr: Option<SocketAddr>,
     /// Serve Spark's REST submission protocol here, e.g. 127.0.0.1:6066 [default: off].
-    /// No authentication: bind it to loopback or put it behind an authenticating proxy.
+    /// Open on loopback; elsewhere it needs --auth required or --submission-jws-secret-file.
     #[arg(long, env = "ALOHA_SUBMISSION_ADDR")]
     pub submission_addr: Option<SocketAddr>,
     /// File (chmod 600) with a base64url secret, as Spark's JWSFilter takes it: requests to
