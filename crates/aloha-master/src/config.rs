@@ -17,7 +17,8 @@ pub struct Config {
     /// gRPC listen address for workers.
     pub rpc_addr: SocketAddr,
     /// Spark's REST submission protocol (`spark-submit --deploy-mode cluster`) listens here;
-    /// off when unset. Open on loopback only; see `submission_jws_secret_file` and docs/rest-api.md.
+    /// off when unset. Open on loopback only; see `submission_jws_secret_file` and
+    /// docs/rest-api.md.
     pub submission_addr: Option<SocketAddr>,
     /// A file (mode 0600) with the base64url secret of Spark's `JWSFilter`: requests to
     /// `submission_addr` then need `Authorization: Bearer <jws>` signed with it (HS256), or
