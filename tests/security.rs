@@ -85,7 +85,7 @@ fn without_the_join_token_nothing_registers_heartbeats_reports_or_launches() {
     wait_for("the master to log the attempts", T, || {
         let log = c.master.proc.log_text();
         // Reported at most every 10 s per address, with a count: both workers are on 127.0.0.1.
-        log.contains("refused gRPC calls without a valid join token")
+        log.contains("refused gRPC calls: a valid join token is required")
             .then_some(())
     });
     assert!(api.workers().is_empty(), "{:?}", api.workers());
@@ -157,7 +157,7 @@ fn without_the_join_token_nothing_registers_heartbeats_reports_or_launches() {
         );
     });
     let good_log = c.workers[2].log_text();
-    assert!(good_log.contains("refused gRPC calls without a valid join token"));
+    assert!(good_log.contains("refused gRPC calls: a valid join token is required"));
 }
 
 #[test]
@@ -773,4 +773,644 @@ fn a_client_that_never_finishes_its_headers_is_disconnected() {
     }
     // Meanwhile and afterwards, normal requests are served.
     assert_eq!(c.api().get("/healthz").status, 200);
+}
+
+/// A test CA that issues role certificates ([`Pki::issue`]).
+struct Pki {
+    ca: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl Pki {
+    /// A CA named `name` (distinct names, as distinct real CAs have).
+    fn new(name: &str) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        Pki {
+            ca: params.self_signed(&key).unwrap(),
+            key,
+        }
+    }
+
+    /// Writes the CA certificate as `<name>.pem` in `dir`.
+    fn write_ca(&self, dir: &Path, name: &str) -> PathBuf {
+        let p = dir.join(format!("{name}.pem"));
+        std::fs::write(&p, self.ca.pem()).unwrap();
+        p
+    }
+
+    /// A certificate for localhost and 127.0.0.1 with the URI SAN `aloha:role:<role>`, written
+    /// as `<name>.pem` and `<name>.key` (0600) in `dir`.
+    fn issue(&self, dir: &Path, name: &str, role: &str) -> (String, String) {
+        use rcgen::{CertificateParams, KeyPair, SanType};
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        params.subject_alt_names.push(SanType::URI(
+            format!("aloha:role:{role}").try_into().unwrap(),
+        ));
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca, &self.key).unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        chmod(&k, 0o600);
+        (c.display().to_string(), k.display().to_string())
+    }
+}
+
+/// The cluster CA, a master certificate and the join token for a master in `dir`; the master's
+/// flags.
+fn mtls_master(dir: &Path, pki: &Pki) -> Vec<String> {
+    let ca = pki.write_ca(dir, "cluster-ca");
+    let (cert, key) = pki.issue(dir, "master", "master");
+    let token = token_file(dir, "master.token", TOKEN);
+    vec![
+        "--tls-ca".into(),
+        ca.display().to_string(),
+        "--grpc-tls-cert".into(),
+        cert,
+        "--grpc-tls-key".into(),
+        key,
+        "--join-token-file".into(),
+        token.display().to_string(),
+    ]
+}
+
+/// Worker flags for mutual TLS with `ca` and a certificate issued by `pki` with `role`.
+fn mtls_worker(dir: &Path, name: &str, pki: &Pki, role: &str, ca: &Path) -> Vec<String> {
+    let (cert, key) = pki.issue(dir, name, role);
+    let token = token_file(dir, &format!("{name}.token"), TOKEN);
+    vec![
+        "--tls-ca".into(),
+        ca.display().to_string(),
+        "--tls-cert".into(),
+        cert,
+        "--tls-key".into(),
+        key,
+        "--join-token-file".into(),
+        token.display().to_string(),
+    ]
+}
+
+/// A gRPC channel over TLS with tonic's own client (host name checked, no role check), with
+/// the client certificate `cert`/`key`.
+async fn tls_channel(url: &str, ca: &Path, cert: &str, key: &str) -> tonic::transport::Channel {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
+        .identity(Identity::from_pem(
+            std::fs::read(cert).unwrap(),
+            std::fs::read(key).unwrap(),
+        ))
+        .domain_name("localhost");
+    Endpoint::from_shared(url.replace("http://", "https://"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn with_token<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    req
+}
+
+#[test]
+fn masters_and_workers_talk_over_mutual_tls_and_plaintext_peers_are_refused() {
+    let pki = Pki::new("cluster CA");
+    let mut c = Cluster::start_with("3s", &[], |dir| mtls_master(dir, &pki));
+    let api = c.api().clone();
+    let dir = c.dir.path().to_path_buf();
+    let ca = dir.join("cluster-ca.pem");
+    let flags = mtls_worker(&dir, "good", &pki, "worker", &ca);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    c.workers.push(worker(&c, "good", &target_dir(), &flags));
+    api.wait_alive_workers(1, T);
+
+    // Worker → master (register, heartbeat, report) and master → worker (launch, kill, logs).
+    let id = api.submit_cmd("hello", &["sh", "-c", "echo over-mtls"], json!({}));
+    api.wait_state(&id, "FINISHED", T);
+    let r = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{}/api/v1/apps/{id}/logs", c.master.api.base))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "over-mtls\n");
+    let id = api.submit_cmd("long", &["sleep", "60"], json!({}));
+    api.wait_state(&id, "RUNNING", T);
+    let r = api.post(&format!("/api/v1/apps/{id}/kill"), &json!({}));
+    assert!(r.status < 300, "{:?}", r.body);
+    api.wait_state(&id, "KILLED", T);
+
+    // A worker without TLS (but with the token) never registers; the master says why.
+    let token = token_file(&dir, "plain.token", TOKEN);
+    c.workers.push(worker(
+        &c,
+        "plain",
+        &target_dir(),
+        &["--join-token-file", &token.display().to_string()],
+    ));
+    wait_for("the master to log the plaintext worker", T, || {
+        let log = c.master.proc.log_text();
+        (log.contains("refused a gRPC connection in the TLS handshake")
+            && log.contains("the peer does not speak TLS"))
+        .then_some(())
+    });
+    wait_for("the plaintext worker to give up on registering", T, || {
+        c.workers[1]
+            .log_text()
+            .contains("no master accepted the registration")
+            .then_some(())
+    });
+    let ids: Vec<_> = api.workers().iter().map(|w| w["id"].clone()).collect();
+    assert_eq!(ids, vec![json!("good")]);
+
+    // Nor can a plaintext client command the worker.
+    let address = api.workers()[0]["address"].as_str().unwrap().to_string();
+    rt().block_on(async {
+        let plain = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect()
+            .await;
+        if let Ok(ch) = plain {
+            let kill = KillAppRequest {
+                epoch: u64::MAX,
+                app_id: id.clone(),
+                attempt: 1,
+                ..Default::default()
+            };
+            let status = WorkerServiceClient::new(ch)
+                .kill_app(with_token(kill))
+                .await
+                .unwrap_err();
+            // The connection breaks (how depends on timing): no answer from the service.
+            assert!(
+                matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+                ) && std::error::Error::source(&status).is_some(),
+                "{status:?}"
+            );
+        }
+    });
+    wait_for("the worker to log the plaintext caller", T, || {
+        c.workers[0]
+            .log_text()
+            .contains("the peer does not speak TLS")
+            .then_some(())
+    });
+}
+
+#[test]
+fn certificates_from_another_ca_or_with_the_wrong_role_are_refused() {
+    let pki = Pki::new("cluster CA");
+    let mut c = Cluster::start_with("3s", &[], |dir| mtls_master(dir, &pki));
+    let api = c.api().clone();
+    let dir = c.dir.path().to_path_buf();
+    let ca = dir.join("cluster-ca.pem");
+
+    // A worker whose certificate comes from another CA, though it knows (and trusts) the
+    // cluster's: the master refuses it in the handshake.
+    let other = Pki::new("another CA");
+    let both = dir.join("both-cas.pem");
+    std::fs::write(
+        &both,
+        format!(
+            "{}{}",
+            std::fs::read_to_string(&ca).unwrap(),
+            other.ca.pem()
+        ),
+    )
+    .unwrap();
+    let flags = mtls_worker(&dir, "stranger", &other, "worker", &both);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    c.workers
+        .push(worker(&c, "stranger", &target_dir(), &flags));
+    wait_for("the master to refuse the stranger", T, || {
+        let log = c.master.proc.log_text();
+        (log.contains("refused a gRPC connection in the TLS handshake")
+            && log.contains("not issued by the cluster CA"))
+        .then_some(())
+    });
+    wait_for("the stranger to give up on registering", T, || {
+        c.workers[0]
+            .log_text()
+            .contains("no master accepted the registration")
+            .then_some(())
+    });
+
+    // A worker that is good, for the checks below.
+    let flags = mtls_worker(&dir, "good", &pki, "worker", &ca);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    c.workers.push(worker(&c, "good", &target_dir(), &flags));
+    api.wait_alive_workers(1, T);
+    let ids: Vec<_> = api.workers().iter().map(|w| w["id"].clone()).collect();
+    assert_eq!(ids, vec![json!("good")], "the stranger must never register");
+
+    // A worker's certificate (from the right CA, with the token) cannot command another
+    // worker: WorkerService takes masters only.
+    let address = api.workers()[0]["address"].as_str().unwrap().to_string();
+    let (wcert, wkey) = pki.issue(&dir, "rogue-worker", "worker");
+    let (mcert, mkey) = pki.issue(&dir, "stolen-master", "master");
+    let url = c.master.rpc_url();
+    rt().block_on(async {
+        let ch = tls_channel(&format!("http://{address}"), &ca, &wcert, &wkey).await;
+        let kill = KillAppRequest {
+            epoch: u64::MAX,
+            app_id: "app-20260101000000-0001".into(),
+            attempt: 1,
+            ..Default::default()
+        };
+        let status = WorkerServiceClient::new(ch)
+            .kill_app(with_token(kill))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        assert!(status.message().contains("aloha:role:master"), "{status:?}");
+
+        // And a master's certificate does not register a worker: MasterService takes workers.
+        let ch = tls_channel(&url, &ca, &mcert, &mkey).await;
+        let reg = RegisterWorkerRequest {
+            worker_id: "posing".into(),
+            address: "127.0.0.1:1".into(),
+            cores: 1,
+            memory_mb: 512,
+            kinds: vec!["process".into()],
+            ..Default::default()
+        };
+        let status = MasterServiceClient::new(ch)
+            .register_worker(with_token(reg))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+
+        // The right certificate but no join token: still refused.
+        let ch = tls_channel(&url, &ca, &wcert, &wkey).await;
+        let status = MasterServiceClient::new(ch)
+            .heartbeat(HeartbeatRequest {
+                worker_id: "good".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    });
+    assert!(c.workers[1]
+        .log_text()
+        .contains("refused gRPC calls: this service takes calls from masters only"));
+    wait_for("the master to log the role refusal", T, || {
+        c.master
+            .proc
+            .log_text()
+            .contains("refused gRPC calls: this service takes calls from workers only")
+            .then_some(())
+    });
+
+    // A worker dialling something with a worker's certificate (not a master) refuses it:
+    // point a worker at the good worker's port.
+    let flags = mtls_worker(&dir, "misled", &pki, "worker", &ca);
+    let mut cmd = Command::new(bin("aloha-worker"));
+    cmd.args(["--master", &format!("http://{address}")])
+        .args(["--id", "misled", "--cores", "1", "--memory-mb", "512"])
+        .arg("--work-dir")
+        .arg(dir.join("misled"))
+        .arg("--plugin-dir")
+        .arg(target_dir())
+        .args(&flags);
+    c.workers.push(Proc::spawn("misled", cmd, &dir));
+    wait_for(
+        "the misled worker to refuse a worker's certificate",
+        T,
+        || {
+            c.workers[2]
+                .log_text()
+                .contains("lacks the URI SAN aloha:role:master (it has: aloha:role:worker)")
+                .then_some(())
+        },
+    );
+}
+
+#[test]
+fn mutual_tls_setups_that_cannot_work_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("cluster CA");
+    let ca = pki.write_ca(dir.path(), "ca").display().to_string();
+    let (wcert, wkey) = pki.issue(dir.path(), "w", "worker");
+    let (mcert, mkey) = pki.issue(dir.path(), "m", "master");
+    let other = Pki::new("another CA");
+    let (ocert, okey) = other.issue(dir.path(), "o", "master");
+    let state = dir.path().join("m").display().to_string();
+    let work = dir.path().join("w").display().to_string();
+    let cases: Vec<(&str, Vec<&str>, &str)> = vec![
+        (
+            "aloha-master",
+            vec![
+                "--tls-ca",
+                &ca,
+                "--grpc-tls-cert",
+                &wcert,
+                "--grpc-tls-key",
+                &wkey,
+            ],
+            "no URI SAN aloha:role:master",
+        ),
+        (
+            "aloha-master",
+            vec![
+                "--tls-ca",
+                &ca,
+                "--grpc-tls-cert",
+                &ocert,
+                "--grpc-tls-key",
+                &okey,
+            ],
+            "is not issued by --tls-ca",
+        ),
+        (
+            "aloha-master",
+            vec![
+                "--tls-ca",
+                &ca,
+                "--grpc-tls-cert",
+                &mcert,
+                "--grpc-tls-key",
+                &wkey,
+            ],
+            "the key does not belong to the certificate",
+        ),
+        (
+            "aloha-master",
+            vec!["--tls-ca", &ca],
+            "tls_ca needs this master's certificate and key",
+        ),
+        (
+            "aloha-worker",
+            vec!["--tls-ca", &ca, "--tls-cert", &mcert, "--tls-key", &mkey],
+            "no URI SAN aloha:role:worker",
+        ),
+        (
+            "aloha-worker",
+            vec!["--tls-ca", &ca],
+            "tls_ca, tls_cert and tls_key go together",
+        ),
+    ];
+    for (daemon, flags, expected) in cases {
+        let place = if daemon == "aloha-master" {
+            ["--state-dir", &state]
+        } else {
+            ["--work-dir", &work]
+        };
+        let out = Command::new(bin(daemon))
+            .args(place)
+            .args(&flags)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{daemon} {flags:?} started");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{daemon} {flags:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+}
+
+#[test]
+fn masters_watch_each_other_over_mutual_tls() {
+    let dir = tempfile::Builder::new()
+        .prefix("aloha-sec-")
+        .tempdir()
+        .unwrap();
+    let etcd = EtcdCluster::start(1, dir.path());
+    let pki = Pki::new("cluster CA");
+    let mut masters: Vec<MasterProc> = (0..2)
+        .map(|i| {
+            let opts = MasterOpts {
+                http_port: free_port(),
+                rpc_port: free_port(),
+                state_dir: dir.path().join(format!("m{i}")),
+                worker_timeout: "3s".into(),
+                etcd: Some((etcd.endpoints(), "10s".into())),
+            };
+            let own = dir.path().join(format!("m{i}-pki"));
+            std::fs::create_dir(&own).unwrap();
+            let extra = mtls_master(&own, &pki);
+            MasterProc::start_with(&format!("m{i}"), opts, extra, dir.path())
+        })
+        .collect();
+    let leader = aloha_e2e::leader_of(&masters, T);
+    wait_for("the standby to watch the leader", T, || {
+        masters[leader]
+            .proc
+            .log_text()
+            .contains("a standby watches this leader")
+            .then_some(())
+    });
+    masters[leader].proc.kill9();
+    let standby = 1 - leader;
+    wait_for("the standby to revoke the dead leader's lease", T, || {
+        masters[standby]
+            .proc
+            .log_text()
+            .contains("revoked its lease (fast failover)")
+            .then_some(())
+    });
+    aloha_e2e::leader_of(&masters[standby..=standby], T);
+    drop(etcd);
+}
+
+/// A compact JWS over `header` and `claims` (JSON texts), HMAC-SHA256-signed with `key`.
+fn jws(key: &[u8], header: &str, claims: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use hmac::Mac;
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims)
+    );
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(input.as_bytes());
+    format!(
+        "{input}.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    )
+}
+
+#[test]
+fn sparks_submission_port_takes_sparks_jws_bearer() {
+    use base64::Engine;
+    let port = free_port();
+    let key = [42u8; 32];
+    // Padded, as Spark's documentation makes it (Java's URL encoder).
+    let secret = base64::engine::general_purpose::URL_SAFE.encode(key);
+    // Off loopback with --auth off: the JWS secret alone guards the port.
+    let c = Cluster::start_with("3s", &[], |dir| {
+        let f = token_file(dir, "jws.secret", &secret);
+        vec![
+            "--submission-addr".into(),
+            format!("0.0.0.0:{port}"),
+            "--submission-jws-secret-file".into(),
+            f.display().to_string(),
+        ]
+    });
+    let base = format!("http://127.0.0.1:{port}/v1/submissions");
+    let create = json!({"action": "CreateSubmissionRequest", "appResource": "x.jar",
+        "mainClass": "Main", "appArgs": [], "clientSparkVersion": "4.0.1",
+        "environmentVariables": {}, "sparkProperties": {"spark.app.name": "jws"}});
+    let good = jws(&key, r#"{"alg":"HS256","typ":"JWT"}"#, r#"{"sub":"ci"}"#);
+
+    // Refused: no bearer, another secret, alg none, a changed payload, expired, an Aloha-style
+    // token.
+    let r = http(None)
+        .post(format!("{base}/create"))
+        .json(&create)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    let none = {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.",
+            URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#),
+            URL_SAFE_NO_PAD.encode("{}")
+        )
+    };
+    let mut tampered: Vec<String> = good.split('.').map(String::from).collect();
+    tampered[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"sub":"admin"}"#);
+    let bad = [
+        jws(&[7u8; 32], r#"{"alg":"HS256"}"#, "{}"),
+        none,
+        jws(&key, r#"{"alg":"none"}"#, "{}"),
+        jws(&key, r#"{"alg":"HS512"}"#, "{}"),
+        tampered.join("."),
+        jws(&key, r#"{"alg":"HS256"}"#, r#"{"exp":1000}"#),
+        TOKEN.to_string(),
+    ];
+    for token in &bad {
+        let r = http(Some(token))
+            .post(format!("{base}/create"))
+            .json(&create)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 401, "{token}");
+        let r = http(Some(token))
+            .get(format!("{base}/status/app-20260101000000-0001"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 401, "{token}");
+    }
+    assert!(c.api().get("/api/v1/apps").body["apps"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    // Accepted: create, status and kill with the JWS.
+    let r = http(Some(&good))
+        .post(format!("{base}/create"))
+        .json(&create)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(body["success"], true, "{body}");
+    let id = body["submissionId"].as_str().unwrap().to_string();
+    let r = http(Some(&good))
+        .get(format!("{base}/status/{id}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let later = jws(
+        &key,
+        r#"{"alg":"HS256"}"#,
+        &format!(r#"{{"exp":{}}}"#, chrono_now() + 600),
+    );
+    let r = http(Some(&later))
+        .post(format!("{base}/kill/{id}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    c.api().wait_state(&id, "KILLED", T);
+}
+
+fn chrono_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn a_submission_jws_secret_that_is_short_or_open_is_refused_at_start() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let short = token_file(
+        dir.path(),
+        "short",
+        &base64::engine::general_purpose::URL_SAFE.encode([1u8; 16]),
+    );
+    let open = token_file(
+        dir.path(),
+        "open",
+        &base64::engine::general_purpose::URL_SAFE.encode([1u8; 32]),
+    );
+    chmod(&open, 0o644);
+    for (f, expected) in [
+        (&short, "at least 32"),
+        (&open, "permissions 0644 are too open"),
+    ] {
+        let out = Command::new(bin("aloha-master"))
+            .arg("--state-dir")
+            .arg(dir.path().join("m"))
+            .arg("--submission-jws-secret-file")
+            .arg(f)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{err}");
+    }
+}
+
+#[test]
+fn with_auth_required_the_submission_port_takes_a_jws_or_an_aloha_token() {
+    use base64::Engine;
+    let port = free_port();
+    let key = [9u8; 48];
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key);
+    let c = Cluster::start_with("3s", &[], |dir| {
+        let mut args = required_auth(dir);
+        let f = token_file(dir, "jws.secret", &secret);
+        args.extend([
+            "--submission-addr".into(),
+            format!("127.0.0.1:{port}"),
+            "--submission-jws-secret-file".into(),
+            f.display().to_string(),
+        ]);
+        args
+    });
+    let status = format!("http://127.0.0.1:{port}/v1/submissions/status/app-20260101000000-0001");
+    // On loopback too: with a secret set, the port is no longer open.
+    assert_eq!(http(None).get(&status).send().unwrap().status(), 401);
+    let wrong = jws(&[1u8; 48], r#"{"alg":"HS256"}"#, "{}");
+    assert_eq!(
+        http(Some(&wrong)).get(&status).send().unwrap().status(),
+        401
+    );
+    let good = jws(&key, r#"{"alg":"HS256"}"#, "{}");
+    assert_eq!(http(Some(&good)).get(&status).send().unwrap().status(), 200);
+    assert_eq!(http(Some(TOKEN)).get(&status).send().unwrap().status(), 200);
+    drop(c);
 }

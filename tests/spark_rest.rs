@@ -466,3 +466,80 @@ fn the_protocol_errors_and_alohas_own_request_over_plain_http() {
     assert_eq!((r.status, &r.body["success"]), (200, &json!(false)));
     assert_eq!(r.body["action"], "SubmissionStatusResponse");
 }
+
+/// Makes a JWS with jjwt, the library Spark's `JWSFilter` verifies with, from pyspark's jars,
+/// the way a Spark client signs: `Keys.hmacShaKeyFor(Decoders.BASE64URL.decode(secret))`.
+const MAKE_JWS: &str = r#"
+import io.jsonwebtoken.Jwts;
+import io.jsonwebtoken.io.Decoders;
+import io.jsonwebtoken.security.Keys;
+
+public class MakeJws {
+    public static void main(String[] args) {
+        System.out.print(Jwts.builder()
+            .subject("ci")
+            .signWith(Keys.hmacShaKeyFor(Decoders.BASE64URL.decode(args[0])))
+            .compact());
+    }
+}
+"#;
+
+#[test]
+fn a_jws_made_by_jjwt_as_for_sparks_jws_filter_is_accepted() {
+    use base64::Engine;
+    let home = spark_home();
+    let port = free_port();
+    let secret =
+        base64::engine::general_purpose::URL_SAFE.encode(*b"an HS256 secret of 32 bytes, ok.");
+    let other = base64::engine::general_purpose::URL_SAFE.encode([5u8; 32]);
+    let c = Cluster::start_with("10s", &[], |dir| {
+        let f = dir.join("jws.secret");
+        std::fs::write(&f, &secret).unwrap();
+        std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let mut args = submission_args(port);
+        args.extend([
+            "--submission-jws-secret-file".into(),
+            f.display().to_string(),
+        ]);
+        args
+    });
+    let src = c.dir.path().join("jws");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("MakeJws.java"), MAKE_JWS).unwrap();
+    let jars = format!("{}/jars/*", home.display());
+    run(
+        Command::new("javac")
+            .args(["-cp", &jars, "-d"])
+            .arg(&src)
+            .arg(src.join("MakeJws.java")),
+        "javac",
+    );
+    let make = |secret: &str| {
+        run(
+            Command::new("java").args([
+                "-cp",
+                &format!("{}:{jars}", src.display()),
+                "MakeJws",
+                secret,
+            ]),
+            "java MakeJws",
+        )
+        .trim()
+        .to_string()
+    };
+    let status = format!("http://127.0.0.1:{port}/v1/submissions/status/app-20260101000000-0001");
+    let client = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let get = |token: Option<&str>| {
+        let mut r = client.get(&status);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send().unwrap().status().as_u16()
+    };
+    assert_eq!(get(None), 401);
+    assert_eq!(get(Some(&make(&other))), 401);
+    assert_eq!(get(Some(&make(&secret))), 200);
+}

@@ -17,13 +17,33 @@ pub struct Config {
     /// gRPC listen address for workers.
     pub rpc_addr: SocketAddr,
     /// Spark's REST submission protocol (`spark-submit --deploy-mode cluster`) listens here;
-    /// off when unset. Unauthenticated: see docs/rest-api.md.
+    /// off when unset. Open on loopback only; see `submission_jws_secret_file` and
+    /// docs/rest-api.md.
     pub submission_addr: Option<SocketAddr>,
+    /// A file (mode 0600) with the base64url secret of Spark's `JWSFilter`: requests to
+    /// `submission_addr` then need `Authorization: Bearer <jws>` signed with it (HS256), or
+    /// (with `auth = "required"`) an Aloha token; see [`crate::jws`].
+    pub submission_jws_secret_file: Option<PathBuf>,
+    /// The secret read from `submission_jws_secret_file` by [`Args::into_config`].
+    #[serde(skip)]
+    pub submission_jws: Option<crate::jws::JwsKey>,
     /// A PEM certificate chain: with `tls_key`, the REST API and the console are served over
     /// HTTPS (TLS 1.2 and 1.3, rustls).
     pub tls_cert: Option<PathBuf>,
     /// The PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// The cluster's PEM CA: mutual TLS on every gRPC link (workers, standbys, the leader). This
+    /// master's certificate is `grpc_tls_cert` (or `tls_cert`) and carries the URI SAN
+    /// `aloha:role:master`; peers must present certificates issued by this CA with their role
+    /// (`aloha_proto::tls`).
+    pub tls_ca: Option<PathBuf>,
+    /// The PEM certificate chain for gRPC with `tls_ca`; unset: `tls_cert`.
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// The PEM private key of `grpc_tls_cert`; unset: `tls_key`.
+    pub grpc_tls_key: Option<PathBuf>,
+    /// Loaded from `tls_ca` and the gRPC certificate by [`Args::into_config`].
+    #[serde(skip)]
+    pub mutual_tls: Option<aloha_proto::tls::MutualTls>,
     /// HTTP address advertised to clients and other masters (defaults to `http_addr`).
     pub advertise_http: Option<String>,
     /// gRPC address advertised to workers (defaults to `rpc_addr`).
@@ -102,8 +122,14 @@ impl Default for Config {
             http_addr: "127.0.0.1:8080".parse().expect("literal address"),
             rpc_addr: "127.0.0.1:7077".parse().expect("literal address"),
             submission_addr: None,
+            submission_jws_secret_file: None,
+            submission_jws: None,
             tls_cert: None,
             tls_key: None,
+            tls_ca: None,
+            grpc_tls_cert: None,
+            grpc_tls_key: None,
+            mutual_tls: None,
             advertise_http: None,
             advertise_rpc: None,
             state_dir: PathBuf::from("./aloha-data/master"),
@@ -137,6 +163,40 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The gRPC mutual TLS setup of `tls_ca` and `grpc_tls_cert`/`grpc_tls_key` (or
+    /// `tls_cert`/`tls_key`); none without `tls_ca`.
+    fn load_mutual_tls(&self) -> Result<Option<aloha_proto::tls::MutualTls>, ConfigError> {
+        if self.grpc_tls_cert.is_some() != self.grpc_tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "grpc_tls_cert and grpc_tls_key go together: give both or neither".into(),
+            ));
+        }
+        let Some(ca) = &self.tls_ca else {
+            if self.grpc_tls_cert.is_some() {
+                return Err(ConfigError::Invalid(
+                    "grpc_tls_cert is for mutual TLS: give tls_ca (the cluster CA) too".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let (cert, key) = match (&self.grpc_tls_cert, &self.grpc_tls_key) {
+            (Some(c), Some(k)) => (c, k),
+            _ => match (&self.tls_cert, &self.tls_key) {
+                (Some(c), Some(k)) => (c, k),
+                _ => {
+                    return Err(ConfigError::Invalid(
+                        "tls_ca needs this master's certificate and key: grpc_tls_cert and \
+                         grpc_tls_key, or tls_cert and tls_key"
+                            .into(),
+                    ))
+                }
+            },
+        };
+        aloha_proto::tls::MutualTls::load(aloha_proto::tls::PeerRole::Master, cert, key, ca)
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
     /// The heartbeat interval workers are told to use: a quarter of the timeout, so three
     /// heartbeats can be lost before a worker is declared dead.
     pub fn heartbeat_interval(&self) -> Duration {
@@ -191,9 +251,13 @@ pub struct Args {
     #[arg(long, env = "ALOHA_RPC_ADDR")]
     pub rpc_addr: Option<SocketAddr>,
     /// Serve Spark's REST submission protocol here, e.g. 127.0.0.1:6066 [default: off].
-    /// No authentication: bind it to loopback or put it behind an authenticating proxy.
+    /// Open on loopback; elsewhere it needs --auth required or --submission-jws-secret-file.
     #[arg(long, env = "ALOHA_SUBMISSION_ADDR")]
     pub submission_addr: Option<SocketAddr>,
+    /// File (chmod 600) with a base64url secret, as Spark's JWSFilter takes it: requests to
+    /// --submission-addr then need `Authorization: Bearer <jws>` signed with it (HS256).
+    #[arg(long, env = "ALOHA_SUBMISSION_JWS_SECRET_FILE")]
+    pub submission_jws_secret_file: Option<PathBuf>,
     /// HTTP address advertised to clients [default: the http address].
     #[arg(long, env = "ALOHA_ADVERTISE_HTTP")]
     pub advertise_http: Option<String>,
@@ -244,6 +308,17 @@ pub struct Args {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "ALOHA_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// PEM CA of the cluster: mutual TLS on every gRPC link; peers need certificates from it
+    /// with their role (URI SAN aloha:role:master / aloha:role:worker).
+    #[arg(long, env = "ALOHA_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM certificate (chain) of this master for gRPC, with URI SAN aloha:role:master
+    /// [default: --tls-cert].
+    #[arg(long, env = "ALOHA_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// PEM private key of --grpc-tls-cert [default: --tls-key].
+    #[arg(long, env = "ALOHA_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    pub grpc_tls_key: Option<PathBuf>,
     /// REST API authentication [default: off on a loopback --http-addr, required otherwise].
     #[arg(long, env = "ALOHA_AUTH", value_enum)]
     pub auth: Option<crate::auth::AuthMode>,
@@ -299,6 +374,13 @@ impl Args {
         }
         if let Some(v) = self.submission_addr {
             cfg.submission_addr = Some(v);
+        }
+        if let Some(v) = self.submission_jws_secret_file {
+            cfg.submission_jws_secret_file = Some(v);
+        }
+        if let Some(path) = &cfg.submission_jws_secret_file {
+            cfg.submission_jws =
+                Some(crate::jws::JwsKey::from_file(path).map_err(ConfigError::Invalid)?);
         }
         if let Some(v) = self.advertise_http {
             cfg.advertise_http = Some(v);
@@ -377,6 +459,16 @@ impl Args {
                 "tls_cert and tls_key go together: give both or neither".into(),
             ));
         }
+        if let Some(v) = self.tls_ca {
+            cfg.tls_ca = Some(v);
+        }
+        if let Some(v) = self.grpc_tls_cert {
+            cfg.grpc_tls_cert = Some(v);
+        }
+        if let Some(v) = self.grpc_tls_key {
+            cfg.grpc_tls_key = Some(v);
+        }
+        cfg.mutual_tls = cfg.load_mutual_tls()?;
         if let Some(v) = self.bootstrap_token_file {
             cfg.bootstrap_token_file = Some(v);
         }

@@ -20,7 +20,8 @@
 //! - [`events`]: the event log; [`listeners`]: listener plugins; [`stream`]: the SSE stream.
 //! - [`logs`]: apps' `stdout`/`stderr`, proxied from their workers.
 //! - [`http`]: the REST API and [`error`], its one error type; [`metrics`]: Prometheus
-//!   metrics; [`submission`]: Spark's REST submission protocol (`--submission-addr`).
+//!   metrics; [`submission`]: Spark's REST submission protocol (`--submission-addr`), and
+//!   [`jws`], the Spark JWS bearer it may take.
 //! - [`clock`]: injected time.
 
 pub mod auth;
@@ -32,6 +33,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod jws;
 pub mod lease;
 pub mod listeners;
 pub mod liveness;
@@ -50,6 +52,7 @@ pub mod worker_client;
 use std::sync::Arc;
 
 use aloha_proto::master_service_server::MasterServiceServer;
+use aloha_proto::tls::PeerRole;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tracing::info;
@@ -59,9 +62,8 @@ pub use config::Config;
 /// Runs a master until SIGTERM or Ctrl-C: single-node over the embedded store, or HA over etcd
 /// when `etcd_endpoints` is set.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let connector: Arc<dyn worker_client::WorkerConnector> = Arc::new(
-        worker_client::GrpcWorkerConnector::new(cfg.join_token.clone()),
-    );
+    let connector: Arc<dyn worker_client::WorkerConnector> =
+        Arc::new(worker_client::GrpcWorkerConnector::from_config(&cfg));
 
     // Bind before anything else so a port clash fails fast and nothing changes.
     let http_listener = TcpListener::bind(cfg.http_addr)
@@ -71,11 +73,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", cfg.rpc_addr))?;
     if let Some(addr) = cfg.submission_addr {
-        if !addr.ip().is_loopback() && cfg.auth_mode() != auth::AuthMode::Required {
+        if !addr.ip().is_loopback()
+            && cfg.auth_mode() != auth::AuthMode::Required
+            && cfg.submission_jws.is_none()
+        {
             anyhow::bail!(
                 "Spark's REST submission protocol has no authentication of its own: bind \
                  --submission-addr to a loopback address, or use --auth required so that its \
-                 requests need a token (got {addr})"
+                 requests need a token, or --submission-jws-secret-file so that they need \
+                 Spark's JWS bearer (got {addr})"
             );
         }
     }
@@ -156,23 +162,33 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         stop_rx.clone(),
     )?;
     let mut rpc_stop = stop_rx.clone();
-    let rpc = tonic::transport::Server::builder()
+    let rpc_stopped = async move {
+        let _ = rpc_stop.changed().await;
+    };
+    // With mutual TLS, workers call MasterService and standbys call PeerService, each with
+    // the certificate of its role.
+    let role = |r| cfg.mutual_tls.as_ref().map(|_| r);
+    let routes = tonic::transport::Server::builder()
         .add_service(MasterServiceServer::with_interceptor(
             rpc::MasterRpc::new(node.clone()),
-            require_token(&cfg),
+            require_token(&cfg).with_peer_role(role(PeerRole::Worker)),
         ))
         .add_service(
             aloha_proto::peer_service_server::PeerServiceServer::with_interceptor(
                 peer::PeerRpc::new(node.clone()),
-                require_token(&cfg),
+                require_token(&cfg).with_peer_role(role(PeerRole::Master)),
             ),
-        )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(rpc_listener),
-            async move {
-                let _ = rpc_stop.changed().await;
-            },
         );
+    let rpc: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> = match &cfg.mutual_tls
+    {
+        Some(tls) => {
+            Box::pin(routes.serve_with_incoming_shutdown(tls.accept(rpc_listener), rpc_stopped))
+        }
+        None => Box::pin(routes.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(rpc_listener),
+            rpc_stopped,
+        )),
+    };
     let mode = if cfg.etcd_endpoints.is_empty() {
         format!("single-node, state in {}", cfg.state_dir.display())
     } else {
@@ -185,8 +201,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let submission_task = match submission_listener {
         None => None,
         Some(listener) => {
-            let loopback = cfg.submission_addr.is_some_and(|a| a.ip().is_loopback());
-            let router = submission::router(node.clone(), loopback);
+            // Open as Spark's own port only on loopback and without a JWS secret.
+            let open = cfg.submission_addr.is_some_and(|a| a.ip().is_loopback())
+                && cfg.submission_jws.is_none();
+            let router = submission::router(node.clone(), open);
             Some(tokio::spawn(serve_http(
                 listener,
                 router,
@@ -196,7 +214,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     };
     if let Some(addr) = cfg.submission_addr {
-        info!(%addr, "serving Spark's REST submission protocol (no authentication)");
+        let guard = match (
+            cfg.submission_jws.is_some(),
+            addr.ip().is_loopback() && cfg.submission_jws.is_none(),
+        ) {
+            (true, _) if cfg.auth_mode() == auth::AuthMode::Required => {
+                "a JWS signed with the submission secret, or a token"
+            }
+            (true, _) => "a JWS signed with the submission secret",
+            (false, true) => "no authentication: loopback only",
+            (false, false) => "a token",
+        };
+        info!(%addr, requests_need = guard, "serving Spark's REST submission protocol");
+    }
+    if let Some(tls) = &cfg.mutual_tls {
+        info!(?tls, "gRPC links use mutual TLS");
     }
     info!(http = %cfg.http_url(), rpc = %cfg.rpc_url(), %mode, "aloha-master ready");
 
@@ -218,11 +250,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// The join-token check of this master's gRPC services; refusals are logged with the caller.
 fn require_token(cfg: &config::Config) -> aloha_proto::auth::RequireToken {
-    aloha_proto::auth::RequireToken::new(cfg.join_token.clone(), |from, calls| {
+    aloha_proto::auth::RequireToken::new(cfg.join_token.clone(), |from, calls, why| {
         tracing::warn!(
-            from = %from.map_or("unknown".to_string(), |a| a.to_string()),
-            calls,
-            "refused gRPC calls without a valid join token (reported at most every 10 s per address)"
+            %from, calls,
+            "refused gRPC calls: {why} (reported at most every 10 s per address)"
         );
     })
 }

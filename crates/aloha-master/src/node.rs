@@ -110,7 +110,7 @@ impl Node {
             history,
             lease: RwLock::new(None),
             election_store: RwLock::new(None),
-            log_connector: GrpcWorkerConnector::new(cfg.join_token.clone()),
+            log_connector: GrpcWorkerConnector::from_config(&cfg),
             tokens: Arc::new(Tokens::new(
                 cfg.auth_mode(),
                 cfg.bootstrap_token.as_ref().map(|t| t.secret()),

@@ -23,6 +23,7 @@ use aloha_proto as pb;
 use aloha_proto::auth::{JoinToken, WithToken};
 use aloha_proto::peer_service_client::PeerServiceClient;
 use aloha_proto::peer_service_server::PeerService;
+use aloha_proto::tls::{PeerRole, TlsConnect};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -106,14 +107,18 @@ enum Dial {
     Unreachable(String),
 }
 
-async fn dial(leader: &LeaderInfo, me: &str, token: &Option<JoinToken>) -> Dial {
+async fn dial(
+    leader: &LeaderInfo,
+    me: &str,
+    token: &Option<JoinToken>,
+    tls: Option<&TlsConnect>,
+) -> Dial {
     let attempt = async {
         let endpoint = Endpoint::from_shared(leader.rpc.clone())
             .map_err(|e| Dial::Unreachable(e.to_string()))?
             .connect_timeout(DIAL_TIMEOUT)
             .tcp_nodelay(true);
-        let channel: Channel = endpoint
-            .connect()
+        let channel: Channel = aloha_proto::tls::connect(endpoint, tls)
             .await
             .map_err(|e| Dial::Unreachable(e.to_string()))?;
         let mut client = PeerServiceClient::with_interceptor(channel, WithToken(token.clone()));
@@ -160,6 +165,12 @@ pub async fn watch_leader(
 ) {
     let me = node.config().http_url();
     let token = node.config().join_token.clone();
+    // With mutual TLS, the leader must present a master certificate.
+    let tls = node
+        .config()
+        .mutual_tls
+        .as_ref()
+        .map(|t| t.dialer(PeerRole::Master));
     loop {
         if *stop.borrow() {
             return;
@@ -167,7 +178,7 @@ pub async fn watch_leader(
         let leader = node.leader().filter(|l| l.http != me && l.epoch > 0);
         let watched = match leader {
             Some(leader) if node.role() == Role::Standby => {
-                match dial(&leader, &me, &token).await {
+                match dial(&leader, &me, &token, tls.as_ref()).await {
                     Dial::Leads(epoch, stream) if epoch == leader.epoch => Some((leader, stream)),
                     _ => None,
                 }
@@ -193,7 +204,7 @@ pub async fn watch_leader(
                 gone = false;
                 break;
             }
-            match dial(&leader, &me, &token).await {
+            match dial(&leader, &me, &token, tls.as_ref()).await {
                 Dial::Leads(epoch, _) if epoch == leader.epoch => {
                     gone = false;
                     break;

@@ -19,7 +19,10 @@
 //! The translation of requests and the shapes of responses are pure functions (tested below);
 //! the handlers only ask the [`Node`] and the leader's [`Master`](crate::master::Master).
 //!
-//! There is no authentication: see docs/rest-api.md (Spark's CVE-2018-11770).
+//! Spark's protocol has no authentication of its own (Spark's CVE-2018-11770); here requests
+//! need, unless the port is on loopback and no JWS secret is set, Spark's JWS bearer
+//! (`--submission-jws-secret-file`, [`crate::jws`]) or an Aloha token (`--auth required`): see
+//! [`router`] and docs/rest-api.md.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -208,21 +211,56 @@ pub fn driver_state(state: AppState) -> &'static str {
 /// The router: every path goes through [`dispatch`], which routes like Spark's servlets (and
 /// answers like its `ErrorServlet` where none matches).
 ///
-/// Spark's protocol has no authentication of its own. On a loopback address it is served as
-/// Spark serves it; anywhere else it needs `--auth required`, and then every request needs a
-/// bearer token like the REST API (`submitter` to create and kill, `reader` for the status).
-pub fn router(node: Arc<Node>, loopback: bool) -> Router {
+/// Spark's protocol has no authentication of its own. `open` (a loopback address without a
+/// JWS secret): served as Spark serves it. Otherwise every request needs a bearer: a JWS
+/// signed with the `--submission-jws-secret-file` secret (Spark's `JWSFilter`: any action), or
+/// with `--auth required` a token like the REST API's (`submitter` to create and kill, `reader`
+/// for the status); else `401`.
+pub fn router(node: Arc<Node>, open: bool) -> Router {
     let r = Router::new().fallback(dispatch);
-    let r = if loopback {
+    let r = if open {
         r
     } else {
         r.layer(axum::middleware::from_fn_with_state(
             node.clone(),
-            crate::http::authorize,
+            authorize,
         ))
     };
     r.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node)
+}
+
+/// A request with a valid JWS passes; without one, an Aloha token decides when `--auth
+/// required` is on ([`crate::http::authorize`]), else `401`.
+async fn authorize(
+    State(node): State<Arc<Node>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(key) = &node.config().submission_jws else {
+        return crate::http::authorize(State(node), req, next).await;
+    };
+    if let Some(bearer) = crate::auth::bearer(req.headers()) {
+        match key.verify(bearer, chrono::Utc::now().timestamp()) {
+            Ok(()) => return next.run(req).await,
+            // An Aloha token is no JWS: only worth a debug line.
+            Err(e) => debug!("submission request without a valid JWS: {e}"),
+        }
+    }
+    if node.tokens.required() {
+        return crate::http::authorize(State(node), req, next).await;
+    }
+    let msg = if crate::auth::bearer(req.headers()).is_some() {
+        "invalid JWS: it must be HS256-signed with the submission secret"
+    } else {
+        "a JWS is required: Authorization: Bearer <jws>"
+    };
+    let mut r = crate::error::ApiError::new(StatusCode::UNAUTHORIZED, msg).into_response();
+    r.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer realm=\"aloha\""),
+    );
+    r
 }
 
 /// Where a request goes.

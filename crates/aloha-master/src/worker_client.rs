@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use aloha_proto::auth::{Authed, JoinToken, WithToken};
+use aloha_proto::tls::{PeerRole, TlsConnect};
 use aloha_proto::worker_service_client::WorkerServiceClient;
 use aloha_proto::{
     KillAppRequest, KillAppResponse, LaunchAppRequest, LaunchAppResponse, LogChunk, ReadLogRequest,
@@ -82,22 +83,34 @@ pub trait WorkerConnector: Send + Sync + 'static {
     }
 }
 
-/// The real connector: one lazily connected gRPC channel per worker address; every call
-/// carries the join token, if any.
+/// The real connector: one lazily connected gRPC channel per worker address, over mutual TLS
+/// when configured (the worker's certificate must carry the worker role); every call carries
+/// the join token, if any.
 #[derive(Default)]
 pub struct GrpcWorkerConnector {
     channels: Mutex<HashMap<String, Channel>>,
     token: WithToken,
+    tls: Option<TlsConnect>,
 }
 
 type Client = WorkerServiceClient<Authed>;
 
 impl GrpcWorkerConnector {
-    /// A connector whose calls carry `token`.
+    /// A connector whose calls carry `token`, over plain TCP.
     pub fn new(token: Option<JoinToken>) -> Self {
         GrpcWorkerConnector {
             channels: Mutex::default(),
             token: WithToken(token),
+            tls: None,
+        }
+    }
+
+    /// The connector of a master's configuration: its join token and mutual TLS, if any.
+    pub fn from_config(cfg: &crate::Config) -> Self {
+        GrpcWorkerConnector {
+            channels: Mutex::default(),
+            token: WithToken(cfg.join_token.clone()),
+            tls: cfg.mutual_tls.as_ref().map(|t| t.dialer(PeerRole::Worker)),
         }
     }
 
@@ -118,11 +131,11 @@ impl GrpcWorkerConnector {
         } else {
             format!("http://{address}")
         };
-        let ch = Endpoint::from_shared(url)
+        let endpoint = Endpoint::from_shared(url)
             .map_err(|e| format!("bad worker address {address:?}: {e}"))?
             .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy();
+            .timeout(Duration::from_secs(10));
+        let ch = aloha_proto::tls::connect_lazy(endpoint, self.tls.as_ref());
         channels.insert(address.to_string(), ch.clone());
         Ok(WorkerServiceClient::with_interceptor(
             ch,

@@ -7,8 +7,10 @@
 //! as `authorization: Bearer <token>` metadata; use TLS where the network is not trusted, or it
 //! can be read on the wire.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use subtle::ConstantTimeEq;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
@@ -123,46 +125,41 @@ pub type Authed =
 /// flood the log.
 pub const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Checks calls to a server against the join token (if any); `on_refused` hears of refusals
-/// (the caller's address, if known, and how many calls from it were refused since the last
-/// report), at most once per [`REPORT_EVERY`] per address, e.g. to log them.
+/// Where a [`Reporter`] sends reports: `(address, count, reason)`.
+type Sink = Arc<dyn Fn(&str, u64, &str) + Send + Sync>;
+
+/// When each `(address, reason)` was last reported, and how often it happened since.
+type Reported = HashMap<(String, String), (Instant, u64)>;
+
+/// Reports refusals and failures to a callback at most once per [`REPORT_EVERY`] per address and
+/// reason, with how many happened since the last report.
 #[derive(Clone)]
-pub struct RequireToken {
-    token: Option<JoinToken>,
-    on_refused: Arc<dyn Fn(Option<std::net::SocketAddr>, u64) + Send + Sync>,
-    reported: Arc<std::sync::Mutex<ReportState>>,
+pub struct Reporter {
+    sink: Sink,
+    last: Arc<std::sync::Mutex<Reported>>,
 }
 
-#[derive(Default)]
-struct ReportState {
-    last: std::collections::HashMap<Option<std::net::IpAddr>, (std::time::Instant, u64)>,
-}
-
-impl RequireToken {
-    /// Requires `token` (none: every call passes).
-    pub fn new(
-        token: Option<JoinToken>,
-        on_refused: impl Fn(Option<std::net::SocketAddr>, u64) + Send + Sync + 'static,
-    ) -> Self {
-        RequireToken {
-            token,
-            on_refused: Arc::new(on_refused),
-            reported: Arc::default(),
+impl Reporter {
+    /// Reports to `sink(address, count, reason)`.
+    pub fn new(sink: impl Fn(&str, u64, &str) + Send + Sync + 'static) -> Self {
+        Reporter {
+            sink: Arc::new(sink),
+            last: Arc::default(),
         }
     }
 
-    fn refused(&self, from: Option<std::net::SocketAddr>) {
-        let now = std::time::Instant::now();
+    /// Counts one refusal of `from` for `reason`; reports it unless reported recently.
+    pub fn report(&self, from: &str, reason: &str) {
+        let now = Instant::now();
         let report = {
-            let mut st = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+            // A std mutex: held for a map update, never across an await.
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
             // Bounded: forget addresses not seen for a while.
-            if st.last.len() > 10_000 {
-                st.last
-                    .retain(|_, (at, _)| now.duration_since(*at) < REPORT_EVERY);
+            if last.len() > 10_000 {
+                last.retain(|_, (at, _)| now.duration_since(*at) < REPORT_EVERY);
             }
-            let entry = st
-                .last
-                .entry(from.map(|a| a.ip()))
+            let entry = last
+                .entry((from.to_string(), reason.to_string()))
                 .or_insert((now - REPORT_EVERY, 0));
             entry.1 += 1;
             if now.duration_since(entry.0) >= REPORT_EVERY {
@@ -174,22 +171,79 @@ impl RequireToken {
             }
         };
         if let Some(n) = report {
-            (self.on_refused)(from, n);
+            (self.sink)(from, n, reason);
         }
+    }
+}
+
+/// Checks calls to a server against the join token (if any) and, with mutual TLS, the role in
+/// the caller's certificate; refusals are reported (the caller's address or `unknown`, how many
+/// calls from it were refused since the last report, why) at most once per [`REPORT_EVERY`] per
+/// address and reason, e.g. to log them.
+#[derive(Clone)]
+pub struct RequireToken {
+    token: Option<JoinToken>,
+    role: Option<crate::tls::PeerRole>,
+    reporter: Reporter,
+}
+
+impl RequireToken {
+    /// Requires `token` (none: every call passes).
+    pub fn new(
+        token: Option<JoinToken>,
+        on_refused: impl Fn(&str, u64, &str) + Send + Sync + 'static,
+    ) -> Self {
+        RequireToken {
+            token,
+            role: None,
+            reporter: Reporter::new(on_refused),
+        }
+    }
+
+    /// Also requires a TLS client certificate with `role` (none: no certificate check; the
+    /// server then runs without mutual TLS). Calls without one are `PERMISSION_DENIED`, or
+    /// `UNAUTHENTICATED` when no certificate came at all.
+    pub fn with_peer_role(mut self, role: Option<crate::tls::PeerRole>) -> Self {
+        self.role = role;
+        self
+    }
+
+    fn check_role(&self, req: &Request<()>) -> Result<(), Status> {
+        let Some(role) = self.role else {
+            return Ok(());
+        };
+        let certs = req.peer_certs();
+        let Some(cert) = certs.as_ref().and_then(|c| c.first()) else {
+            return Err(Status::unauthenticated(
+                "a TLS client certificate issued by the cluster CA is required (--tls-ca)",
+            ));
+        };
+        if crate::tls::has_role(cert, role) {
+            return Ok(());
+        }
+        Err(Status::permission_denied(format!(
+            "this service takes calls from {role}s only: the client certificate must carry the \
+             URI SAN {} (it has: {})",
+            role.uri(),
+            crate::tls::roles_shown(cert)
+        )))
     }
 }
 
 impl Interceptor for RequireToken {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        match &self.token {
-            Some(t) if !t.admits(req.metadata()) => {
-                self.refused(req.remote_addr());
-                Err(Status::unauthenticated(
-                    "a valid join token is required (--join-token-file)",
-                ))
+        let refused = match (&self.token, self.check_role(&req)) {
+            (_, Err(status)) => status,
+            (Some(t), Ok(())) if !t.admits(req.metadata()) => {
+                Status::unauthenticated("a valid join token is required (--join-token-file)")
             }
-            _ => Ok(req),
-        }
+            _ => return Ok(req),
+        };
+        let from = req
+            .remote_addr()
+            .map_or("unknown".to_string(), |a| a.ip().to_string());
+        self.reporter.report(&from, refused.message());
+        Err(refused)
     }
 }
 
@@ -238,11 +292,11 @@ mod tests {
     #[test]
     fn a_server_without_a_token_admits_everything_and_with_one_refuses_and_reports() {
         let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut open = RequireToken::new(None, |_, _| {});
+        let mut open = RequireToken::new(None, |_, _, _| {});
         assert!(open.call(Request::new(())).is_ok());
         let t = JoinToken::new("0123456789abcdef0123").unwrap();
         let r = refused.clone();
-        let mut strict = RequireToken::new(Some(t.clone()), move |_, n| {
+        let mut strict = RequireToken::new(Some(t.clone()), move |_, n, _| {
             r.fetch_add(n as usize, std::sync::atomic::Ordering::SeqCst);
         });
         let status = strict.call(Request::new(())).unwrap_err();

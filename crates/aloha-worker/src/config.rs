@@ -38,6 +38,17 @@ pub struct Config {
     /// The token read from `join_token_file` by [`Args::into_config`].
     #[serde(skip)]
     pub join_token: Option<aloha_proto::auth::JoinToken>,
+    /// The cluster's PEM CA: mutual TLS on the gRPC links to and from masters, with
+    /// `tls_cert`/`tls_key` (URI SAN `aloha:role:worker`) as this worker's certificate
+    /// (`aloha_proto::tls`).
+    pub tls_ca: Option<PathBuf>,
+    /// This worker's PEM certificate chain for mutual TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Loaded from `tls_ca`, `tls_cert` and `tls_key` by [`Args::into_config`].
+    #[serde(skip)]
+    pub mutual_tls: Option<aloha_proto::tls::MutualTls>,
     /// Per-kind plugin settings, handed to the plugin as its configuration (JSON).
     pub plugins: BTreeMap<String, serde_json::Value>,
     /// Log filter (tracing-subscriber `EnvFilter` syntax).
@@ -58,6 +69,10 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(30),
             join_token_file: None,
             join_token: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            mutual_tls: None,
             plugins: BTreeMap::new(),
             log: "info".into(),
         }
@@ -106,6 +121,15 @@ pub struct Args {
     /// File with the join token the masters require (chmod 600).
     #[arg(long, env = "ALOHA_JOIN_TOKEN_FILE")]
     pub join_token_file: Option<PathBuf>,
+    /// PEM CA of the cluster: mutual TLS with the masters (with --tls-cert and --tls-key).
+    #[arg(long, env = "ALOHA_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM certificate (chain) of this worker, with URI SAN aloha:role:worker.
+    #[arg(long, env = "ALOHA_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "ALOHA_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Log filter [default: info].
     #[arg(long, env = "ALOHA_LOG")]
     pub log: Option<String>,
@@ -139,8 +163,30 @@ impl Args {
             cores,
             memory_mb,
             plugin_dir,
-            join_token_file
+            join_token_file,
+            tls_ca,
+            tls_cert,
+            tls_key
         );
+        cfg.mutual_tls = match (&cfg.tls_ca, &cfg.tls_cert, &cfg.tls_key) {
+            (None, None, None) => None,
+            (Some(ca), Some(cert), Some(key)) => Some(
+                aloha_proto::tls::MutualTls::load(
+                    aloha_proto::tls::PeerRole::Worker,
+                    cert,
+                    key,
+                    ca,
+                )
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+            ),
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "tls_ca, tls_cert and tls_key go together (mutual TLS with the masters): \
+                     give all three or none"
+                        .into(),
+                ))
+            }
+        };
         if let Some(path) = &cfg.join_token_file {
             cfg.join_token =
                 Some(aloha_proto::auth::JoinToken::from_file(path).map_err(ConfigError::Invalid)?);

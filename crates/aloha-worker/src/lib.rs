@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aloha_proto::tls::PeerRole;
 use aloha_proto::worker_service_server::WorkerServiceServer;
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -102,26 +103,37 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (rpc_stop_tx, mut rpc_stop_rx) = tokio::sync::watch::channel(false);
-    let server = tonic::transport::Server::builder()
-        .add_service(WorkerServiceServer::with_interceptor(
+    let routes =
+        tonic::transport::Server::builder().add_service(WorkerServiceServer::with_interceptor(
             rpc::WorkerRpc::new(worker.clone()),
-            aloha_proto::auth::RequireToken::new(cfg.join_token.clone(), |from, calls| {
+            aloha_proto::auth::RequireToken::new(cfg.join_token.clone(), |from, calls, why| {
                 warn!(
-                    from = %from.map_or("unknown".to_string(), |a| a.to_string()),
-                    calls,
-                    "refused gRPC calls without a valid join token (reported at most every 10 s per address)"
+                    %from, calls,
+                    "refused gRPC calls: {why} (reported at most every 10 s per address)"
                 );
-            }),
-        ))
-        .serve_with_incoming_shutdown(
+            })
+            // With mutual TLS only masters may command this worker.
+            .with_peer_role(cfg.mutual_tls.as_ref().map(|_| PeerRole::Master)),
+        ));
+    let stopped = async move {
+        let _ = rpc_stop_rx.changed().await;
+    };
+    let server = match &cfg.mutual_tls {
+        Some(tls) => {
+            info!(?tls, "gRPC links use mutual TLS");
+            tokio::spawn(routes.serve_with_incoming_shutdown(tls.accept(listener), stopped))
+        }
+        None => tokio::spawn(routes.serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async move {
-                let _ = rpc_stop_rx.changed().await;
-            },
-        );
-    let server = tokio::spawn(server);
-    let session =
-        session::Session::new(worker.clone(), cfg.masters.clone(), cfg.join_token.clone());
+            stopped,
+        )),
+    };
+    let session = session::Session::new(
+        worker.clone(),
+        cfg.masters.clone(),
+        cfg.join_token.clone(),
+        cfg.mutual_tls.as_ref().map(|t| t.dialer(PeerRole::Master)),
+    );
     let session_task = tokio::spawn(session.run(stop_rx));
 
     aloha_daemon::shutdown_signal().await;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use aloha_proto as pb;
 use aloha_proto::auth::{Authed, JoinToken, WithToken};
 use aloha_proto::master_service_client::MasterServiceClient;
+use aloha_proto::tls::TlsConnect;
 use tokio::sync::{watch, RwLock};
 use tonic::transport::Endpoint;
 use tracing::{debug, error, info, warn};
@@ -35,15 +36,20 @@ pub struct Session {
     masters: Vec<String>,
     leader: RwLock<Option<Leader>>,
     token: WithToken,
+    tls: Option<TlsConnect>,
 }
 
-fn client_for(url: &str, token: &WithToken) -> Result<MasterServiceClient<Authed>, String> {
+fn client_for(
+    url: &str,
+    token: &WithToken,
+    tls: Option<&TlsConnect>,
+) -> Result<MasterServiceClient<Authed>, String> {
     let ep = Endpoint::from_shared(url.to_string())
         .map_err(|e| format!("bad master URL {url:?}: {e}"))?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5));
     Ok(MasterServiceClient::with_interceptor(
-        ep.connect_lazy(),
+        aloha_proto::tls::connect_lazy(ep, tls),
         token.clone(),
     ))
 }
@@ -57,17 +63,20 @@ fn normalise(url: &str) -> String {
 }
 
 impl Session {
-    /// A session for `worker` over `masters`.
+    /// A session for `worker` over `masters`, whose calls carry `token`, over mutual TLS with
+    /// `tls` (which requires the master role of the servers).
     pub fn new(
         worker: Arc<Worker>,
         masters: Vec<String>,
         token: Option<JoinToken>,
+        tls: Option<TlsConnect>,
     ) -> Arc<Session> {
         Arc::new(Session {
             worker,
             masters,
             leader: RwLock::new(None),
             token: WithToken(token),
+            tls,
         })
     }
 
@@ -96,8 +105,9 @@ impl Session {
                 tried.push(url.clone());
                 let req = req.clone();
                 let token = self.token.clone();
+                let tls = self.tls.clone();
                 calls.spawn(async move {
-                    let mut client = match client_for(&url, &token) {
+                    let mut client = match client_for(&url, &token, tls.as_ref()) {
                         Ok(c) => c,
                         Err(e) => return (url, None, Err(tonic::Status::unavailable(e))),
                     };
@@ -142,6 +152,7 @@ impl Session {
                             tonic::Code::AlreadyExists
                                 | tonic::Code::InvalidArgument
                                 | tonic::Code::Unauthenticated
+                                | tonic::Code::PermissionDenied
                         ) =>
                     {
                         refused = Some(status);
