@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use aloha_core::api::Role;
 use aloha_core::cluster::Lookup;
+use aloha_core::namespace::Scope;
 use aloha_core::{AppId, AppState, SubmitRequest};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -39,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{debug, info};
 
+use crate::http::CallerScope;
 use crate::master::{present, MasterError};
 use crate::node::Node;
 
@@ -61,11 +63,12 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Spark properties that are about how the client submitted, not about the driver: the driver
 /// runs on the worker's `--master` (`[plugins.spark] master`), in client mode, and gets its name
 /// as `--name`.
-const CLIENT_ONLY_PROPERTIES: [&str; 4] = [
+const CLIENT_ONLY_PROPERTIES: [&str; 5] = [
     "spark.master",
     "spark.submit.deployMode",
     "spark.master.rest.enabled",
     "spark.app.name",
+    NAMESPACE_PROPERTY,
 ];
 const SPARK_FIELDS: [&str; 8] = [
     "action",
@@ -77,9 +80,10 @@ const SPARK_FIELDS: [&str; 8] = [
     "environmentVariables",
     "message",
 ];
-const ALOHA_FIELDS: [&str; 9] = [
+const ALOHA_FIELDS: [&str; 10] = [
     "action",
     "name",
+    "namespace",
     "entryPoint",
     "libs",
     "args",
@@ -88,6 +92,9 @@ const ALOHA_FIELDS: [&str; 9] = [
     "supervise",
     "message",
 ];
+
+/// The Spark property that names the driver's namespace (default `default`).
+pub const NAMESPACE_PROPERTY: &str = "spark.aloha.namespace";
 
 /// What the server says it runs, in `serverSparkVersion` (Spark's client only shows it).
 pub fn server_version() -> String {
@@ -305,14 +312,20 @@ fn route(method: &Method, path: &str) -> Route {
     }
 }
 
-async fn dispatch(State(node): State<Arc<Node>>, method: Method, uri: Uri, body: Bytes) -> Answer {
+async fn dispatch(
+    State(node): State<Arc<Node>>,
+    CallerScope(scope): CallerScope,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Answer {
     let hint = format!(
         " Please submit requests through http://[host]:[port]/{PROTOCOL_VERSION}/submissions/..."
     );
     match route(&method, uri.path()) {
-        Route::Create => create(&node, &body).await,
+        Route::Create => create(&node, &scope, &body).await,
         Route::Status(id) => status(&node, &id).await,
-        Route::Kill(id) => kill(&node, &id).await,
+        Route::Kill(id) => kill(&node, &scope, &id).await,
         Route::Method(what) => error(StatusCode::METHOD_NOT_ALLOWED, format!("{what}.{hint}")),
         Route::Missing(what) => bad_request(format!("{what}{hint}")),
         Route::Version(v) => {
@@ -346,6 +359,7 @@ struct SparkCreate {
 #[serde(rename_all = "camelCase")]
 struct AlohaCreate {
     name: Option<String>,
+    namespace: Option<String>,
     entry_point: Option<String>,
     libs: Option<Vec<String>>,
     /// The spec: a JSON string holding an object (an object itself is taken too).
@@ -489,6 +503,10 @@ fn spark_request(req: SparkCreate) -> Result<SubmitRequest, String> {
         "memory_mb": memory_mb,
         "labels": {"submitted_via": "spark-rest", "spark_client_version": version},
     });
+    // The namespace, as a Spark property (`--conf spark.aloha.namespace=team-a`).
+    if let Some(ns) = props.get(NAMESPACE_PROPERTY) {
+        body["namespace"] = ns.clone().into();
+    }
     if supervise {
         supervised(&mut body);
     }
@@ -515,6 +533,9 @@ fn aloha_request(req: AlohaCreate) -> Result<SubmitRequest, String> {
         "libs": req.libs.unwrap_or_default(),
         "labels": {"submitted_via": "aloha-rest"},
     });
+    if let Some(ns) = req.namespace {
+        body["namespace"] = ns.into();
+    }
     if let Some(m) = req.memory {
         body["memory_mb"] = m.into();
     }
@@ -601,12 +622,15 @@ fn master_error(e: MasterError) -> Answer {
     let status = match e {
         MasterError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         MasterError::Submit(_) | MasterError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        MasterError::Forbidden(_) => StatusCode::FORBIDDEN,
+        MasterError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
+        MasterError::AppNotFound(_) | MasterError::NamespaceNotFound(_) => StatusCode::NOT_FOUND,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, e.to_string())
 }
 
-async fn create(node: &Node, body: &[u8]) -> Answer {
+async fn create(node: &Node, scope: &Scope, body: &[u8]) -> Answer {
     let t = match translate(body) {
         Ok(t) => t,
         Err(why) => return bad_request(why),
@@ -615,7 +639,7 @@ async fn create(node: &Node, body: &[u8]) -> Answer {
     let Ok(master) = node.leader_master().await else {
         return not_alive(node, Action::Create, what, None);
     };
-    match master.submit(t.request, None).await {
+    match master.submit_as(scope, t.request, None).await {
         Ok(s) => {
             let id = s.app.id.to_string();
             info!(app_id = %id, kind = %s.app.kind, "submitted through the REST submission protocol");
@@ -661,13 +685,13 @@ async fn status(node: &Node, id: &str) -> Answer {
     Answer(StatusCode::OK, reply)
 }
 
-async fn kill(node: &Node, id: &str) -> Answer {
+async fn kill(node: &Node, scope: &Scope, id: &str) -> Answer {
     let what = "kill drivers";
     let Ok(master) = node.leader_master().await else {
         return not_alive(node, Action::Kill, what, Some(id));
     };
     let reason = Some("killed through the REST submission protocol".to_string());
-    match master.kill(id, reason).await {
+    match master.kill_as(scope, id, reason).await {
         Ok(_) => Answer(
             StatusCode::OK,
             Reply::new(
@@ -751,6 +775,30 @@ mod tests {
         );
         assert_eq!(r.labels["submitted_via"], "spark-rest");
         assert_eq!(r.labels["spark_client_version"], "4.0.1");
+        assert!(t.unknown_fields.is_empty());
+    }
+
+    #[test]
+    fn the_namespace_comes_from_a_spark_property_or_the_aloha_field() {
+        let t = translated(&spark_body(json!({"spark.app.name": "x"}))).unwrap();
+        assert_eq!(t.request.namespace, "default");
+        let t = translated(&spark_body(
+            json!({"spark.app.name": "x", "spark.aloha.namespace": "team-a"}),
+        ))
+        .unwrap();
+        assert_eq!(t.request.namespace, "team-a");
+        assert!(
+            t.request.spec["conf"]
+                .get("spark.aloha.namespace")
+                .is_none(),
+            "the property is the master's, not the driver's"
+        );
+        let t = translated(
+            &json!({"action": "CreateSubmissionRequest", "name": "n", "entryPoint": "process",
+                    "args": "{\"command\": [\"true\"]}", "namespace": "team-b"}),
+        )
+        .unwrap();
+        assert_eq!(t.request.namespace, "team-b");
         assert!(t.unknown_fields.is_empty());
     }
 
