@@ -199,6 +199,7 @@ const SUBMIT_FIELDS: &[&str] = &[
     "max_backoff",
     "on_demand",
     "libs",
+    "namespace",
 ];
 
 /// A submission broken in one to three places. It asks for 64 cores: when it is valid after
@@ -217,6 +218,7 @@ fn submission() -> impl Strategy<Value = Value> {
 
 const SCHEDULE_FIELDS: &[&str] = &[
     "name",
+    "namespace",
     "app",
     "cron",
     "every",
@@ -230,6 +232,8 @@ const SCHEDULE_FIELDS: &[&str] = &[
     "jitter",
     "paused",
 ];
+
+const NAMESPACE_FIELDS: &[&str] = &["quota", "weight"];
 
 /// A schedule that would never fire (paused, once a year), broken in one to three places.
 fn schedule() -> impl Strategy<Value = Value> {
@@ -1016,6 +1020,49 @@ fn rest_properties(p: &mut Properties, f: &Fixture) {
                 return unchanged("the schedule count", before.0, after.0);
             }
             unchanged("a refused patch", before, after)
+        },
+    );
+    // PUT /api/v1/namespaces/{name}: a refused one changes no namespace; an accepted one is a
+    // valid name with a valid quota and weight.
+    let ns = f
+        .api
+        .put("/api/v1/namespaces/hostile-ns", &json!({"weight": 1}));
+    assert_eq!(ns.status, 200, "{:?}", ns.body);
+    let spec = edits(NAMESPACE_FIELDS)
+        .prop_map(|e| apply(json!({"quota": {"max_queued_apps": 10}, "weight": 1}), &e));
+    p.run(
+        "PUT /api/v1/namespaces/{name}",
+        300,
+        (
+            path_id(vec!["hostile-ns".into(), "hostile-ns-2".into()]),
+            prop_oneof![
+                4 => spec.prop_map(|v| v.to_string().into_bytes()),
+                1 => raw_body(),
+            ],
+        ),
+        |(name, body)| {
+            let namespaces = || f.api.get("/api/v1/namespaces").body;
+            let before = namespaces();
+            let a = f.send(
+                Method::PUT,
+                &format!("/api/v1/namespaces/{name}"),
+                Some("application/json"),
+                Some(body),
+            )?;
+            client_error_ok("PUT /api/v1/namespaces/{name}", &a)?;
+            if a.status == 200 {
+                // A DNS label: a-z, 0-9 and '-', 1 to 63, a letter or digit at both ends.
+                let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+                let label = (1..=63).contains(&name.len())
+                    && name.chars().all(|c| ok(c) || c == '-')
+                    && name.starts_with(ok)
+                    && name.ends_with(ok);
+                prop_assert!(label, "accepted the namespace name {name:?}");
+                let w = a.body["weight"].as_u64().unwrap_or(0);
+                prop_assert!((1..=1_000_000).contains(&w), "accepted weight {w}");
+                return Ok(());
+            }
+            unchanged("a refused namespace", before, namespaces())
         },
     );
     // Whatever the generated schedules would start, they start nothing now.
