@@ -1414,3 +1414,22 @@ fn with_auth_required_the_submission_port_takes_a_jws_or_an_aloha_token() {
     assert_eq!(http(Some(TOKEN)).get(&status).send().unwrap().status(), 200);
     drop(c);
 }
+
+#[test]
+fn a_worker_with_mutual_tls_explains_why_a_plaintext_master_does_not_answer() {
+    let pki = Pki::new("cluster CA");
+    let mut c = Cluster::start("3s", &[]);
+    let dir = c.dir.path().to_path_buf();
+    let ca = pki.write_ca(&dir, "cluster-ca");
+    let flags = mtls_worker(&dir, "tls-only", &pki, "worker", &ca);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    c.workers
+        .push(worker(&c, "tls-only", &target_dir(), &flags));
+    wait_for("the worker to say why it cannot register", T, || {
+        let log = c.workers[0].log_text();
+        (log.contains("cannot connect over mutual TLS")
+            && log.contains("is --tls-ca set on both sides?"))
+        .then_some(())
+    });
+    assert!(c.api().workers().is_empty());
+}
