@@ -99,18 +99,17 @@ logger.rest.name = org.apache.spark.deploy.rest
 logger.rest.level = info
 ";
 
-/// A `SPARK_CONF_DIR` whose log4j2 configuration shows the client's INFO lines.
+/// A `SPARK_CONF_DIR` whose log4j2 configuration shows the client's INFO lines. It lives in
+/// the target dir (one per test binary's target, rewritten by each run), not in a temp dir a
+/// static would never remove.
 fn client_conf() -> &'static Path {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("aloha-spark-conf-")
-            .tempdir()
-            .unwrap();
-        std::fs::write(dir.path().join("log4j2.properties"), LOG4J2).unwrap();
+        let dir = aloha_e2e::target_dir().join("spark-client-conf");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("log4j2.properties"), LOG4J2).unwrap();
         dir
     })
-    .path()
 }
 
 /// Runs pyspark's `spark-submit` (the client) with `args`; its whole output.

@@ -124,6 +124,7 @@ pub fn app_detail(app: &App) -> String {
     let mut rows = vec![
         ("Id", app.id.to_string()),
         ("Name", clean(&app.name)),
+        ("Namespace", clean(&app.namespace)),
         ("Kind", clean(&app.kind)),
         ("State", app.state.to_string()),
         ("Message", app.message.as_deref().map_or(dash(), clean)),
@@ -351,6 +352,7 @@ pub fn schedule_detail(info: &ScheduleInfo) -> String {
     let mut rows = vec![
         ("Id", clean(s.id.as_str())),
         ("Name", clean(&spec.name)),
+        ("Namespace", clean(&spec.namespace)),
         ("State", info.state.to_string()),
         ("Rule", rule(info)),
         ("Time zone", zone.map_or_else(|| "UTC".to_string(), clean)),
@@ -793,6 +795,7 @@ mod tests {
         let expected = "\
 Id:              app-20240102030405-0007
 Name:            nightly-etl
+Namespace:       default
 Kind:            process
 State:           RUNNING
 Message:         worker w1 lost; relaunching (retry 1 of 2)
@@ -1037,6 +1040,7 @@ Members:  http://m1:8080, http://m2:8080
         let expected = "\
 Id:              sched-20261203093000-0001
 Name:            hourly
+Namespace:       default
 State:           ACTIVE
 Rule:            cron 0 * * * *
 Time zone:       Europe/Berlin

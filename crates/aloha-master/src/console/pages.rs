@@ -478,6 +478,7 @@ pub(crate) async fn schedule(
             }
         }
         dl.fields {
+            dt { "Namespace" } dd { (spec.namespace) }
             dt { "Rule" } dd { (rule(spec)) }
             dt { "Overlap" } dd { (api_name(&spec.overlap)) }
             dt { "Misfire" } dd { (api_name(&spec.misfire)) " (grace " (aloha_core::app::format_duration(spec.misfire_grace)) ")" }
