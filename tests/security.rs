@@ -206,12 +206,24 @@ fn a_join_token_file_others_can_read_is_refused_at_start() {
 
 #[test]
 fn masters_watch_each_other_with_the_join_token() {
+    two_masters_watch_and_fail_over(|dir, _| {
+        let f = dir.join("token");
+        if !f.exists() {
+            token_file(dir, "token", TOKEN);
+        }
+        vec!["--join-token-file".into(), f.display().to_string()]
+    });
+}
+
+/// Two HA masters on a one-member etcd, each started with `flags(dir, i)`: the standby
+/// watches the leader; after a SIGKILL of the leader it revokes the leader's lease (fast
+/// failover) and leads.
+fn two_masters_watch_and_fail_over(flags: impl Fn(&Path, usize) -> Vec<String>) {
     let dir = tempfile::Builder::new()
         .prefix("aloha-sec-")
         .tempdir()
         .unwrap();
     let etcd = EtcdCluster::start(1, dir.path());
-    let f = token_file(dir.path(), "token", TOKEN);
     let mut masters: Vec<MasterProc> = (0..2)
         .map(|i| {
             let opts = MasterOpts {
@@ -221,7 +233,7 @@ fn masters_watch_each_other_with_the_join_token() {
                 worker_timeout: "3s".into(),
                 etcd: Some((etcd.endpoints(), "10s".into())),
             };
-            let extra = vec!["--join-token-file".into(), f.display().to_string()];
+            let extra = flags(dir.path(), i);
             MasterProc::start_with(&format!("m{i}"), opts, extra, dir.path())
         })
         .collect();
@@ -1188,46 +1200,12 @@ fn mutual_tls_setups_that_cannot_work_are_refused_at_start() {
 
 #[test]
 fn masters_watch_each_other_over_mutual_tls() {
-    let dir = tempfile::Builder::new()
-        .prefix("aloha-sec-")
-        .tempdir()
-        .unwrap();
-    let etcd = EtcdCluster::start(1, dir.path());
     let pki = Pki::new("cluster CA");
-    let mut masters: Vec<MasterProc> = (0..2)
-        .map(|i| {
-            let opts = MasterOpts {
-                http_port: free_port(),
-                rpc_port: free_port(),
-                state_dir: dir.path().join(format!("m{i}")),
-                worker_timeout: "3s".into(),
-                etcd: Some((etcd.endpoints(), "10s".into())),
-            };
-            let own = dir.path().join(format!("m{i}-pki"));
-            std::fs::create_dir(&own).unwrap();
-            let extra = mtls_master(&own, &pki);
-            MasterProc::start_with(&format!("m{i}"), opts, extra, dir.path())
-        })
-        .collect();
-    let leader = aloha_e2e::leader_of(&masters, T);
-    wait_for("the standby to watch the leader", T, || {
-        masters[leader]
-            .proc
-            .log_text()
-            .contains("a standby watches this leader")
-            .then_some(())
+    two_masters_watch_and_fail_over(|dir, i| {
+        let own = dir.join(format!("m{i}-pki"));
+        std::fs::create_dir(&own).unwrap();
+        mtls_master(&own, &pki)
     });
-    masters[leader].proc.kill9();
-    let standby = 1 - leader;
-    wait_for("the standby to revoke the dead leader's lease", T, || {
-        masters[standby]
-            .proc
-            .log_text()
-            .contains("revoked its lease (fast failover)")
-            .then_some(())
-    });
-    aloha_e2e::leader_of(&masters[standby..=standby], T);
-    drop(etcd);
 }
 
 /// A compact JWS over `header` and `claims` (JSON texts), HMAC-SHA256-signed with `key`.

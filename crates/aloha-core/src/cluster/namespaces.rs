@@ -216,28 +216,29 @@ impl Cluster {
     /// Refuses a new app in a namespace that does not exist, or whose queue is at its
     /// `max_queued_apps`.
     pub(super) fn admit_app(&self, namespace: &str) -> Result<(), OpError> {
-        if !self.namespace_exists(namespace) {
-            return Err(OpError::Submit(SubmitError::UnknownNamespace(
-                namespace.to_string(),
-            )));
-        }
-        let Some(e) = self.namespaces.get(namespace) else {
-            return Ok(());
-        };
-        if let Some(max) = e.quota().max_queued_apps {
-            if e.usage.queued_apps >= max {
-                return Err(OpError::Quota(format!(
-                    "namespace {namespace} is at its quota max_queued_apps = {max} ({} apps queued)",
-                    e.usage.queued_apps
-                )));
-            }
-        }
-        Ok(())
+        self.admit(namespace, "max_queued_apps", "apps queued", |q, u| {
+            (q.max_queued_apps, u.queued_apps)
+        })
     }
 
     /// Refuses a new schedule in a namespace that does not exist, or that is at its
     /// `max_schedules`.
     pub(super) fn admit_schedule(&self, namespace: &str) -> Result<(), OpError> {
+        self.admit(namespace, "max_schedules", "schedules", |q, u| {
+            (q.max_schedules, u.schedules)
+        })
+    }
+
+    /// Refuses one more of something in `namespace` when it does not exist or when `limit`
+    /// (its quota's maximum, and how many it has) is reached; `quota` and `counted` name them
+    /// in the error.
+    fn admit(
+        &self,
+        namespace: &str,
+        quota: &str,
+        counted: &str,
+        limit: impl Fn(&Quota, &Usage) -> (Option<u64>, u64),
+    ) -> Result<(), OpError> {
         if !self.namespace_exists(namespace) {
             return Err(OpError::Submit(SubmitError::UnknownNamespace(
                 namespace.to_string(),
@@ -246,15 +247,12 @@ impl Cluster {
         let Some(e) = self.namespaces.get(namespace) else {
             return Ok(());
         };
-        if let Some(max) = e.quota().max_schedules {
-            if e.usage.schedules >= max {
-                return Err(OpError::Quota(format!(
-                    "namespace {namespace} is at its quota max_schedules = {max} ({} schedules)",
-                    e.usage.schedules
-                )));
-            }
+        match limit(&e.quota(), &e.usage) {
+            (Some(max), n) if n >= max => Err(OpError::Quota(format!(
+                "namespace {namespace} is at its quota {quota} = {max} ({n} {counted})"
+            ))),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Creates or changes namespace `name` (`PUT /api/v1/namespaces/{name}`). A lower quota
