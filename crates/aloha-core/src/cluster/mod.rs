@@ -1164,14 +1164,13 @@ impl Cluster {
             .namespaces
             .get(&app.namespace)
             .map_or(0, |e| e.queue.waiting(&shape));
-        let held = self.quota_reason(&app);
-        let placement = match self.capacity.best(&shape) {
-            _ if held.is_some() => Placement::Waiting(held.unwrap_or_default()),
-            Some(w) if ahead == 0 => Placement::Worker(w),
-            Some(_) => Placement::Waiting(format!(
+        let placement = match (self.quota_reason(&app), self.capacity.best(&shape)) {
+            (Some(held), _) => Placement::Waiting(held),
+            (None, Some(w)) if ahead == 0 => Placement::Worker(w),
+            (None, Some(_)) => Placement::Waiting(format!(
                 "queued behind {ahead} waiting apps of the same kind and size"
             )),
-            None => Placement::Waiting(self.wait_reason(&app)),
+            (None, None) => Placement::Waiting(self.wait_reason(&app)),
         };
         Ok((app, placement))
     }
