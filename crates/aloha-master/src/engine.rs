@@ -406,7 +406,8 @@ impl Engine {
         next_tick.min(tokio::time::Instant::now() + wait)
     }
 
-    /// Runs a schedule operation on the cluster.
+    /// Refuses a schedule operation by a caller whose scope does not hold the namespace of the
+    /// schedule it creates or acts on.
     fn authorize_schedule(&self, scope: &Scope, cmd: &ScheduleCmd) -> Result<(), OpError> {
         let target = match cmd {
             ScheduleCmd::Create(req) => Target::Namespace(&req.namespace, "the schedule"),
@@ -420,6 +421,7 @@ impl Engine {
         self.cluster.authorize(scope, target)
     }
 
+    /// Runs a schedule operation on the cluster.
     fn schedule_op(
         &mut self,
         cmd: ScheduleCmd,
