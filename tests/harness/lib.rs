@@ -225,6 +225,11 @@ pub struct Resp {
     pub body: Value,
 }
 
+/// How long the harness's clients keep an idle connection for reuse: well under the master's
+/// 10 s header timeout, which also closes a keep-alive connection idle that long, so a request
+/// never goes out on a connection the master is closing.
+const IDLE_REUSE: Duration = Duration::from_secs(5);
+
 /// A small blocking client for the REST API.
 #[derive(Clone)]
 pub struct Api {
@@ -240,6 +245,7 @@ impl Api {
             base: base.trim_end_matches('/').to_string(),
             client: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(10))
+                .pool_idle_timeout(IDLE_REUSE)
                 .build()
                 .expect("http client"),
         }
@@ -256,6 +262,7 @@ impl Api {
             base: base.trim_end_matches('/').to_string(),
             client: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(10))
+                .pool_idle_timeout(IDLE_REUSE)
                 .default_headers(headers)
                 .build()
                 .expect("http client"),
