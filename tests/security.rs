@@ -790,6 +790,26 @@ fn a_client_that_never_finishes_its_headers_is_disconnected() {
     assert_eq!(Api::new(&c.api().base).get("/healthz").status, 200);
 }
 
+/// Waits until `c`'s master logs that it refused the TLS handshake of worker `worker` (its
+/// index in `c.workers`) because `why`, and the worker gives up on registering.
+fn refused_in_the_handshake(c: &Cluster, worker: usize, why: &str) {
+    wait_for(
+        &format!("the master to refuse worker {worker}: {why}"),
+        T,
+        || {
+            let log = c.master.proc.log_text();
+            (log.contains("refused a gRPC connection in the TLS handshake") && log.contains(why))
+                .then_some(())
+        },
+    );
+    wait_for("the refused worker to give up on registering", T, || {
+        c.workers[worker]
+            .log_text()
+            .contains("no master accepted the registration")
+            .then_some(())
+    });
+}
+
 /// A test CA that issues role certificates ([`Pki::issue`]).
 struct Pki {
     ca: rcgen::Certificate,
@@ -940,18 +960,7 @@ fn masters_and_workers_talk_over_mutual_tls_and_plaintext_peers_are_refused() {
         &target_dir(),
         &["--join-token-file", &token.display().to_string()],
     ));
-    wait_for("the master to log the plaintext worker", T, || {
-        let log = c.master.proc.log_text();
-        (log.contains("refused a gRPC connection in the TLS handshake")
-            && log.contains("the peer does not speak TLS"))
-        .then_some(())
-    });
-    wait_for("the plaintext worker to give up on registering", T, || {
-        c.workers[1]
-            .log_text()
-            .contains("no master accepted the registration")
-            .then_some(())
-    });
+    refused_in_the_handshake(&c, 1, "the peer does not speak TLS");
     let ids: Vec<_> = api.workers().iter().map(|w| w["id"].clone()).collect();
     assert_eq!(ids, vec![json!("good")]);
 
@@ -1016,18 +1025,7 @@ fn certificates_from_another_ca_or_with_the_wrong_role_are_refused() {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     c.workers
         .push(worker(&c, "stranger", &target_dir(), &flags));
-    wait_for("the master to refuse the stranger", T, || {
-        let log = c.master.proc.log_text();
-        (log.contains("refused a gRPC connection in the TLS handshake")
-            && log.contains("not issued by the cluster CA"))
-        .then_some(())
-    });
-    wait_for("the stranger to give up on registering", T, || {
-        c.workers[0]
-            .log_text()
-            .contains("no master accepted the registration")
-            .then_some(())
-    });
+    refused_in_the_handshake(&c, 0, "not issued by the cluster CA");
 
     // A worker that is good, for the checks below.
     let flags = mtls_worker(&dir, "good", &pki, "worker", &ca);
