@@ -275,6 +275,61 @@ fn a_running_program_is_reported_by_closing_the_pipe() {
     assert!(!out.contains(&pipe), "the report pipe {pipe} leaked: {out}");
 }
 
+/// `--report-fd 0`, as the worker's plugins start it: the pipe is the supervisor's stdin, handed
+/// over without any code between fork and exec (so std can use `posix_spawn`).
+#[test]
+fn a_report_pipe_on_stdin_is_moved_away_and_the_program_reads_dev_null() {
+    let (read, write) = pipe();
+    let name = std::fs::read_link(format!("/proc/self/fd/{}", write.as_raw_fd()))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let mut child = Command::new(SUPERVISE)
+        .args(["--report-fd", "0", &this_pid().to_string(), "--"])
+        .args([
+            "sh",
+            "-c",
+            "readlink /proc/self/fd/0; for fd in /proc/self/fd/*; do readlink $fd; done; exit 3",
+        ])
+        .stdin(Stdio::from(write))
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut report = String::new();
+    std::fs::File::from(read)
+        .read_to_string(&mut report)
+        .unwrap();
+    assert_eq!(report, "", "end of file without a word: the program runs");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(3));
+    assert_eq!(out.lines().next(), Some("/dev/null"), "{out}");
+    assert!(name.starts_with("pipe:"), "{name}");
+    assert!(!out.contains(&name), "the report pipe {name} leaked: {out}");
+
+    // A program that cannot run is told on the same pipe.
+    let (read, write) = pipe();
+    let mut child = Command::new(SUPERVISE)
+        .args(["--report-fd", "0", &this_pid().to_string(), "--"])
+        .arg("/nonexistent/aloha-program")
+        .stdin(Stdio::from(write))
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut report = String::new();
+    std::fs::File::from(read)
+        .read_to_string(&mut report)
+        .unwrap();
+    assert_eq!(report, "No such file or directory (os error 2)");
+    assert_eq!(child.wait().unwrap().code(), Some(127));
+}
+
 #[test]
 fn the_whole_group_dies_with_the_parent() {
     // The parent (a shell standing in for the worker) starts the supervisor, prints its pid, and

@@ -52,15 +52,30 @@
 //! one line explaining why it cannot start the program, if so, and exits with 127; otherwise
 //! it closes it, without a word, once the program was exec'd (`Command::spawn` returns only
 //! after a successful exec: std learns of exec failures through a close-on-exec pipe of its own).
-//! End of file without a message therefore means "the program runs"; the launcher then writes
-//! the pid file and reports the start. Without `--report-fd` the same messages go to stderr.
+//! End of file without a message therefore means "the program runs"; the launcher then
+//! reports the start. Without `--report-fd` the same messages go to stderr.
+//!
+//! `--report-fd 0` says the pipe is the supervisor's standard input. The worker's plugins start
+//! the supervisor that way: a launcher that only hands over stdio needs no code between fork
+//! and exec, so std starts the supervisor with `posix_spawn` (a `vfork`-style clone) instead
+//! of `fork`, which copies the whole multi-threaded worker's page tables first. The supervisor
+//! then moves the pipe above 2 and gives the program `/dev/null` as its standard input.
 //!
 //! std and libc only: after start-up it only makes system calls and allocates nothing.
+//!
+//! ## Start-up cost
+//! Every app start waits for this program's start, so it skips std's runtime start-up
+//! (`#![no_main]`: no stack-overflow guard, which reads `/proc/self/maps`, no alternate signal
+//! stack) and only ignores SIGPIPE as std would. `std::env::args_os` still works: on Linux
+//! glibc std takes the arguments from an init-array function, not from `main`.
+
+// Test builds keep libtest's own `main`.
+#![cfg_attr(not(test), no_main)]
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -108,8 +123,8 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
         report_fd = Some(
             fd.to_str()
                 .and_then(|s| s.parse::<RawFd>().ok())
-                .filter(|fd| *fd > 2)
-                .ok_or_else(|| format!("--report-fd {fd:?} is not a descriptor above 2"))?,
+                .filter(|fd| *fd == 0 || *fd > 2)
+                .ok_or_else(|| format!("--report-fd {fd:?} is not 0 or a descriptor above 2"))?,
         );
         next = args.next();
     }
@@ -136,10 +151,15 @@ struct Report(Option<File>);
 
 impl Report {
     /// Takes over descriptor `fd`, marking it close-on-exec so the program does not inherit it.
+    /// Descriptor 0 (the pipe is our standard input) is moved above 2 first, and `/dev/null`
+    /// takes its place, so the program's standard input is `/dev/null`.
     fn take(fd: Option<RawFd>) -> Result<Report, String> {
         let Some(fd) = fd else {
             return Ok(Report(None));
         };
+        if fd == 0 {
+            return Self::take_stdin();
+        }
         // SAFETY: fcntl on any number is sound; it fails with EBADF when nothing is open there.
         if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
             return Err(format!("--report-fd {fd}: {}", io::Error::last_os_error()));
@@ -147,6 +167,28 @@ impl Report {
         // SAFETY: the descriptor is open (fcntl succeeded) and was handed to us alone, by
         // command line, to own; nothing else in this process uses it.
         Ok(Report(Some(unsafe { File::from_raw_fd(fd) })))
+    }
+
+    /// `--report-fd 0`: moves the pipe from descriptor 0 to a close-on-exec one above 2 and
+    /// opens `/dev/null` on 0 for the program.
+    fn take_stdin() -> Result<Report, String> {
+        // SAFETY: fcntl on descriptor 0; F_DUPFD_CLOEXEC returns a new descriptor or -1.
+        let moved = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
+        if moved == -1 {
+            return Err(format!("--report-fd 0: {}", io::Error::last_os_error()));
+        }
+        // SAFETY: a descriptor fcntl just created for us alone.
+        let pipe = unsafe { File::from_raw_fd(moved) };
+        let null = File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
+        // SAFETY: dup2 between two open descriptors; 0 is replaced (closing our copy of the
+        // pipe), and `null` is dropped after, leaving 0 as the only descriptor of /dev/null.
+        if unsafe { libc::dup2(null.as_raw_fd(), 0) } == -1 {
+            return Err(format!(
+                "cannot put /dev/null on standard input: {}",
+                io::Error::last_os_error()
+            ));
+        }
+        Ok(Report(Some(pipe)))
     }
 
     /// Tells why the program does not start.
@@ -181,7 +223,23 @@ impl Report {
     }
 }
 
+/// The C entry point (see "Start-up cost").
+#[cfg(not(test))]
+#[no_mangle]
+pub extern "C" fn main(_argc: c_int, _argv: *const *const libc::c_char) -> c_int {
+    // What std's start-up would have done for us: a closed pipe is an error, not a death.
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    run()
+}
+
+/// Unused in test builds, where libtest's harness is the entry point.
+#[cfg(test)]
 fn main() {
+    run()
+}
+
+fn run() -> ! {
     let args = match parse(std::env::args_os().skip(1)) {
         Ok(args) => args,
         Err(e) => {

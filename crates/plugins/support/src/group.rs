@@ -10,26 +10,29 @@
 //! ## The supervisor
 //! When the host hands plugins a supervisor (`AppContext::supervisor`, the worker's
 //! `aloha-supervise`), the group's leader is the supervisor and the program is its child:
-//! `aloha-supervise --report-fd FD <host pid> -- <program> [args...]`, with the stdio,
-//! environment and directory the program was given. Its parent-death signal is SIGUSR2 instead
-//! of SIGKILL: on it the supervisor kills the whole group, so that the program's children die
-//! with the host too, which the sweep here cannot do once the host is gone. It passes the
+//! `aloha-supervise --report-fd 0 <host pid> -- <program> [args...]`, with the stdout, stderr,
+//! environment and directory the program was given (its stdin is `/dev/null`). The supervisor
+//! arms its own parent-death signal, SIGUSR2, and checks that the host is still its parent: on
+//! that signal it kills the whole group, so that the program's children die with the host too,
+//! which the sweep here cannot do once the host is gone. As nothing has to run between fork
+//! and exec, std starts it with `posix_spawn`, which does not copy the host's page tables as
+//! `fork` does (about half a millisecond for the worker on a small VM). It passes the
 //! program's end on as its own (the same exit code, or death by the same signal), so everything
 //! below reads the leader's status as before, and the leader's pid is still the group id.
 //!
 //! A program that cannot be run must still fail the start with the usual wording. The
 //! supervisor's own exec succeeds then, so `spawn` cannot tell: the monitor gives it the write
-//! end of a close-on-exec pipe (`--report-fd`, cleared of close-on-exec in the forked child
-//! only), drops its own copy and reads the pipe to end of file. The supervisor writes why the
-//! program cannot run (std's `spawn` error, `No such file or directory (os error 2)`) and exits,
-//! or closes the pipe without a word once the program was exec'd. Only then is the start
-//! reported. Checking the program beforehand instead (exists, executable) would race with the
+//! end of a close-on-exec pipe as its standard input (`--report-fd 0`; the supervisor moves it
+//! out of the program's way), drops its own copy, writes the pid file meanwhile, and reads the
+//! pipe to end of file. The supervisor writes why the program cannot run (std's `spawn` error,
+//! `No such file or directory (os error 2)`) and exits, or closes the pipe without a word once
+//! the program was exec'd. Only then is the start reported. Checking the program beforehand instead (exists, executable) would race with the
 //! file system and miss the failures only exec finds (a bad interpreter, a missing loader).
 
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
@@ -76,8 +79,8 @@ struct Supervised {
     report: Result<ReportPipe, String>,
 }
 
-/// Both ends of the report pipe, close-on-exec in this process. The write end's number is on
-/// the supervisor's command line; only the forked child clears its close-on-exec flag.
+/// Both ends of the report pipe, close-on-exec in this process. The write end becomes the
+/// supervisor's standard input (`--report-fd 0`).
 struct ReportPipe {
     read: OwnedFd,
     write: OwnedFd,
@@ -92,19 +95,6 @@ impl ReportPipe {
         }
         // SAFETY: pipe2 succeeded, so both are open descriptors that nothing else owns.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // The child's stdio is set up on 0, 1 and 2 before the write end is kept open for the
-        // supervisor; it must not be one of them (only possible if this process closed its own).
-        let write = if write.as_raw_fd() > 2 {
-            write
-        } else {
-            // SAFETY: fcntl on an open descriptor; F_DUPFD_CLOEXEC returns a new one or -1.
-            let moved = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
-            if moved == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: a descriptor fcntl just created for us alone.
-            unsafe { OwnedFd::from_raw_fd(moved) }
-        };
         Ok(ReportPipe { read, write })
     }
 }
@@ -123,10 +113,8 @@ impl Launch {
                 let report = ReportPipe::new()
                     .map_err(|e| format!("cannot create a pipe for the supervisor: {e}"));
                 let mut command = Command::new(path);
-                if let Ok(pipe) = &report {
-                    command
-                        .arg("--report-fd")
-                        .arg(pipe.write.as_raw_fd().to_string());
+                if report.is_ok() {
+                    command.arg("--report-fd").arg("0");
                 }
                 // getpid is the same in every thread: the monitor thread's process is ours.
                 // SAFETY: getpid has no preconditions.
@@ -149,7 +137,9 @@ impl Launch {
     }
 
     /// The command to configure: arguments (after the program), environment, working
-    /// directory, stdio. Its program is the supervisor when there is one; leave that be.
+    /// directory, stdio. Its program is the supervisor when there is one; leave that be. A
+    /// supervised program's standard input is always `/dev/null`: the supervisor's own carries
+    /// its start report, so a `stdin` set here is replaced.
     pub fn command(&mut self) -> &mut Command {
         &mut self.command
     }
@@ -371,15 +361,6 @@ fn monitor(
     };
     // A pid always fits pid_t; std hands it out as u32.
     let pid = child.id() as pid_t;
-    if let Some(pid_file) = &launch.pid_file {
-        if let Err(e) = std::fs::write(pid_file, format!("{pid}\n")) {
-            // A start that fails must leave nothing running.
-            let _ = signal_group(pid, libc::SIGKILL);
-            let _ = child.wait();
-            let _ = started.send(Err(format!("cannot write {}: {e}", pid_file.display())));
-            return;
-        }
-    }
     group.lock().pgid = Some(pid);
     on_start(pid);
     // Start may have given up waiting only if its thread died; then the app is still ours to run.
@@ -413,25 +394,32 @@ fn monitor(
 }
 
 /// Starts the leader: the program itself, or the supervisor, which must then report the program
-/// running (see the module documentation). Nothing runs when this fails.
+/// running (see the module documentation), and writes the pid file. Nothing runs when this
+/// fails, and no pid file is left.
 fn start(launch: &mut Launch) -> Result<Child, String> {
     let Some(supervised) = launch.supervised.take() else {
-        set_group_and_death_signal(&mut launch.command, libc::SIGKILL, None);
-        return launch
+        set_group_and_death_signal(&mut launch.command, libc::SIGKILL);
+        let mut child = launch
             .command
             .spawn()
-            .map_err(|e| format!("cannot run {:?}: {e}", launch.program));
+            .map_err(|e| format!("cannot run {:?}: {e}", launch.program))?;
+        if let Err(e) = write_pid_file(launch.pid_file.as_deref(), &child) {
+            // A start that fails must leave nothing running.
+            let _ = signal_group(child.id() as pid_t, libc::SIGKILL);
+            let _ = child.wait();
+            return Err(e);
+        }
+        return Ok(child);
     };
     let pipe = supervised.report?;
-    // SIGUSR2 is the supervisor's "the host is gone": it kills the group on it.
-    set_group_and_death_signal(
-        &mut launch.command,
-        libc::SIGUSR2,
-        Some(pipe.write.as_raw_fd()),
-    );
+    // Nothing runs between fork and exec: only stdio and the group are set, so std spawns with
+    // posix_spawn, without copying this (multi-threaded) process's page tables. The supervisor
+    // arms its own death signal and checks that we are still its parent.
+    launch.command.process_group(0).stdin(pipe.write);
     let spawned = launch.command.spawn();
-    // From here the supervisor holds the only write end, so end of file means it is done.
-    drop(pipe.write);
+    // The command held the write end for the child's stdin: dropping it here leaves the
+    // supervisor with the only one, so end of file means it is done.
+    launch.command.stdin(std::process::Stdio::null());
     let mut child = spawned.map_err(|e| {
         format!(
             "cannot run {:?}: cannot start the supervisor {}: {e}",
@@ -439,39 +427,49 @@ fn start(launch: &mut Launch) -> Result<Child, String> {
             supervised.path.display()
         )
     })?;
+    // Written while the supervisor starts the program: the pid is the supervisor's.
+    let written = write_pid_file(launch.pid_file.as_deref(), &child);
     let mut message = String::new();
     let read = File::from(pipe.read)
         .take(4096)
         .read_to_string(&mut message);
-    if read.is_ok() && message.is_empty() {
-        return Ok(child);
-    }
-    // The supervisor is unreaped, so its pid is still the group's id: sweep, then reap.
-    // A pid always fits pid_t; std hands it out as u32.
-    let _ = signal_group(child.id() as pid_t, libc::SIGKILL);
-    let _ = child.wait();
-    Err(match read {
-        Ok(_) => format!("cannot run {:?}: {}", launch.program, message.trim_end()),
-        Err(e) => format!(
+    let failure = match (read, written) {
+        (Ok(_), Ok(())) if message.is_empty() => return Ok(child),
+        (Ok(_), Err(e)) if message.is_empty() => e,
+        (Ok(_), _) => format!("cannot run {:?}: {}", launch.program, message.trim_end()),
+        (Err(e), _) => format!(
             "cannot run {:?}: no word from the supervisor {}: {e}",
             launch.program,
             supervised.path.display()
         ),
-    })
+    };
+    // The supervisor is unreaped, so its pid is still the group's id: sweep, then reap.
+    // A pid always fits pid_t; std hands it out as u32.
+    let _ = signal_group(child.id() as pid_t, libc::SIGKILL);
+    let _ = child.wait();
+    if let Some(path) = &launch.pid_file {
+        let _ = std::fs::remove_file(path);
+    }
+    Err(failure)
+}
+
+/// Writes the leader's pid to `path`, if there is one.
+fn write_pid_file(path: Option<&Path>, child: &Child) -> Result<(), String> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    std::fs::write(path, format!("{}\n", child.id()))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// Makes the command lead a new process group and die by `death_signal` when the forking
-/// thread (the monitor) goes, and keeps `keep_open` open across exec in the child only.
+/// thread (the monitor) goes.
 ///
 /// The child also starts clean: every signal at its default action, none blocked. Whatever
 /// the host inherited (SIGHUP ignored under `nohup`, a blocked SIGTERM) is not the app's: an
 /// app sent SIGHUP dies by it, as it would under a service manager. The supervisor does the
 /// same for its program; doing it here too covers the start without a supervisor.
-fn set_group_and_death_signal(
-    command: &mut Command,
-    death_signal: c_int,
-    keep_open: Option<RawFd>,
-) {
+fn set_group_and_death_signal(command: &mut Command, death_signal: c_int) {
     command.process_group(0);
     #[cfg(target_os = "linux")]
     {
@@ -480,7 +478,7 @@ fn set_group_and_death_signal(
         // Not async-signal-safe (glibc reads it once), so asked here, before the fork.
         let (rtmin, rtmax) = (libc::SIGRTMIN(), libc::SIGRTMAX());
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
-        // (prctl, getppid, fcntl, signal, sigemptyset, sigprocmask) and builds errors without
+        // (prctl, getppid, signal, sigemptyset, sigprocmask) and builds errors without
         // allocating.
         unsafe {
             command.pre_exec(move || {
@@ -497,11 +495,6 @@ fn set_group_and_death_signal(
                 // The host may have died between fork and prctl; nothing would kill us then.
                 if libc::getppid() != parent {
                     return Err(io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                if let Some(fd) = keep_open {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                        return Err(io::Error::last_os_error());
-                    }
                 }
                 // 1 to 31 but SIGKILL and SIGSTOP, and the real-time signals libc leaves us.
                 let catchable = (1..=31)
@@ -641,6 +634,7 @@ pub fn signal_name(signal: c_int) -> &'static str {
 mod tests {
     use super::*;
     use aloha_plugin::ExitKind;
+    use std::os::fd::AsRawFd;
     use std::process::Stdio;
     use std::time::Instant;
 
@@ -864,9 +858,7 @@ mod tests {
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         assert_eq!(launch.command().get_program(), "/x/aloha-supervise");
-        assert_eq!(args[0], "--report-fd");
-        let fd: RawFd = args[1].parse().unwrap();
-        assert!(fd > 2, "{fd}");
+        assert_eq!(args[..2], ["--report-fd", "0"]);
         // SAFETY: getpid has no preconditions.
         let host = unsafe { libc::getpid() };
         assert_eq!(
@@ -874,8 +866,9 @@ mod tests {
             [host.to_string(), "--".into(), "prog".into(), "a b".into()]
         );
         // The write end stays out of every other child the host starts.
+        let pipe = launch.supervised.as_ref().unwrap().report.as_ref().unwrap();
         // SAFETY: fcntl on a descriptor the launch holds open.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        let flags = unsafe { libc::fcntl(pipe.write.as_raw_fd(), libc::F_GETFD) };
         assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
     }
 }
