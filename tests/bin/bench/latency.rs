@@ -4,13 +4,13 @@
 //! read on its own thread) delivers the app's change to RUNNING: no polling interval in it.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::report::{ms, percentile, report};
+use crate::report::{fs_of, ms, percentile, report, temp_fs};
 use crate::setup::{app_body, EventStream, Setup};
 use crate::T;
 
@@ -22,6 +22,11 @@ pub(crate) struct LatencyArgs {
     /// Cores the worker offers (every app takes one; `true` exits at once).
     #[arg(long, default_value_t = 4)]
     worker_cores: u32,
+    /// Where the worker keeps its app directories (repeat for one run each, reported side by
+    /// side, e.g. the temp dir's disk against a tmpfs such as /dev/shm); default: the run's
+    /// temp dir, next to the master's database.
+    #[arg(long = "worker-dir")]
+    worker_dirs: Vec<PathBuf>,
     /// Markdown file whose `bench:latency` section is replaced with the results.
     #[arg(long)]
     write: Option<PathBuf>,
@@ -42,11 +47,21 @@ fn send_running(data: &str, tx: &mpsc::Sender<(String, Instant)>) -> bool {
 }
 
 /// Per app: (submit → 201, submit → RUNNING), in submission order.
-fn latency_run(a: &LatencyArgs) -> Vec<(Duration, Duration)> {
+fn latency_run(a: &LatencyArgs, worker_dir: Option<&Path>) -> Vec<(Duration, Duration)> {
+    // Removed with the run, like the temp dir (and after the worker, which `s` stops first).
+    let parent = worker_dir.map(|d| {
+        tempfile::Builder::new()
+            .prefix("aloha-bench-latency-")
+            .tempdir_in(d)
+            .unwrap_or_else(|e| panic!("a directory in {}: {e}", d.display()))
+    });
     let mut s = Setup::new("aloha-bench-latency-");
     s.add_master("5s");
     s.wait_leader();
-    s.add_worker("w1", a.worker_cores);
+    match &parent {
+        Some(parent) => s.add_worker_in("w1", a.worker_cores, &parent.path().join("w1")),
+        None => s.add_worker("w1", a.worker_cores),
+    }
     let api = s.masters[0].api.clone();
     api.wait_alive_workers(1, T);
 
@@ -91,31 +106,42 @@ pub(crate) fn latency(a: &LatencyArgs, command_line: &str) -> Result<(), String>
     if a.n == 0 {
         return Err("--n must be at least 1".into());
     }
-    eprintln!("latency n={}: running", a.n);
-    let runs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| latency_run(a)))
-        .map_err(|_| "the run failed (see above)".to_string())?;
-    let mut acked: Vec<Duration> = runs.iter().map(|r| r.0).collect();
-    let mut running: Vec<Duration> = runs.iter().map(|r| r.1).collect();
-    acked.sort();
-    running.sort();
+    let dirs: Vec<Option<&Path>> = if a.worker_dirs.is_empty() {
+        vec![None]
+    } else {
+        a.worker_dirs.iter().map(|d| Some(d.as_path())).collect()
+    };
     let p = |v: &[Duration], q: f64| percentile(v, q).map(ms).unwrap_or_default();
+    let mut rows = String::new();
+    for dir in dirs {
+        let place = match dir {
+            Some(d) => fs_of(d),
+            None => temp_fs(),
+        };
+        eprintln!("latency n={}: running, worker dir on {place}", a.n);
+        let runs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| latency_run(a, dir)))
+            .map_err(|_| "the run failed (see above)".to_string())?;
+        let mut acked: Vec<Duration> = runs.iter().map(|r| r.0).collect();
+        let mut running: Vec<Duration> = runs.iter().map(|r| r.1).collect();
+        acked.sort();
+        running.sort();
+        for (to, v) in [("`201`", &acked), ("RUNNING (event received)", &running)] {
+            rows += &format!(
+                "| {place} | {to} | {} | {} | {} | {} | {} |\n",
+                a.n,
+                p(v, 0.5),
+                p(v, 0.9),
+                p(v, 0.99),
+                p(v, 1.0)
+            );
+        }
+    }
     let table = format!(
-        "Single-node master (redb), one worker ({} cores), `true` apps (1 core) submitted one \
-         at a time, after 10 warm-up apps:\n\n\
-         | from the POST to | apps | p50 | p90 | p99 | max |\n\
-         | --- | --- | --- | --- | --- | --- |\n\
-         | `201` | {n} | {} | {} | {} | {} |\n\
-         | RUNNING (event received) | {n} | {} | {} | {} | {} |\n",
+        "Single-node master (redb, in the temp dir), one worker ({} cores), `true` apps (1 core) \
+         submitted one at a time, after 10 warm-up apps:\n\n\
+         | worker's app directories on | from the POST to | apps | p50 | p90 | p99 | max |\n\
+         | --- | --- | --- | --- | --- | --- | --- |\n{rows}",
         a.worker_cores,
-        p(&acked, 0.5),
-        p(&acked, 0.9),
-        p(&acked, 0.99),
-        p(&acked, 1.0),
-        p(&running, 0.5),
-        p(&running, 0.9),
-        p(&running, 0.99),
-        p(&running, 1.0),
-        n = a.n,
     );
     report("latency", command_line, &table, a.write.as_deref())
 }

@@ -137,8 +137,12 @@ pub(crate) fn machine() -> String {
 
 /// The filesystem type holding the temp dir, from /proc/mounts (the longest matching mount).
 pub(crate) fn temp_fs() -> String {
-    let tmp = std::env::temp_dir();
-    let tmp = tmp.canonicalize().unwrap_or(tmp);
+    fs_of(&std::env::temp_dir())
+}
+
+/// The filesystem type holding `dir`, with the dir: `ext4 (/tmp)`.
+pub(crate) fn fs_of(dir: &std::path::Path) -> String {
+    let tmp = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     mounts
         .lines()

@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpStream};
+use std::path::Path;
 
 use aloha_e2e::etcd::EtcdCluster;
 use aloha_e2e::{free_port, start_worker, wait_for, Api, MasterOpts, MasterProc, Proc, WorkerOpts};
@@ -70,12 +71,18 @@ impl Setup {
 
     /// Starts a worker that knows every master.
     pub(crate) fn add_worker(&mut self, id: &str, cores: u32) {
+        let work_dir = self.dir.path().join(id);
+        self.add_worker_in(id, cores, &work_dir);
+    }
+
+    /// Starts a worker that knows every master and keeps its app directories in `work_dir`.
+    pub(crate) fn add_worker_in(&mut self, id: &str, cores: u32, work_dir: &Path) {
         let masters: Vec<String> = self.masters.iter().map(|m| m.rpc_url()).collect();
         let opts = WorkerOpts {
             id: id.into(),
             cores,
             memory_mb: 4096,
-            work_dir: self.dir.path().join(id),
+            work_dir: work_dir.to_path_buf(),
             kill_grace_ms: 1000,
         };
         self.workers
