@@ -18,6 +18,7 @@ pub mod config;
 pub mod logs;
 pub mod rpc;
 pub mod session;
+pub mod spares;
 pub mod worker;
 
 use std::path::PathBuf;

@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::spares::Spares;
 
 /// What the app thread is told.
 enum Control {
@@ -72,7 +73,12 @@ pub struct Worker {
     pub reregister: Notify,
     max_epoch: AtomicU64,
     shutting_down: AtomicBool,
+    /// Attempt directories made ahead of time.
+    spares: Arc<Spares>,
 }
+
+/// How many attempt directories are kept ready (see [`crate::spares`]).
+const SPARE_DIRS: usize = 4;
 
 /// 128 random bits as 32 hex digits. The std hasher's keys come from the OS's random source
 /// once per process; the pid and the time make two tokens of one host differ even so. The
@@ -114,6 +120,7 @@ impl Worker {
         let memory_mb = cfg
             .memory_mb
             .unwrap_or_else(crate::config::machine_memory_mb);
+        let spares = Spares::start(&cfg.work_dir, SPARE_DIRS);
         Worker {
             id,
             address,
@@ -133,6 +140,7 @@ impl Worker {
             reregister: Notify::new(),
             max_epoch: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
+            spares,
         }
     }
 
@@ -446,7 +454,13 @@ impl Worker {
             error!(app_id, attempt, "{msg}");
             self.set_state(&app_id, attempt, state, None, msg);
         };
-        if let Err(e) = std::fs::create_dir_all(&app_dir) {
+        // A ready-made directory when there is one: no file is created on the way to RUNNING.
+        let made = if self.spares.place(&app_dir) {
+            Ok(())
+        } else {
+            std::fs::create_dir_all(&app_dir)
+        };
+        if let Err(e) = made {
             return fail(
                 AppState::Error,
                 format!("cannot create app dir {}: {e}", app_dir.display()),
