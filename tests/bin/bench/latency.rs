@@ -113,11 +113,20 @@ pub(crate) fn latency(a: &LatencyArgs, command_line: &str) -> Result<(), String>
     };
     let p = |v: &[Duration], q: f64| percentile(v, q).map(ms).unwrap_or_default();
     let mut rows = String::new();
+    let mut peers = String::new();
     for dir in dirs {
         let place = match dir {
             Some(d) => fs_of(d),
             None => temp_fs(),
         };
+        let creates = create_times(dir.map_or_else(std::env::temp_dir, Path::to_path_buf));
+        let us = |q: f64| percentile(&creates, q).map_or(0, |d| d.as_micros());
+        peers += &format!(
+            "| {place} | {} | {} µs | {} µs |\n",
+            creates.len(),
+            us(0.5),
+            us(0.9)
+        );
         eprintln!("latency n={}: running, worker dir on {place}", a.n);
         let runs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| latency_run(a, dir)))
             .map_err(|_| "the run failed (see above)".to_string())?;
@@ -140,10 +149,36 @@ pub(crate) fn latency(a: &LatencyArgs, command_line: &str) -> Result<(), String>
         "Single-node master (redb, in the temp dir), one worker ({} cores), `true` apps (1 core) \
          submitted one at a time, after 10 warm-up apps:\n\n\
          | worker's app directories on | from the POST to | apps | p50 | p90 | p99 | max |\n\
-         | --- | --- | --- | --- | --- | --- | --- |\n{rows}",
+         | --- | --- | --- | --- | --- | --- | --- |\n{rows}\n\
+         The peer, in the same run: creating one directory or one empty file there, as a worker \
+         does five times per app start (an attempt's two directories, `description.json`, \
+         `stdout`, `stderr`; the pid file is written while the supervisor starts the program):\n\n\
+         | filesystem | creations | p50 | p90 |\n\
+         | --- | --- | --- | --- |\n{peers}",
         a.worker_cores,
     );
     report("latency", command_line, &table, a.write.as_deref())
+}
+
+/// How long each of 100 `mkdir`s and 100 file creations (one file in each new directory) takes
+/// in a fresh directory under `parent`, sorted.
+fn create_times(parent: PathBuf) -> Vec<Duration> {
+    let dir = tempfile::Builder::new()
+        .prefix("aloha-bench-creates-")
+        .tempdir_in(&parent)
+        .unwrap_or_else(|e| panic!("a directory in {}: {e}", parent.display()));
+    let mut times = Vec::with_capacity(200);
+    for i in 0..100 {
+        let sub = dir.path().join(i.to_string());
+        let t = Instant::now();
+        std::fs::create_dir(&sub).expect("mkdir");
+        times.push(t.elapsed());
+        let t = Instant::now();
+        std::fs::File::create(sub.join("stdout")).expect("create a file");
+        times.push(t.elapsed());
+    }
+    times.sort();
+    times
 }
 
 #[cfg(test)]
