@@ -150,9 +150,10 @@ pub(crate) fn latency(a: &LatencyArgs, command_line: &str) -> Result<(), String>
          submitted one at a time, after 10 warm-up apps:\n\n\
          | worker's app directories on | from the POST to | apps | p50 | p90 | p99 | max |\n\
          | --- | --- | --- | --- | --- | --- | --- |\n{rows}\n\
-         The peer, in the same run: creating one directory or one empty file there, as a worker \
-         does five times per app start (an attempt's two directories, `description.json`, \
-         `stdout`, `stderr`; the pid file is written while the supervisor starts the program):\n\n\
+         The peer, in the same run: creating one directory or one empty file there. Each app \
+         start needs six: the attempt's two directories, `description.json`, `stdout` and \
+         `stderr`, which the worker makes ahead of time (`<work-dir>/.spare`), and the pid file, \
+         written while the supervisor starts the program:\n\n\
          | filesystem | creations | p50 | p90 |\n\
          | --- | --- | --- | --- |\n{peers}",
         a.worker_cores,
