@@ -194,6 +194,106 @@ fn quotas_refuse_or_hold_back_and_shares_follow_the_weights() {
     assert_eq!(api.get("/api/v1/namespaces/empty").status, 404);
 }
 
+/// The ids of a page of `GET /api/v1/apps`, and its `next`.
+fn page(api: &Api, query: &str) -> (Vec<String>, Option<String>) {
+    let r = api.get(&format!("/api/v1/apps?{query}"));
+    assert_eq!(r.status, 200, "{query}: {:?}", r.body);
+    let ids = r.body["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect();
+    (ids, r.body["next"].as_str().map(str::to_string))
+}
+
+#[test]
+fn apps_are_listed_by_namespace() {
+    let c = Cluster::start("3s", &[]);
+    let api = Api::new(&c.master.api.base);
+    for ns in ["team-a", "team-b"] {
+        assert_eq!(
+            api.put(&format!("/api/v1/namespaces/{ns}"), &json!({}))
+                .status,
+            200
+        );
+    }
+    let a: Vec<String> = (0..3)
+        .map(|i| sleeper(&api, "team-a", &format!("a{i}")))
+        .collect();
+    let b: Vec<String> = (0..2)
+        .map(|i| sleeper(&api, "team-b", &format!("b{i}")))
+        .collect();
+    let d = sleeper(&api, "default", "d");
+
+    // Newest first, only that namespace's apps.
+    let (ids, next) = page(&api, "namespace=team-a");
+    assert_eq!(ids, [a[2].clone(), a[1].clone(), a[0].clone()]);
+    assert_eq!(next, None);
+    assert_eq!(page(&api, "namespace=default").0, [d.as_str()]);
+    assert_eq!(
+        page(&api, "namespace=team-b&state=SUBMITTED").0,
+        [b[1].clone(), b[0].clone()]
+    );
+    // Paged with the cursor.
+    let (ids, next) = page(&api, "namespace=team-b&limit=1");
+    assert_eq!(ids, [b[1].clone()]);
+    let (ids, next) = page(
+        &api,
+        &format!("namespace=team-b&limit=1&after={}", next.unwrap()),
+    );
+    assert_eq!(ids, [b[0].clone()]);
+    let (ids, _) = page(
+        &api,
+        &format!("namespace=team-b&limit=1&after={}", next.unwrap()),
+    );
+    assert!(ids.is_empty(), "{ids:?}");
+    // A namespace that does not exist (any more) has no apps; a name that cannot be one is a
+    // bad request, and so is a namespace with a schedule's runs.
+    assert_eq!(page(&api, "namespace=gone"), (vec![], None));
+    let r = api.get("/api/v1/apps?namespace=Team_A");
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert!(
+        r.body["error"].as_str().unwrap().contains("namespace"),
+        "{:?}",
+        r.body
+    );
+    let r = api.get("/api/v1/apps?namespace=team-a&schedule_id=sched-1");
+    assert_eq!(r.status, 400, "{:?}", r.body);
+
+    // alohactl list -n, and --all across the short pages.
+    let (code, out, err) = c.ctl(&["list", "-n", "team-a"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(a.iter().all(|id| out.contains(id.as_str())), "{out}");
+    assert!(
+        !out.contains(b[0].as_str()) && !out.contains(d.as_str()),
+        "{out}"
+    );
+    let (code, out, err) = c.ctl(&["list", "--namespace", "team-b", "--limit", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(b[1].as_str()), "{out}");
+    assert!(
+        err.contains(&format!(
+            "more: alohactl list --namespace team-b --limit 1 --after {}",
+            b[1]
+        )),
+        "{err}"
+    );
+    let (code, out, err) = c.ctl(&[
+        "-o", "json", "list", "-n", "team-b", "--limit", "1", "--all",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let all: Value = serde_json::from_str(&out).unwrap();
+    let ids: Vec<&str> = all["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [b[1].as_str(), b[0].as_str()]);
+    assert_eq!(all["next"], Value::Null);
+}
+
 const BOOTSTRAP: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
 
 fn bootstrap_file(dir: &Path) -> PathBuf {

@@ -300,6 +300,7 @@ async fn submit(
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     state: Option<String>,
+    namespace: Option<String>,
     limit: Option<usize>,
     after: Option<String>,
     schedule_id: Option<String>,
@@ -319,6 +320,7 @@ fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
 
 #[utoipa::path(get, path = "/api/v1/apps", tag = "apps",
     params(("state" = Option<AppState>, Query, description = "only apps in this state"),
+           ("namespace" = Option<String>, Query, description = "only apps in this namespace; a page then looks at 20,000 apps at most, so it may be short, even empty, with a `next`"),
            ("limit" = Option<usize>, Query, description = "page size, default 100, served up to 1000"),
            ("after" = Option<String>, Query, description = "the cursor: the `next` of the previous page"),
            ("schedule_id" = Option<String>, Query, description = "only the runs of this schedule")),
@@ -335,19 +337,24 @@ async fn list(
                 .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?,
         ),
     };
+    let namespace = q.namespace.as_deref().filter(|n| !n.is_empty());
+    if let Some(ns) = namespace {
+        aloha_core::namespace::validate_name(ns)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    }
     let limit = page_limit(q.limit)?;
     let after = q.after.as_deref().filter(|a| !a.is_empty());
     if let Some(sid) = q.schedule_id.as_deref().filter(|s| !s.is_empty()) {
-        if state.is_some() {
+        if state.is_some() || namespace.is_some() {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "schedule_id and state cannot be combined",
+                "schedule_id cannot be combined with state or namespace",
             ));
         }
         let (apps, next) = m.schedule_runs(sid, after, limit).await?;
         return Ok(Json(AppList { apps, next }));
     }
-    let (apps, next) = m.apps(state, after, limit).await?;
+    let (apps, next) = m.apps(state, namespace, after, limit).await?;
     Ok(Json(AppList { apps, next }))
 }
 

@@ -273,11 +273,14 @@ impl Node {
         }
     }
 
-    /// A page of apps, newest first, optionally only in `state`, after the app `after`: from
-    /// the leader's snapshot, or on a standby from the store.
+    /// A page of apps, newest first, optionally only in `state` and only in `namespace`, after
+    /// the app `after`: from the leader's snapshot, or on a standby from the store. With a
+    /// namespace a page may be short, even empty, and still have a `next` (see
+    /// [`aloha_core::cluster::Cluster::page_where`]).
     pub async fn apps(
         &self,
         state: Option<AppState>,
+        namespace: Option<&str>,
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<App>, Option<AppId>), MasterError> {
@@ -289,7 +292,10 @@ impl Node {
         };
         if let Some(view) = self.snapshot() {
             let cluster = &view.cluster;
-            let page = cluster.page(state, after_seq, limit);
+            let page = match namespace {
+                Some(ns) => cluster.page_where(state, after_seq, limit, |a| a.namespace == ns),
+                None => cluster.page(state, after_seq, limit),
+            };
             let apps = page
                 .apps
                 .iter()
@@ -302,6 +308,7 @@ impl Node {
             .await?
             .into_iter()
             .filter(|a| state.is_none_or(|s| a.state == s))
+            .filter(|a| namespace.is_none_or(|ns| a.namespace == ns))
             .filter(|a| after_seq.is_none_or(|s| a.seq < s))
             .collect();
         apps.sort_by_key(|a| std::cmp::Reverse(a.seq));
@@ -998,7 +1005,7 @@ mod tests {
             ids.push(old.submit(req(i), None).await.unwrap().app.id.clone());
         }
         // The standby reads them from the store meanwhile.
-        let (listed, _) = b.node.apps(None, None, 100).await.unwrap();
+        let (listed, _) = b.node.apps(None, None, None, 100).await.unwrap();
         assert_eq!(listed.len(), ids.len());
 
         // The leader's lease is lost (it expired, as for a paused or partitioned leader).
@@ -1033,7 +1040,7 @@ mod tests {
         }
         // ... and the new leader accepts them.
         new.submit(req(5), None).await.unwrap();
-        let (listed, _) = a.node.apps(None, None, 100).await.unwrap();
+        let (listed, _) = a.node.apps(None, None, None, 100).await.unwrap();
         assert_eq!(listed.len(), ids.len() + 1);
         // The old leader campaigns again, as a standby.
         wait_until("a is a member again", || {

@@ -698,6 +698,11 @@ pub struct ListArgs {
     #[arg(long, value_parser = parse_state)]
     pub state: Option<AppState>,
 
+    /// Only apps in this namespace. A page then looks at 20,000 apps at most, so it may hold
+    /// fewer than --limit (even none) and still be followed by more; --all follows them all.
+    #[arg(long, short = 'n', value_name = "NAME", value_parser = NonEmptyStringValueParser::new())]
+    pub namespace: Option<String>,
+
     /// At most this many apps a page (with --all, a request) [master's default: 100; it serves
     /// at most 1000].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]

@@ -158,9 +158,8 @@ fn list(client: &Client, format: Output, args: &ListArgs, io: &mut Io<'_>) -> Re
             print(io, &output::app_list(&apps.data.apps))?;
             if let Some(next) = &apps.data.next {
                 // On stderr: the rows on stdout stay clean for a pipe.
-                io.err.write_all(
-                    output::more_apps(args.state, args.limit, next.as_str()).as_bytes(),
-                )?;
+                io.err
+                    .write_all(output::more_apps(args, next.as_str()).as_bytes())?;
                 io.err.flush()?;
             }
             Ok(())
@@ -175,6 +174,9 @@ fn fetch_apps(client: &Client, args: &ListArgs) -> Result<Served<AppList>, CtlEr
     let mut query = Vec::new();
     if let Some(state) = args.state {
         query.push(("state", state.as_str().to_string()));
+    }
+    if let Some(namespace) = &args.namespace {
+        query.push(("namespace", namespace.clone()));
     }
     if let Some(limit) = args.limit {
         query.push(("limit", limit.to_string()));

@@ -8,12 +8,14 @@ use std::time::Duration;
 use aloha_core::api::{ClusterInfo, Role, ScheduleInfo, WorkerInfo};
 use aloha_core::app::{format_duration, Restart};
 use aloha_core::schedules::{AppTemplate, Overlap};
-use aloha_core::{App, AppState, HistoryEntry};
+use aloha_core::{App, HistoryEntry};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use comfy_table::{presets, ContentArrangement, Table};
 use serde::Deserialize;
 use serde_json::Value;
+
+use crate::cli::ListArgs;
 
 /// Widest MESSAGE cell in `list`, in characters.
 const LIST_MESSAGE_CHARS: usize = 60;
@@ -259,12 +261,15 @@ pub fn app_list(apps: &[App]) -> String {
 
 /// The line after a `list` page that is not the last: the command that shows the next one.
 /// Printed on stderr, so a piped table holds only rows.
-pub fn more_apps(state: Option<AppState>, limit: Option<u32>, next: &str) -> String {
+pub fn more_apps(args: &ListArgs, next: &str) -> String {
     let mut line = "more: alohactl list".to_string();
-    if let Some(state) = state {
+    if let Some(state) = args.state {
         line.push_str(&format!(" --state {}", state.as_str()));
     }
-    if let Some(limit) = limit {
+    if let Some(namespace) = &args.namespace {
+        line.push_str(&format!(" --namespace {}", clean(namespace)));
+    }
+    if let Some(limit) = args.limit {
         line.push_str(&format!(" --limit {limit}"));
     }
     line.push_str(&format!(" --after {}\n", clean(next)));

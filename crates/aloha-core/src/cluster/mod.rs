@@ -363,6 +363,9 @@ pub enum Lookup {
     NotFound,
 }
 
+/// The most apps one filtered page ([`Cluster::page_where`]) looks at.
+pub const PAGE_SCAN_LIMIT: usize = 20_000;
+
 /// One page of apps, newest first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page {
@@ -713,8 +716,9 @@ impl Cluster {
         self.page_where(state, after, limit, |_| true)
     }
 
-    /// Like [`Cluster::page`], keeping only the apps `keep` accepts (a console filter; it may
-    /// walk many apps to fill a page).
+    /// Like [`Cluster::page`], keeping only the apps `keep` accepts (a namespace or a label).
+    /// It looks at [`PAGE_SCAN_LIMIT`] apps at most: a filter that few apps match returns a
+    /// short page, even an empty one, whose `next` goes on from the last app looked at.
     pub fn page_where(
         &self,
         state: Option<AppState>,
@@ -728,21 +732,22 @@ impl Cluster {
             None => Box::new(self.apps.range(..upper).rev().map(|(k, _)| *k)),
         };
         let mut apps = Vec::with_capacity(limit.min(1024));
+        let mut last: Option<&Arc<App>> = None;
         let mut more = false;
-        for seq in seqs {
-            if apps.len() == limit {
+        for (scanned, seq) in seqs.enumerate() {
+            if apps.len() == limit || scanned == PAGE_SCAN_LIMIT {
                 more = true;
                 break;
             }
-            if let Some(a) = self.apps.get(&seq).filter(|a| keep(a)) {
-                apps.push(a.clone());
+            if let Some(a) = self.apps.get(&seq) {
+                last = Some(a);
+                if keep(a) {
+                    apps.push(a.clone());
+                }
             }
         }
-        let next = if more {
-            apps.last().map(|a| a.id.clone())
-        } else {
-            None
-        };
+        // The last app looked at: the last one kept when the page is full.
+        let next = last.filter(|_| more).map(|a| a.id.clone());
         Page { apps, next }
     }
 

@@ -625,6 +625,32 @@ fn pages_go_newest_first_with_a_cursor() {
     );
 }
 
+#[test]
+fn a_filtered_page_looks_at_a_bounded_number_of_apps_and_goes_on_from_there() {
+    use crate::cluster::PAGE_SCAN_LIMIT;
+    let mut t = T::new();
+    let n = PAGE_SCAN_LIMIT as u64 + 5;
+    let ids: Vec<AppId> = (0..n).map(|i| t.submit(1, 0, i)).collect();
+    let oldest = ids[0].clone();
+    let only_the_oldest = |a: &App| a.id == oldest;
+    // The first page looks at PAGE_SCAN_LIMIT apps, finds none, and says where it stopped.
+    let page = t.c.page_where(None, None, 10, only_the_oldest);
+    assert!(page.apps.is_empty());
+    assert_eq!(page.next.as_ref(), Some(&ids[5]));
+    // The next page goes on below it and finds the app; nothing is left after it.
+    let page =
+        t.c.page_where(None, page.next.and_then(|n| n.seq()), 10, only_the_oldest);
+    assert_eq!(
+        page.apps.iter().map(|a| a.id.clone()).collect::<Vec<_>>(),
+        [oldest]
+    );
+    assert_eq!(page.next, None);
+    // A filter that matches often fills the page long before the bound.
+    let page = t.c.page_where(None, None, 3, |a| a.seq % 2 == 0);
+    assert_eq!(page.apps.len(), 3);
+    assert_eq!(page.next, Some(page.apps[2].id.clone()));
+}
+
 /// A small deterministic generator (xorshift), so the randomized checks need no crate.
 struct Rng(u64);
 
