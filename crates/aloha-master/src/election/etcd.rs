@@ -190,6 +190,7 @@ impl Election for EtcdElection {
                 lease,
                 stream: None,
                 revisions: self.revisions.clone(),
+                generation,
             },
             self.ttl,
             guard.clone(),
@@ -366,6 +367,8 @@ struct EtcdRenewal {
     lease: i64,
     stream: Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
     revisions: Arc<Revisions>,
+    /// The epoch generation the candidacy started in.
+    generation: u64,
 }
 
 #[async_trait]
@@ -401,9 +404,12 @@ impl Renewal for EtcdRenewal {
             }
         };
         if let Some(h) = resp.header() {
-            let observed = self
-                .revisions
-                .observe(h.member_id(), h.revision(), Instant::now());
+            let observed = self.revisions.observe(
+                h.member_id(),
+                h.revision(),
+                self.generation,
+                Instant::now(),
+            );
             if let Err((before, now)) = observed {
                 return Ok(Renewed::Rewound(format!(
                     "etcd member {:x} went back from revision {before} to {now} and stayed there",

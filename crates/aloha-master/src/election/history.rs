@@ -134,25 +134,44 @@ pub struct Revisions {
 }
 
 struct Seen {
+    /// The epoch generation of the candidacy that saw `max`.
+    generation: u64,
     max: i64,
     /// Since when the member has served revisions below `max`.
     below_since: Option<std::time::Instant>,
 }
 
 impl Revisions {
-    /// Records `revision` from `member` at `now`; `Err((before, now))` once it has stayed below
-    /// the highest revision seen from that member for [`REWIND_GRACE`].
+    /// Records `revision` from `member` at `now`, seen by a candidacy of epoch generation
+    /// `generation`; `Err((before, now))` once it has stayed below the highest revision seen
+    /// from that member for [`REWIND_GRACE`]. A higher generation means an operator accepted a
+    /// restore: what was seen before it no longer counts (else a restore accepted within the
+    /// grace would be refused a second time). A lower one is a candidacy from before the
+    /// acceptance still renewing: it is ignored.
     pub fn observe(
         &self,
         member: u64,
         revision: i64,
+        generation: u64,
         now: std::time::Instant,
     ) -> Result<(), (i64, i64)> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let s = seen.entry(member).or_insert(Seen {
+        let fresh = Seen {
+            generation,
             max: revision,
             below_since: None,
-        });
+        };
+        let s = seen.entry(member).or_insert(fresh);
+        if generation < s.generation {
+            return Ok(());
+        }
+        if generation > s.generation {
+            *s = Seen {
+                generation,
+                max: revision,
+                below_since: None,
+            };
+        }
         if revision >= s.max {
             s.max = revision;
             s.below_since = None;
@@ -211,20 +230,39 @@ mod tests {
         let t0 = std::time::Instant::now();
         let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
         let r = Revisions::default();
-        assert!(r.observe(1, 100, at(0)).is_ok());
-        assert!(r.observe(1, 105, at(100)).is_ok());
+        assert!(r.observe(1, 100, 0, at(0)).is_ok());
+        assert!(r.observe(1, 105, 0, at(100)).is_ok());
         // Another member is tracked on its own: lagging behind member 1 is not a restore.
-        assert!(r.observe(2, 90, at(100)).is_ok());
+        assert!(r.observe(2, 90, 0, at(100)).is_ok());
         // Restarted after a crash: behind for a moment, then caught up.
-        assert!(r.observe(1, 101, at(200)).is_ok());
-        assert!(r.observe(1, 103, at(1_000)).is_ok());
-        assert!(r.observe(1, 106, at(1_500)).is_ok());
+        assert!(r.observe(1, 101, 0, at(200)).is_ok());
+        assert!(r.observe(1, 103, 0, at(1_000)).is_ok());
+        assert!(r.observe(1, 106, 0, at(1_500)).is_ok());
         // Restored: behind, and still behind after the grace.
-        assert!(r.observe(1, 40, at(2_000)).is_ok());
-        assert!(r.observe(1, 44, at(4_000)).is_ok());
-        assert_eq!(r.observe(1, 45, at(7_000)), Err((106, 45)));
+        assert!(r.observe(1, 40, 0, at(2_000)).is_ok());
+        assert!(r.observe(1, 44, 0, at(4_000)).is_ok());
+        assert_eq!(r.observe(1, 45, 0, at(7_000)), Err((106, 45)));
         // Reported once; from then on measured against the new history.
-        assert!(r.observe(1, 46, at(7_500)).is_ok());
+        assert!(r.observe(1, 46, 0, at(7_500)).is_ok());
+    }
+
+    #[test]
+    fn an_accepted_restore_starts_the_revisions_over() {
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
+        let r = Revisions::default();
+        assert!(r.observe(1, 100, 0, at(0)).is_ok());
+        // Restored to 40; the operator accepts (generation 1) before the grace is over.
+        assert!(r.observe(1, 40, 0, at(1_000)).is_ok());
+        assert!(r.observe(1, 41, 1, at(2_000)).is_ok());
+        assert!(
+            r.observe(1, 42, 1, at(9_000)).is_ok(),
+            "measured from the acceptance"
+        );
+        // An older candidacy, still renewing, neither counts nor resets anything.
+        assert!(r.observe(1, 10, 0, at(9_500)).is_ok());
+        assert!(r.observe(1, 30, 1, at(10_000)).is_ok());
+        assert_eq!(r.observe(1, 30, 1, at(15_500)), Err((42, 30)));
     }
 
     #[tokio::test]
