@@ -210,6 +210,12 @@ fn pipe() -> (OwnedFd, OwnedFd) {
 /// Runs `aloha-supervise --report-fd <w> <us> -- <command...>` and returns what it reported (up
 /// to end of file), the child, still running or not, and the pipe's name in `/proc/*/fd`.
 fn run_reporting(command: &[&str]) -> (String, std::process::Child, String) {
+    run_reporting_on(false, command)
+}
+
+/// [`run_reporting`]; with `on_stdin`, as the worker's plugins start it: `--report-fd 0`, the
+/// pipe handed over as stdin, with no code between fork and exec.
+fn run_reporting_on(on_stdin: bool, command: &[&str]) -> (String, std::process::Child, String) {
     let (read, write) = pipe();
     let fd = write.as_raw_fd();
     let name = std::fs::read_link(format!("/proc/self/fd/{fd}"))
@@ -218,24 +224,32 @@ fn run_reporting(command: &[&str]) -> (String, std::process::Child, String) {
         .into_owned();
     let mut c = Command::new(SUPERVISE);
     c.arg("--report-fd")
-        .arg(fd.to_string())
+        .arg(if on_stdin { "0".into() } else { fd.to_string() })
         .arg(this_pid().to_string())
         .arg("--")
         .args(command)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .process_group(0);
-    // SAFETY: fcntl is async-signal-safe.
-    unsafe {
-        c.pre_exec(move || {
-            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+    let mut ours = Some(write);
+    if on_stdin {
+        c.stdin(Stdio::from(ours.take().expect("the write end")));
+    } else {
+        c.stdin(Stdio::null());
+        // SAFETY: fcntl is async-signal-safe.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
     }
     let child = c.spawn().unwrap();
-    drop(write);
+    // Our write ends (the command's copy for the child's stdin, or `ours`) close here: end of
+    // file then means the supervisor is done with the pipe.
+    drop(c);
+    drop(ours);
     let mut report = String::new();
     std::fs::File::from(read)
         .read_to_string(&mut report)
@@ -279,27 +293,14 @@ fn a_running_program_is_reported_by_closing_the_pipe() {
 /// over without any code between fork and exec (so std can use `posix_spawn`).
 #[test]
 fn a_report_pipe_on_stdin_is_moved_away_and_the_program_reads_dev_null() {
-    let (read, write) = pipe();
-    let name = std::fs::read_link(format!("/proc/self/fd/{}", write.as_raw_fd()))
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    let mut child = Command::new(SUPERVISE)
-        .args(["--report-fd", "0", &this_pid().to_string(), "--"])
-        .args([
+    let (report, mut child, pipe) = run_reporting_on(
+        true,
+        &[
             "sh",
             "-c",
             "readlink /proc/self/fd/0; for fd in /proc/self/fd/*; do readlink $fd; done; exit 3",
-        ])
-        .stdin(Stdio::from(write))
-        .stdout(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let mut report = String::new();
-    std::fs::File::from(read)
-        .read_to_string(&mut report)
-        .unwrap();
+        ],
+    );
     assert_eq!(report, "", "end of file without a word: the program runs");
     let mut out = String::new();
     child
@@ -310,22 +311,11 @@ fn a_report_pipe_on_stdin_is_moved_away_and_the_program_reads_dev_null() {
         .unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(3));
     assert_eq!(out.lines().next(), Some("/dev/null"), "{out}");
-    assert!(name.starts_with("pipe:"), "{name}");
-    assert!(!out.contains(&name), "the report pipe {name} leaked: {out}");
+    assert!(pipe.starts_with("pipe:"), "{pipe}");
+    assert!(!out.contains(&pipe), "the report pipe {pipe} leaked: {out}");
 
     // A program that cannot run is told on the same pipe.
-    let (read, write) = pipe();
-    let mut child = Command::new(SUPERVISE)
-        .args(["--report-fd", "0", &this_pid().to_string(), "--"])
-        .arg("/nonexistent/aloha-program")
-        .stdin(Stdio::from(write))
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let mut report = String::new();
-    std::fs::File::from(read)
-        .read_to_string(&mut report)
-        .unwrap();
+    let (report, mut child, _) = run_reporting_on(true, &["/nonexistent/aloha-program"]);
     assert_eq!(report, "No such file or directory (os error 2)");
     assert_eq!(child.wait().unwrap().code(), Some(127));
 }
