@@ -1249,6 +1249,41 @@ fn grpc_properties(p: &mut Properties, f: &Fixture) {
         },
     );
 
+    let batch = {
+        let apps = apps.clone();
+        move || {
+            let apps = apps.clone();
+            prop_oneof![Just("w1".to_string()), worker_id()].prop_flat_map(move |w| {
+                (Just(w.clone()), vec(report(Some(w), apps.clone()), 0..6))
+                    .prop_map(|(worker_id, reports)| ReportAppStatesRequest { worker_id, reports })
+            })
+        }
+    };
+    p.run("gRPC StreamAppStates", 200, vec(batch(), 1..4), |batches| {
+        let mut c = client.clone();
+        let sizes: Vec<usize> = batches.iter().map(|b| b.reports.len()).collect();
+        let r = rt.block_on(async {
+            let mut answers = c
+                .stream_app_states(tokio_stream::iter(batches))
+                .await?
+                .into_inner();
+            let mut got = Vec::new();
+            while let Some(a) = answers.message().await? {
+                got.push(a.results.len());
+            }
+            Ok::<_, tonic::Status>(got)
+        });
+        grpc_ok("StreamAppStates", &r)?;
+        if let Ok(got) = &r {
+            prop_assert_eq!(got, &sizes, "one answer per batch, one result per report");
+        }
+        unchanged(
+            "an app another worker reported",
+            watched_before.clone(),
+            watched(),
+        )
+    });
+
     p.run(
         "gRPC ReportAppStates",
         360,

@@ -151,6 +151,33 @@ fn fifo_by_resources_without_head_of_line_blocking() {
     });
 }
 
+/// A real worker sends its reports over one `StreamAppStates` stream, not one call per batch.
+#[test]
+fn a_worker_reports_over_its_stream() {
+    let c = Cluster::start("3s", &[("w1", 2)]);
+    let api = c.api();
+    let ids: Vec<String> = (0..3)
+        .map(|i| api.submit_cmd(&format!("s{i}"), &["true"], json!({})))
+        .collect();
+    for id in &ids {
+        api.wait_state(id, "FINISHED", T);
+    }
+    let text = reqwest::blocking::get(format!("{}/metrics", api.base))
+        .and_then(|r| r.text())
+        .expect("GET /metrics");
+    let calls = |method: &str| -> u64 {
+        let label = format!("aloha_rpc_server_duration_seconds_count{{method=\"{method}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&label))
+            .map_or(0, |n| n.trim().parse().expect("a count"))
+    };
+    // Each app's RUNNING and FINISHED went in one batch or two.
+    let batches = calls("stream_app_states");
+    assert!((1..=6).contains(&batches), "{batches} batches:\n{text}");
+    assert_eq!(calls("report_app_states"), 0, "{text}");
+    assert_eq!(calls("report_app_state"), 0, "{text}");
+}
+
 #[test]
 fn listing_filters_by_state_and_limits_newest_first() {
     let c = Cluster::start("3s", &[("w1", 4)]);

@@ -1,13 +1,15 @@
 //! The gRPC MasterService workers call. Wire types stop here: requests are converted to the
 //! core's [`Registration`] and [`WorkerReport`], answers back to `pb` types.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use aloha_core::cluster::{Registration, ReportOutcome, WorkerReport};
 use aloha_core::{AppId, AppState, WorkerId};
 use aloha_proto as pb;
 use aloha_proto::master_service_server::MasterService;
-use tonic::{Request, Response, Status};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
 
 use crate::master::{HeartbeatAnswer, MasterError};
@@ -429,56 +431,87 @@ impl MasterService for MasterRpc {
         req: Request<pb::ReportAppStatesRequest>,
     ) -> Result<Response<pb::ReportAppStatesResponse>, Status> {
         let _t = self.node.metrics.rpc_server_timer("report_app_states");
-        let req = req.into_inner();
-        let all = |a: pb::ReportAppStateResponse| pb::ReportAppStatesResponse {
-            results: vec![a; req.reports.len()],
-        };
-        let Some(master) = self.node.active() else {
-            return Ok(Response::new(all(not_leader_answer())));
-        };
-        let wid = worker_id(&req.worker_id)?;
-        if req.reports.len() > MAX_APPS {
-            return Err(Status::invalid_argument(format!(
-                "{} reports in one call; at most {MAX_APPS} are allowed",
-                req.reports.len()
-            )));
-        }
-        if req.reports.iter().any(|r| r.worker_id != req.worker_id) {
-            return Err(Status::invalid_argument(
-                "every report must name the worker that sends the batch",
-            ));
-        }
-        // Unreadable reports are refused for good here; the rest go to the engine together.
-        let mut results: Vec<Option<pb::ReportAppStateResponse>> = Vec::new();
-        let mut readable = Vec::new();
-        for r in &req.reports {
-            match report_from_wire(r) {
-                Ok(rep) => {
-                    results.push(None);
-                    readable.push(rep);
-                }
-                Err(e) => {
-                    warn!(app_id = %r.app_id, worker_id = %r.worker_id, "refused report: {e}");
-                    results.push(Some(pb::ReportAppStateResponse {
-                        accepted: true,
-                        kill: false,
-                        message: e,
-                    }));
-                }
-            }
-        }
-        let outcomes = match master.reports(wid, readable).await {
-            Ok(o) => o,
-            Err(MasterError::NotLeader { .. }) => {
-                return Ok(Response::new(all(not_leader_answer())))
-            }
-            Err(e) => return Err(status(e)),
-        };
-        let mut outcomes = outcomes.into_iter();
-        let results = results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| answer(outcomes.next().unwrap_or(ReportOutcome::Done))))
-            .collect();
-        Ok(Response::new(pb::ReportAppStatesResponse { results }))
+        apply_reports(&self.node, req.into_inner())
+            .await
+            .map(Response::new)
     }
+
+    type StreamAppStatesStream = ReportStream;
+
+    async fn stream_app_states(
+        &self,
+        req: Request<Streaming<pb::ReportAppStatesRequest>>,
+    ) -> Result<Response<Self::StreamAppStatesStream>, Status> {
+        let node = self.node.clone();
+        // One batch at a time, in order; an error answer ends the stream (the worker opens
+        // another), as it fails one unary call.
+        let answers = req.into_inner().then(move |batch| {
+            let node = node.clone();
+            async move {
+                let _t = node.metrics.rpc_server_timer("stream_app_states");
+                apply_reports(&node, batch?).await
+            }
+        });
+        Ok(Response::new(Box::pin(answers)))
+    }
+}
+
+/// The answers of a worker's report stream.
+pub type ReportStream =
+    Pin<Box<dyn Stream<Item = Result<pb::ReportAppStatesResponse, Status>> + Send + 'static>>;
+
+/// Applies one worker's batch of reports in order (one engine operation, one commit): the
+/// unary `ReportAppStates` and each message of `StreamAppStates`.
+async fn apply_reports(
+    node: &Node,
+    req: pb::ReportAppStatesRequest,
+) -> Result<pb::ReportAppStatesResponse, Status> {
+    let all = |a: pb::ReportAppStateResponse| pb::ReportAppStatesResponse {
+        results: vec![a; req.reports.len()],
+    };
+    let Some(master) = node.active() else {
+        return Ok(all(not_leader_answer()));
+    };
+    let wid = worker_id(&req.worker_id)?;
+    if req.reports.len() > MAX_APPS {
+        return Err(Status::invalid_argument(format!(
+            "{} reports in one call; at most {MAX_APPS} are allowed",
+            req.reports.len()
+        )));
+    }
+    if req.reports.iter().any(|r| r.worker_id != req.worker_id) {
+        return Err(Status::invalid_argument(
+            "every report must name the worker that sends the batch",
+        ));
+    }
+    // Unreadable reports are refused for good here; the rest go to the engine together.
+    let mut results: Vec<Option<pb::ReportAppStateResponse>> = Vec::new();
+    let mut readable = Vec::new();
+    for r in &req.reports {
+        match report_from_wire(r) {
+            Ok(rep) => {
+                results.push(None);
+                readable.push(rep);
+            }
+            Err(e) => {
+                warn!(app_id = %r.app_id, worker_id = %r.worker_id, "refused report: {e}");
+                results.push(Some(pb::ReportAppStateResponse {
+                    accepted: true,
+                    kill: false,
+                    message: e,
+                }));
+            }
+        }
+    }
+    let outcomes = match master.reports(wid, readable).await {
+        Ok(o) => o,
+        Err(MasterError::NotLeader { .. }) => return Ok(all(not_leader_answer())),
+        Err(e) => return Err(status(e)),
+    };
+    let mut outcomes = outcomes.into_iter();
+    let results = results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| answer(outcomes.next().unwrap_or(ReportOutcome::Done))))
+        .collect();
+    Ok(pb::ReportAppStatesResponse { results })
 }

@@ -13,8 +13,10 @@ use aloha_proto::{
     KillAppRequest, KillAppResponse, LaunchAppRequest, LaunchAppResponse, LogChunk, ReadLogRequest,
 };
 use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::{Channel, Endpoint};
+use tracing::debug;
 
 /// Why a worker did not serve a log request; the gRPC code, classified once here.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,12 +87,107 @@ pub trait WorkerConnector: Send + Sync + 'static {
 
 /// The real connector: one lazily connected gRPC channel per worker address, over mutual TLS
 /// when configured (the worker's certificate must carry the worker role); every call carries
-/// the join token, if any.
+/// the join token, if any. Launches go over one `LaunchApps` stream per worker, opened on the
+/// first launch and again after it broke (one `LaunchApp` call each to a worker without it).
 #[derive(Default)]
 pub struct GrpcWorkerConnector {
     channels: Mutex<HashMap<String, Channel>>,
+    links: Mutex<HashMap<String, mpsc::UnboundedSender<PendingLaunch>>>,
     token: WithToken,
     tls: Option<TlsConnect>,
+}
+
+/// How long a launch waits for the worker's answer (as long as a `LaunchApp` call).
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+type LaunchResult = Result<LaunchAppResponse, String>;
+
+/// A launch on its way to a worker's link, and where its answer goes.
+type PendingLaunch = (LaunchAppRequest, oneshot::Sender<LaunchResult>);
+
+fn call_error(s: &tonic::Status) -> String {
+    format!("{}: {}", s.code(), s.message())
+}
+
+/// Launches with one `LaunchApp` call, answering `reply` in its own task.
+fn launch_by_call(client: &Client, req: LaunchAppRequest, reply: oneshot::Sender<LaunchResult>) {
+    let mut c = client.clone();
+    tokio::spawn(async move {
+        let r = c.launch_app(req).await;
+        let _ = reply.send(r.map(|r| r.into_inner()).map_err(|s| call_error(&s)));
+    });
+}
+
+/// Serves one worker's launches until the connector goes: over a `LaunchApps` stream, opened
+/// when a launch comes and none is open; its answers come back in order and are matched to
+/// the launches waiting for them. When the stream breaks, every launch waiting on it fails
+/// (as a broken call does) and the next launch opens another.
+async fn serve_link(mut client: Client, mut launches: mpsc::UnboundedReceiver<PendingLaunch>) {
+    while let Some((req, reply)) = launches.recv().await {
+        let (out, out_rx) = mpsc::unbounded_channel();
+        let mut waiting = std::collections::VecDeque::new();
+        waiting.push_back((req.app_id.clone(), req.attempt, reply));
+        let first = req.clone();
+        let _ = out.send(req);
+        let mut answers = match client
+            .launch_apps(tokio_stream::wrappers::UnboundedReceiverStream::new(out_rx))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unimplemented => {
+                // A worker without the stream: one call per launch, from now on.
+                if let Some((_, _, reply)) = waiting.pop_front() {
+                    launch_by_call(&client, first, reply);
+                }
+                while let Some((req, reply)) = launches.recv().await {
+                    launch_by_call(&client, req, reply);
+                }
+                return;
+            }
+            Err(s) => {
+                for (_, _, reply) in waiting {
+                    let _ = reply.send(Err(call_error(&s)));
+                }
+                continue;
+            }
+        };
+        let broke = loop {
+            tokio::select! {
+                next = launches.recv() => match next {
+                    Some((req, reply)) => {
+                        waiting.push_back((req.app_id.clone(), req.attempt, reply));
+                        if out.send(req).is_err() {
+                            break "the launch stream closed".to_string();
+                        }
+                    }
+                    // The connector is gone.
+                    None => return,
+                },
+                answer = answers.next() => match answer {
+                    Some(Ok(a)) => match waiting.pop_front() {
+                        Some((app, attempt, reply)) if app == a.app_id && attempt == a.attempt => {
+                            let _ = reply.send(Ok(a));
+                        }
+                        Some((app, attempt, reply)) => {
+                            let why = format!(
+                                "the worker answered {} attempt {} when {app} attempt {attempt} was due",
+                                a.app_id, a.attempt
+                            );
+                            let _ = reply.send(Err(why.clone()));
+                            break why;
+                        }
+                        None => break format!("the worker answered {} attempt {}, which was not launched", a.app_id, a.attempt),
+                    },
+                    Some(Err(s)) => break call_error(&s),
+                    None => break "the worker ended the launch stream".to_string(),
+                },
+            }
+        };
+        debug!("launch stream broke: {broke}");
+        for (_, _, reply) in waiting {
+            let _ = reply.send(Err(broke.clone()));
+        }
+    }
 }
 
 type Client = WorkerServiceClient<Authed>;
@@ -100,6 +197,7 @@ impl GrpcWorkerConnector {
     pub fn new(token: Option<JoinToken>) -> Self {
         GrpcWorkerConnector {
             channels: Mutex::default(),
+            links: Mutex::default(),
             token: WithToken(token),
             tls: None,
         }
@@ -109,6 +207,7 @@ impl GrpcWorkerConnector {
     pub fn from_config(cfg: &crate::Config) -> Self {
         GrpcWorkerConnector {
             channels: Mutex::default(),
+            links: Mutex::default(),
             token: WithToken(cfg.join_token.clone()),
             tls: cfg.mutual_tls.as_ref().map(|t| t.dialer(PeerRole::Worker)),
         }
@@ -116,6 +215,18 @@ impl GrpcWorkerConnector {
 
     fn log_client(&self, address: &str) -> Result<Client, LogCallError> {
         self.client(address).map_err(LogCallError::Failed)
+    }
+
+    /// The sender of launches to the worker at `address`, whose link starts on first use.
+    fn link(&self, address: &str) -> Result<mpsc::UnboundedSender<PendingLaunch>, String> {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = links.get(address).filter(|tx| !tx.is_closed()) {
+            return Ok(tx.clone());
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(serve_link(self.client(address)?, rx));
+        links.insert(address.to_string(), tx.clone());
+        Ok(tx)
     }
 
     fn client(&self, address: &str) -> Result<Client, String> {
@@ -151,11 +262,17 @@ impl WorkerConnector for GrpcWorkerConnector {
         address: &str,
         req: LaunchAppRequest,
     ) -> Result<LaunchAppResponse, String> {
-        let mut c = self.client(address)?;
-        c.launch_app(req)
-            .await
-            .map(|r| r.into_inner())
-            .map_err(|s| format!("{}: {}", s.code(), s.message()))
+        let (reply, answer) = oneshot::channel();
+        self.link(address)?
+            .send((req, reply))
+            .map_err(|_| "the worker's launch link is gone".to_string())?;
+        match tokio::time::timeout(LAUNCH_TIMEOUT, answer).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("the worker's launch link is gone".into()),
+            Err(_) => Err(format!(
+                "DeadlineExceeded: no answer to the launch in {LAUNCH_TIMEOUT:?}"
+            )),
+        }
     }
 
     async fn kill(&self, address: &str, req: KillAppRequest) -> Result<KillAppResponse, String> {
@@ -180,5 +297,202 @@ impl WorkerConnector for GrpcWorkerConnector {
         // The channel's timeout bounds the call until the stream starts, not the stream.
         let stream = c.follow_log(req).await?.into_inner();
         Ok(Box::pin(stream.map(|r| r.map_err(LogCallError::from))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use aloha_proto::worker_service_server::{WorkerService, WorkerServiceServer};
+    use tonic::{Request, Response, Status, Streaming};
+
+    use super::*;
+
+    /// A WorkerService on 127.0.0.1 that accepts every launch and counts how they came.
+    #[derive(Default)]
+    struct Fake {
+        /// Serves `LaunchApps` (else UNIMPLEMENTED, as a worker without it).
+        streams: bool,
+        /// Each stream fails after answering this many launches (0: never).
+        break_after: usize,
+        opened: AtomicUsize,
+        calls: AtomicUsize,
+    }
+
+    /// The server's handle on a [`Fake`] the test also holds.
+    struct Served(Arc<Fake>);
+
+    impl std::ops::Deref for Served {
+        type Target = Fake;
+        fn deref(&self) -> &Fake {
+            &self.0
+        }
+    }
+
+    fn accepted(req: &LaunchAppRequest, how: &str) -> LaunchAppResponse {
+        LaunchAppResponse {
+            accepted: true,
+            message: how.into(),
+            app_id: req.app_id.clone(),
+            attempt: req.attempt,
+        }
+    }
+
+    #[tonic::async_trait]
+    impl WorkerService for Served {
+        async fn launch_app(
+            &self,
+            req: Request<LaunchAppRequest>,
+        ) -> Result<Response<LaunchAppResponse>, Status> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Ok(Response::new(accepted(req.get_ref(), "call")))
+        }
+
+        type LaunchAppsStream =
+            Pin<Box<dyn Stream<Item = Result<LaunchAppResponse, Status>> + Send + 'static>>;
+
+        async fn launch_apps(
+            &self,
+            req: Request<Streaming<LaunchAppRequest>>,
+        ) -> Result<Response<Self::LaunchAppsStream>, Status> {
+            if !self.streams {
+                return Err(Status::unimplemented("no LaunchApps here"));
+            }
+            self.opened.fetch_add(1, Ordering::SeqCst);
+            let (limit, mut answered) = (self.break_after, 0);
+            let answers = req.into_inner().map(move |req| {
+                answered += 1;
+                if limit > 0 && answered > limit {
+                    return Err(Status::aborted("the stream broke"));
+                }
+                req.map(|r| accepted(&r, "stream"))
+            });
+            Ok(Response::new(Box::pin(answers)))
+        }
+
+        async fn kill_app(
+            &self,
+            _req: Request<KillAppRequest>,
+        ) -> Result<Response<KillAppResponse>, Status> {
+            Err(Status::unimplemented("no kills here"))
+        }
+
+        async fn read_log(
+            &self,
+            _req: Request<ReadLogRequest>,
+        ) -> Result<Response<LogChunk>, Status> {
+            Err(Status::unimplemented("no logs here"))
+        }
+
+        type FollowLogStream = tokio_stream::Empty<Result<LogChunk, Status>>;
+
+        async fn follow_log(
+            &self,
+            _req: Request<ReadLogRequest>,
+        ) -> Result<Response<Self::FollowLogStream>, Status> {
+            Err(Status::unimplemented("no logs here"))
+        }
+    }
+
+    /// Serves `fake` on a fresh 127.0.0.1 port; its address.
+    async fn serve(fake: Arc<Fake>) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = l.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(WorkerServiceServer::new(Served(fake)))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+        );
+        address
+    }
+
+    fn launch(app: &str, attempt: u32) -> LaunchAppRequest {
+        LaunchAppRequest {
+            epoch: 1,
+            app_id: app.into(),
+            attempt,
+            description_json: "{}".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn launches_to_a_worker_share_one_stream_and_each_gets_its_own_answer() {
+        let fake = Arc::new(Fake {
+            streams: true,
+            ..Fake::default()
+        });
+        let address = serve(fake.clone()).await;
+        let connector = Arc::new(GrpcWorkerConnector::new(None));
+        let mut all = tokio::task::JoinSet::new();
+        for i in 0..200u32 {
+            let (connector, address) = (connector.clone(), address.clone());
+            all.spawn(async move {
+                let app = format!("app-{i}");
+                let r = connector.launch(&address, launch(&app, i % 3 + 1)).await;
+                (app, i % 3 + 1, r)
+            });
+        }
+        while let Some(done) = all.join_next().await {
+            let (app, attempt, r) = done.unwrap();
+            let r = r.unwrap();
+            assert!(r.accepted);
+            assert_eq!(
+                (r.app_id.as_str(), r.attempt, r.message.as_str()),
+                (app.as_str(), attempt, "stream")
+            );
+        }
+        assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_worker_without_the_stream_gets_one_call_per_launch() {
+        let fake = Arc::new(Fake::default());
+        let address = serve(fake.clone()).await;
+        let connector = GrpcWorkerConnector::new(None);
+        for i in 0..5 {
+            let r = connector
+                .launch(&address, launch(&format!("app-{i}"), 1))
+                .await
+                .unwrap();
+            assert_eq!((r.accepted, r.message.as_str()), (true, "call"));
+        }
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn a_broken_stream_fails_the_launch_on_it_and_the_next_launch_opens_another() {
+        let fake = Arc::new(Fake {
+            streams: true,
+            break_after: 1,
+            ..Fake::default()
+        });
+        let address = serve(fake.clone()).await;
+        let connector = GrpcWorkerConnector::new(None);
+        let a = connector.launch(&address, launch("a", 1)).await;
+        assert_eq!(a.unwrap().app_id, "a");
+        let b = connector.launch(&address, launch("b", 1)).await;
+        let why = b.expect_err("the stream broke under b");
+        assert!(why.contains("the stream broke"), "{why}");
+        let c = connector.launch(&address, launch("c", 1)).await;
+        assert_eq!(c.unwrap().app_id, "c");
+        assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_launch_to_an_unreachable_worker_fails() {
+        // A port nothing listens on.
+        let address = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let connector = GrpcWorkerConnector::new(None);
+        let why = connector
+            .launch(&address, launch("a", 1))
+            .await
+            .expect_err("nobody there");
+        assert!(why.contains("unavailable: tcp connect error"), "{why}");
     }
 }

@@ -7,11 +7,36 @@ use aloha_proto as pb;
 use aloha_proto::worker_service_server::WorkerService;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::logs::{Chunk, LogError, LogQuery, Logs};
 use crate::worker::Worker;
+
+/// The answers of the leader's launch stream.
+pub type LaunchAnswers =
+    Pin<Box<dyn Stream<Item = Result<pb::LaunchAppResponse, Status>> + Send + 'static>>;
+
+/// Launches one app attempt (a `LaunchApp` call or one message of `LaunchApps`).
+fn launch(worker: &Arc<Worker>, req: pb::LaunchAppRequest) -> pb::LaunchAppResponse {
+    let (app_id, attempt, epoch) = (req.app_id.clone(), req.attempt, req.epoch);
+    let (accepted, message) = match worker.launch(req) {
+        Ok(()) => {
+            info!(%app_id, attempt, epoch, "launch accepted");
+            (true, String::new())
+        }
+        Err(message) => {
+            warn!(%app_id, attempt, epoch, "launch refused: {message}");
+            (false, message)
+        }
+    };
+    pb::LaunchAppResponse {
+        accepted,
+        message,
+        app_id,
+        attempt,
+    }
+}
 
 /// Adapts [`Worker`] and its [`Logs`] to the generated tonic trait.
 pub struct WorkerRpc {
@@ -57,24 +82,21 @@ impl WorkerService for WorkerRpc {
         &self,
         req: Request<pb::LaunchAppRequest>,
     ) -> Result<Response<pb::LaunchAppResponse>, Status> {
-        let req = req.into_inner();
-        let (app_id, attempt, epoch) = (req.app_id.clone(), req.attempt, req.epoch);
-        Ok(Response::new(match self.worker.launch(req) {
-            Ok(()) => {
-                info!(%app_id, attempt, epoch, "launch accepted");
-                pb::LaunchAppResponse {
-                    accepted: true,
-                    message: String::new(),
-                }
-            }
-            Err(message) => {
-                warn!(%app_id, attempt, epoch, "launch refused: {message}");
-                pb::LaunchAppResponse {
-                    accepted: false,
-                    message,
-                }
-            }
-        }))
+        Ok(Response::new(launch(&self.worker, req.into_inner())))
+    }
+
+    type LaunchAppsStream = LaunchAnswers;
+
+    async fn launch_apps(
+        &self,
+        req: Request<Streaming<pb::LaunchAppRequest>>,
+    ) -> Result<Response<Self::LaunchAppsStream>, Status> {
+        let worker = self.worker.clone();
+        // In order: each launch is answered before the next is read.
+        let answers = req
+            .into_inner()
+            .map(move |req| req.map(|req| launch(&worker, req)));
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn kill_app(

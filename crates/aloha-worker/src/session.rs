@@ -8,14 +8,14 @@ use aloha_proto as pb;
 use aloha_proto::auth::{Authed, JoinToken, WithToken};
 use aloha_proto::master_service_client::MasterServiceClient;
 use aloha_proto::tls::TlsConnect;
-use tokio::sync::{watch, RwLock};
+use tokio::sync::{mpsc, watch, RwLock};
 use tonic::transport::Endpoint;
 use tracing::{debug, error, info, warn};
 
 use crate::worker::Worker;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
-/// Most reports sent in one `ReportAppStates` call.
+/// Most reports sent in one batch.
 const MAX_REPORTS_PER_CALL: usize = 256;
 /// Deadline of one registration or report call: a master that does not answer by then is
 /// treated as gone.
@@ -28,6 +28,57 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 struct Leader {
     url: String,
     client: MasterServiceClient<Authed>,
+}
+
+/// How reports reach the master: the first the master serves, from the cheapest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Delivery {
+    /// Each batch as one message of a `StreamAppStates` stream.
+    Stream,
+    /// Each batch in one `ReportAppStates` call.
+    Batches,
+    /// One `ReportAppState` call per report.
+    One,
+}
+
+/// An open `StreamAppStates` to the master at `url`: one batch out, then its answer back.
+struct ReportStream {
+    url: String,
+    tx: mpsc::Sender<pb::ReportAppStatesRequest>,
+    answers: tonic::Streaming<pb::ReportAppStatesResponse>,
+}
+
+impl ReportStream {
+    async fn open(leader: &mut Leader) -> Result<ReportStream, tonic::Status> {
+        let (tx, rx) = mpsc::channel(1);
+        let answers = leader
+            .client
+            .stream_app_states(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(ReportStream {
+            url: leader.url.clone(),
+            tx,
+            answers,
+        })
+    }
+
+    /// The master's answers to `batch`, one per report, in order.
+    async fn send(
+        &mut self,
+        batch: pb::ReportAppStatesRequest,
+    ) -> Result<Vec<pb::ReportAppStateResponse>, tonic::Status> {
+        self.tx
+            .send(batch)
+            .await
+            .map_err(|_| tonic::Status::unavailable("the report stream closed"))?;
+        match self.answers.message().await? {
+            Some(answer) => Ok(answer.results),
+            None => Err(tonic::Status::unavailable(
+                "the master ended the report stream",
+            )),
+        }
+    }
 }
 
 /// Registration, heartbeats and report delivery.
@@ -260,14 +311,19 @@ impl Session {
     }
 
     /// Sends queued reports to the leader, oldest first, until each is acknowledged: all that
-    /// are queued (up to [`MAX_REPORTS_PER_CALL`]) in one `ReportAppStates` call, which the
-    /// master applies in order in one commit; one at a time to a master without that call.
+    /// are queued (up to [`MAX_REPORTS_PER_CALL`]) in one message of a `StreamAppStates`
+    /// stream kept open to the leader, which the master applies in order in one commit and
+    /// answers before the next batch goes. A master without streams gets each batch in one
+    /// `ReportAppStates` call, one without that call the reports one at a time.
     async fn deliver_reports(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut batches = true;
+        let mut mode = Delivery::Stream;
+        let mut stream: Option<ReportStream> = None;
         loop {
-            let reports = self
-                .worker
-                .next_reports(if batches { MAX_REPORTS_PER_CALL } else { 1 });
+            let reports = self.worker.next_reports(if mode == Delivery::One {
+                1
+            } else {
+                MAX_REPORTS_PER_CALL
+            });
             if reports.is_empty() {
                 tokio::select! {
                     _ = self.worker.report_ready.notified() => continue,
@@ -286,23 +342,44 @@ impl Session {
                 }
                 continue;
             };
-            let sent: Result<Vec<pb::ReportAppStateResponse>, tonic::Status> = if batches {
-                let req = pb::ReportAppStatesRequest {
-                    worker_id: self.worker.id.clone(),
-                    reports: reports.clone(),
-                };
-                tokio::time::timeout(RPC_TIMEOUT, leader.client.report_app_states(req))
+            let batch = || pb::ReportAppStatesRequest {
+                worker_id: self.worker.id.clone(),
+                reports: reports.clone(),
+            };
+            let sent: Result<Vec<pb::ReportAppStateResponse>, tonic::Status> = match mode {
+                Delivery::Stream => {
+                    let sent = tokio::time::timeout(RPC_TIMEOUT, async {
+                        if stream.as_ref().is_none_or(|s| s.url != leader.url) {
+                            stream = Some(ReportStream::open(&mut leader).await?);
+                        }
+                        match stream.as_mut() {
+                            Some(s) => s.send(batch()).await,
+                            None => Err(tonic::Status::unavailable("no report stream")),
+                        }
+                    })
                     .await
-                    .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("report timed out")))
-                    .map(|r| r.into_inner().results)
-            } else {
-                tokio::time::timeout(
+                    .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("report timed out")));
+                    if sent.is_err() {
+                        // A late answer must not be read as the next batch's.
+                        stream = None;
+                    }
+                    sent
+                }
+                Delivery::Batches => {
+                    tokio::time::timeout(RPC_TIMEOUT, leader.client.report_app_states(batch()))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(tonic::Status::deadline_exceeded("report timed out"))
+                        })
+                        .map(|r| r.into_inner().results)
+                }
+                Delivery::One => tokio::time::timeout(
                     RPC_TIMEOUT,
                     leader.client.report_app_state(reports[0].clone()),
                 )
                 .await
                 .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("report timed out")))
-                .map(|r| vec![r.into_inner()])
+                .map(|r| vec![r.into_inner()]),
             };
             match sent {
                 Ok(results) => {
@@ -312,9 +389,16 @@ impl Session {
                         }
                     }
                 }
-                Err(status) if batches && status.code() == tonic::Code::Unimplemented => {
-                    info!(master = %leader.url, "the master takes one report per call");
-                    batches = false;
+                Err(status)
+                    if mode != Delivery::One && status.code() == tonic::Code::Unimplemented =>
+                {
+                    mode = if mode == Delivery::Stream {
+                        info!(master = %leader.url, "the master has no report stream; one call per batch");
+                        Delivery::Batches
+                    } else {
+                        info!(master = %leader.url, "the master takes one report per call");
+                        Delivery::One
+                    };
                 }
                 Err(status) => {
                     debug!(master = %leader.url, "report delivery failed: {}", status.message());

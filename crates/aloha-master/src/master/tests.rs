@@ -35,7 +35,7 @@ impl WorkerConnector for Recorder {
         }
         Ok(pb::LaunchAppResponse {
             accepted: true,
-            message: String::new(),
+            ..Default::default()
         })
     }
     async fn kill(&self, _: &str, r: pb::KillAppRequest) -> Result<pb::KillAppResponse, String> {
