@@ -34,6 +34,11 @@
 //! page. Every process is started through the harness, whose `Drop` stops it: each run owns its
 //! processes and drops them when it ends, also when it fails.
 
+// The simulated workers of `scale` and `schedules` allocate per message as a worker does; with
+// glibc's malloc the load generator took CPU the master under test should have.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bare;
 mod chaos;
 mod failover;

@@ -14,7 +14,7 @@ use crate::load::submit_many_async;
 use crate::queue::{mib, rss};
 use crate::report::report;
 use crate::setup::{metric, metrics, Setup};
-use crate::simworkers::SimWorkers;
+use crate::simworkers::{Calls, SimWorkers};
 
 #[derive(clap::Args)]
 pub(crate) struct ScaleArgs {
@@ -36,6 +36,9 @@ pub(crate) struct ScaleArgs {
     /// Concurrent connections submitting the apps.
     #[arg(long, default_value_t = 64)]
     connections: usize,
+    /// How launches and reports travel: `streams` (as aloha-worker) or `unary` calls.
+    #[arg(long, value_enum, default_value = "streams")]
+    calls: Calls,
     /// Markdown file whose `bench:scale` section is replaced with the results.
     #[arg(long)]
     write: Option<PathBuf>,
@@ -121,6 +124,7 @@ fn scale_run(a: &ScaleArgs) -> Results {
             a.workers,
             a.worker_cores,
             a.heartbeat,
+            a.calls,
         ))
         .unwrap_or_else(|e| panic!("{e}"));
     let registration = t0.elapsed();

@@ -22,7 +22,7 @@ use crate::queue::{mib, rss};
 use crate::report::{ms, percentile, report};
 use crate::scale::{cpu_time, raise_fd_limit};
 use crate::setup::{EventStream, Setup};
-use crate::simworkers::SimWorkers;
+use crate::simworkers::{Calls, SimWorkers};
 use crate::T;
 
 #[derive(clap::Args)]
@@ -300,6 +300,7 @@ fn schedules_run(a: &SchedulesArgs) -> Results {
             a.workers,
             a.worker_cores,
             a.heartbeat,
+            Calls::Streams,
         ))
         .unwrap_or_else(|e| panic!("{e}"));
     // Runs with the simulation's tasks still going on the runtime's threads; stops them and

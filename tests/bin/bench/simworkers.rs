@@ -1,11 +1,12 @@
 //! Simulated workers for `scale`: thousands of them in the bench process, over real gRPC to a
 //! real master. Each has its own 127.0.0.1 port and its own connection to the master; it
 //! registers, heartbeats at a fixed interval and answers every launch by reporting RUNNING,
-//! then FINISHED (exit code 0): the app ends at once. Reports are queued and sent as a real
-//! worker sends them: whatever is queued, in one `ReportAppStates` call, by one delivery task
-//! per worker. One tonic server serves every port: a launch request carries no
-//! worker id, so the handler finds the worker from the port the master connected to
-//! (`Request::local_addr`).
+//! then FINISHED (exit code 0): the app ends at once. Launches come over the master's
+//! `LaunchApps` stream to each worker. Reports are queued and sent as a real worker sends them:
+//! whatever is queued, in one message of the worker's `StreamAppStates` stream, by one
+//! delivery task per worker (or by unary calls with `--calls unary`). One tonic server serves
+//! every port: a launch request carries no worker id, so the handler finds the worker from the
+//! port the master connected to (`Request::local_addr`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,20 +49,18 @@ pub(crate) struct Counters {
     pub(crate) last_launch_ns: AtomicU64,
 }
 
+#[derive(Clone)]
 struct Service {
+    calls: Calls,
     sims: Arc<Vec<Sim>>,
     by_port: Arc<HashMap<u16, usize>>,
     counters: Arc<Counters>,
     base: Instant,
 }
 
-#[tonic::async_trait]
-impl WorkerService for Service {
-    async fn launch_app(
-        &self,
-        req: Request<LaunchAppRequest>,
-    ) -> Result<Response<LaunchAppResponse>, Status> {
-        let port = req.local_addr().map(|a| a.port()).unwrap_or(0);
+impl Service {
+    /// Takes a launch on the worker listening on `port`: both its reports are queued.
+    fn launch(&self, port: u16, req: LaunchAppRequest) -> Result<LaunchAppResponse, Status> {
         let Some(&i) = self.by_port.get(&port) else {
             return Err(Status::internal(format!(
                 "no simulated worker on port {port}"
@@ -78,7 +77,6 @@ impl WorkerService for Service {
             .last_launch_ns
             .fetch_max(now, Ordering::Relaxed);
         self.counters.launches.fetch_add(1, Ordering::Relaxed);
-        let req = req.into_inner();
         // The app runs and ends at once: both reports go to the worker's delivery queue.
         let sim = &self.sims[i];
         {
@@ -95,10 +93,43 @@ impl WorkerService for Service {
             }
         }
         sim.ready.notify_one();
-        Ok(Response::new(LaunchAppResponse {
+        Ok(LaunchAppResponse {
             accepted: true,
             message: String::new(),
-        }))
+            app_id: req.app_id,
+            attempt: req.attempt,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl WorkerService for Service {
+    async fn launch_app(
+        &self,
+        req: Request<LaunchAppRequest>,
+    ) -> Result<Response<LaunchAppResponse>, Status> {
+        let port = req.local_addr().map(|a| a.port()).unwrap_or(0);
+        self.launch(port, req.into_inner()).map(Response::new)
+    }
+
+    type LaunchAppsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<LaunchAppResponse, Status>> + Send + 'static>,
+    >;
+
+    async fn launch_apps(
+        &self,
+        req: Request<tonic::Streaming<LaunchAppRequest>>,
+    ) -> Result<Response<Self::LaunchAppsStream>, Status> {
+        if self.calls == Calls::Unary {
+            return Err(Status::unimplemented(
+                "this simulation takes one call per launch",
+            ));
+        }
+        let port = req.local_addr().map(|a| a.port()).unwrap_or(0);
+        let this = self.clone();
+        let answers =
+            tokio_stream::StreamExt::map(req.into_inner(), move |req| this.launch(port, req?));
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn kill_app(
@@ -126,6 +157,42 @@ impl WorkerService for Service {
         _req: Request<aloha_proto::ReadLogRequest>,
     ) -> Result<Response<Self::FollowLogStream>, Status> {
         Err(Status::unimplemented("simulated workers keep no logs"))
+    }
+}
+
+/// How the master and the simulated workers exchange launches and reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Calls {
+    /// Over one `LaunchApps` and one `StreamAppStates` stream per worker, as aloha-worker.
+    Streams,
+    /// One `LaunchApp` call per launch (the workers refuse the stream, so the master falls
+    /// back) and one `ReportAppStates` call per batch of reports: how it went before streams.
+    Unary,
+}
+
+/// A worker's open `StreamAppStates`: one batch out, its answer back.
+struct ReportStream {
+    tx: tokio::sync::mpsc::Sender<ReportAppStatesRequest>,
+    answers: tonic::Streaming<aloha_proto::ReportAppStatesResponse>,
+}
+
+impl ReportStream {
+    async fn open(client: &mut MasterServiceClient<Channel>) -> Result<ReportStream, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let answers = client
+            .stream_app_states(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(ReportStream { tx, answers })
+    }
+
+    /// The master's answer to `req`; None when the stream broke (open another).
+    async fn send(
+        &mut self,
+        req: ReportAppStatesRequest,
+    ) -> Option<aloha_proto::ReportAppStatesResponse> {
+        self.tx.send(req).await.ok()?;
+        self.answers.message().await.ok().flatten()
     }
 }
 
@@ -165,6 +232,7 @@ impl SimWorkers {
         n: usize,
         cores: u32,
         heartbeat: Duration,
+        calls: Calls,
     ) -> Result<SimWorkers, String> {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
@@ -218,6 +286,7 @@ impl SimWorkers {
         }
         drop(conn_tx);
         let service = Service {
+            calls,
             sims: sims.clone(),
             by_port: Arc::new(by_port),
             counters: counters.clone(),
@@ -256,12 +325,14 @@ impl SimWorkers {
             }
         }
 
-        // Report delivery, one task per worker: whatever is queued, in one call.
+        // Report delivery, one task per worker: whatever is queued, in one message of the
+        // worker's report stream, the next once the master answered it.
         for i in 0..n {
             let (sims, counters, mut stop_rx) = (sims.clone(), counters.clone(), stop_rx.clone());
             tasks.spawn(async move {
                 let sim = &sims[i];
                 let mut client = sim.client.clone();
+                let mut stream: Option<ReportStream> = None;
                 loop {
                     let reports =
                         std::mem::take(&mut *sim.queue.lock().unwrap_or_else(|p| p.into_inner()));
@@ -276,11 +347,35 @@ impl SimWorkers {
                         worker_id: sim.id.clone(),
                         reports,
                     };
-                    match client.report_app_states(req).await {
-                        Ok(r) if r.get_ref().results.iter().all(|x| x.accepted) => {
+                    if calls == Calls::Unary {
+                        match client.report_app_states(req).await {
+                            Ok(r) if r.get_ref().results.iter().all(|x| x.accepted) => {
+                                counters.finished.fetch_add(finished, Ordering::Relaxed);
+                            }
+                            _ => {
+                                counters.report_errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        continue;
+                    }
+                    let s = match stream.as_mut() {
+                        Some(s) => s,
+                        None => match ReportStream::open(&mut client).await {
+                            Ok(s) => stream.insert(s),
+                            Err(_) => {
+                                counters.report_errors.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                        },
+                    };
+                    match s.send(req).await {
+                        Some(r) if r.results.iter().all(|x| x.accepted) => {
                             counters.finished.fetch_add(finished, Ordering::Relaxed);
                         }
-                        _ => {
+                        answer => {
+                            if answer.is_none() {
+                                stream = None;
+                            }
                             counters.report_errors.fetch_add(1, Ordering::Relaxed);
                         }
                     }
