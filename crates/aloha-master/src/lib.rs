@@ -170,7 +170,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let role = |r| cfg.mutual_tls.as_ref().map(|_| r);
     let routes = tonic::transport::Server::builder()
         .add_service(MasterServiceServer::with_interceptor(
-            rpc::MasterRpc::new(node.clone()),
+            rpc::MasterRpc::new(node.clone(), stop_rx.clone()),
             require_token(&cfg).with_peer_role(role(PeerRole::Worker)),
         ))
         .add_service(

@@ -8,6 +8,8 @@ use aloha_core::cluster::{Registration, ReportOutcome, WorkerReport};
 use aloha_core::{AppId, AppState, WorkerId};
 use aloha_proto as pb;
 use aloha_proto::master_service_server::MasterService;
+use aloha_proto::streams::until_stopped;
+use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
@@ -18,13 +20,17 @@ use crate::node::Node;
 /// Adapts [`Master`] to the generated tonic trait.
 pub struct MasterRpc {
     node: Arc<Node>,
+    /// Turns true when the master stops: workers' report streams end then.
+    stop: watch::Receiver<bool>,
 }
 
 impl MasterRpc {
     /// Serves for `node`: its active master when it leads; otherwise it answers "not the
     /// leader" with the leader's gRPC address so workers move there.
-    pub fn new(node: Arc<Node>) -> Self {
-        MasterRpc { node }
+    /// Its streams end when `stop` turns true, so the server's graceful shutdown does not
+    /// wait for the workers to close them.
+    pub fn new(node: Arc<Node>, stop: watch::Receiver<bool>) -> Self {
+        MasterRpc { node, stop }
     }
 
     fn leader_rpc(&self) -> String {
@@ -452,7 +458,10 @@ impl MasterService for MasterRpc {
                 apply_reports(&node, batch?).await
             }
         });
-        Ok(Response::new(Box::pin(answers)))
+        Ok(Response::new(Box::pin(until_stopped(
+            answers,
+            self.stop.clone(),
+        ))))
     }
 }
 

@@ -5,6 +5,7 @@
 //! crates that own those types.
 
 pub mod auth;
+pub mod streams;
 pub mod tls;
 
 #[allow(clippy::all, missing_docs)]

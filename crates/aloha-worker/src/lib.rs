@@ -106,7 +106,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (rpc_stop_tx, mut rpc_stop_rx) = tokio::sync::watch::channel(false);
     let routes =
         tonic::transport::Server::builder().add_service(WorkerServiceServer::with_interceptor(
-            rpc::WorkerRpc::new(worker.clone()),
+            rpc::WorkerRpc::new(worker.clone(), rpc_stop_rx.clone()),
             aloha_proto::auth::RequireToken::new(cfg.join_token.clone(), |from, calls, why| {
                 warn!(
                     %from, calls,

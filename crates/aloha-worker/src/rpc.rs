@@ -4,7 +4,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use aloha_proto as pb;
+use aloha_proto::streams::until_stopped;
 use aloha_proto::worker_service_server::WorkerService;
+use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -42,13 +44,16 @@ fn launch(worker: &Arc<Worker>, req: pb::LaunchAppRequest) -> pb::LaunchAppRespo
 pub struct WorkerRpc {
     worker: Arc<Worker>,
     logs: Arc<Logs>,
+    /// Turns true when the worker's server stops: the leader's launch stream ends then.
+    stop: watch::Receiver<bool>,
 }
 
 impl WorkerRpc {
-    /// Wraps a worker.
-    pub fn new(worker: Arc<Worker>) -> Self {
+    /// Wraps a worker whose server stops when `stop` turns true (so its graceful shutdown
+    /// does not wait for the master to close the launch stream).
+    pub fn new(worker: Arc<Worker>, stop: watch::Receiver<bool>) -> Self {
         let logs = Arc::new(Logs::of(worker.clone()));
-        WorkerRpc { worker, logs }
+        WorkerRpc { worker, logs, stop }
     }
 }
 
@@ -96,7 +101,10 @@ impl WorkerService for WorkerRpc {
         let answers = req
             .into_inner()
             .map(move |req| req.map(|req| launch(&worker, req)));
-        Ok(Response::new(Box::pin(answers)))
+        Ok(Response::new(Box::pin(until_stopped(
+            answers,
+            self.stop.clone(),
+        ))))
     }
 
     async fn kill_app(
