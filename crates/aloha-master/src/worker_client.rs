@@ -92,9 +92,19 @@ pub trait WorkerConnector: Send + Sync + 'static {
 #[derive(Default)]
 pub struct GrpcWorkerConnector {
     channels: Mutex<HashMap<String, Channel>>,
-    links: Mutex<HashMap<String, mpsc::UnboundedSender<PendingLaunch>>>,
+    links: Mutex<Links>,
     token: WithToken,
     tls: Option<TlsConnect>,
+}
+
+/// The launch links by worker address. A link ends when its stream broke and nothing waits
+/// for it; ended links are dropped from the map as it grows, so workers that went away (and
+/// their addresses) are not kept for ever.
+#[derive(Default)]
+struct Links {
+    by_address: HashMap<String, mpsc::UnboundedSender<PendingLaunch>>,
+    /// The size at which ended links are next swept out.
+    sweep_at: usize,
 }
 
 /// How long a launch waits for the worker's answer (as long as a `LaunchApp` call).
@@ -118,10 +128,10 @@ fn launch_by_call(client: &Client, req: LaunchAppRequest, reply: oneshot::Sender
     });
 }
 
-/// Serves one worker's launches until the connector goes: over a `LaunchApps` stream, opened
-/// when a launch comes and none is open; its answers come back in order and are matched to
-/// the launches waiting for them. When the stream breaks, every launch waiting on it fails
-/// (as a broken call does) and the next launch opens another.
+/// Serves one worker's launches over a `LaunchApps` stream, opened when the first launch
+/// comes; its answers come back in order and are matched to the launches waiting for them.
+/// When the stream breaks, every launch waiting on it fails (as a broken call does) and the
+/// link ends once the launches already queued are served: the next launch starts a new link.
 async fn serve_link(mut client: Client, mut launches: mpsc::UnboundedReceiver<PendingLaunch>) {
     while let Some((req, reply)) = launches.recv().await {
         let (out, out_rx) = mpsc::unbounded_channel();
@@ -145,23 +155,35 @@ async fn serve_link(mut client: Client, mut launches: mpsc::UnboundedReceiver<Pe
                 return;
             }
             Err(s) => {
+                // The worker cannot be reached: this launch and those queued behind it fail
+                // alike, and the link ends (the next launch tries again).
+                launches.close();
+                let why = call_error(&s);
                 for (_, _, reply) in waiting {
-                    let _ = reply.send(Err(call_error(&s)));
+                    let _ = reply.send(Err(why.clone()));
                 }
-                continue;
+                while let Ok((_, reply)) = launches.try_recv() {
+                    let _ = reply.send(Err(why.clone()));
+                }
+                return;
             }
         };
+        // Launches are taken while `taking`; after that the answers still due are read.
+        let mut taking = true;
         let broke = loop {
+            if !taking && waiting.is_empty() {
+                return;
+            }
             tokio::select! {
-                next = launches.recv() => match next {
+                next = launches.recv(), if taking => match next {
                     Some((req, reply)) => {
                         waiting.push_back((req.app_id.clone(), req.attempt, reply));
                         if out.send(req).is_err() {
                             break "the launch stream closed".to_string();
                         }
                     }
-                    // The connector is gone.
-                    None => return,
+                    // The link was closed after a break, or the connector is gone.
+                    None => taking = false,
                 },
                 answer = answers.next() => match answer {
                     Some(Ok(a)) => match waiting.pop_front() {
@@ -170,13 +192,19 @@ async fn serve_link(mut client: Client, mut launches: mpsc::UnboundedReceiver<Pe
                         }
                         Some((app, attempt, reply)) => {
                             let why = format!(
-                                "the worker answered {} attempt {} when {app} attempt {attempt} was due",
+                                "the worker answered {} attempt {} when {app} attempt {attempt} \
+                                 was due",
                                 a.app_id, a.attempt
                             );
                             let _ = reply.send(Err(why.clone()));
                             break why;
                         }
-                        None => break format!("the worker answered {} attempt {}, which was not launched", a.app_id, a.attempt),
+                        None => {
+                            break format!(
+                                "the worker answered {} attempt {}, which was not launched",
+                                a.app_id, a.attempt
+                            )
+                        }
                     },
                     Some(Err(s)) => break call_error(&s),
                     None => break "the worker ended the launch stream".to_string(),
@@ -187,6 +215,9 @@ async fn serve_link(mut client: Client, mut launches: mpsc::UnboundedReceiver<Pe
         for (_, _, reply) in waiting {
             let _ = reply.send(Err(broke.clone()));
         }
+        // This link ends: launches already queued are served (over a new stream), later ones
+        // start a new link, and a link to a worker that went away is not kept.
+        launches.close();
     }
 }
 
@@ -220,12 +251,16 @@ impl GrpcWorkerConnector {
     /// The sender of launches to the worker at `address`, whose link starts on first use.
     fn link(&self, address: &str) -> Result<mpsc::UnboundedSender<PendingLaunch>, String> {
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = links.get(address).filter(|tx| !tx.is_closed()) {
+        if let Some(tx) = links.by_address.get(address).filter(|tx| !tx.is_closed()) {
             return Ok(tx.clone());
+        }
+        if links.by_address.len() >= links.sweep_at {
+            links.by_address.retain(|_, tx| !tx.is_closed());
+            links.sweep_at = (2 * links.by_address.len()).max(64);
         }
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(serve_link(self.client(address)?, rx));
-        links.insert(address.to_string(), tx.clone());
+        links.by_address.insert(address.to_string(), tx.clone());
         Ok(tx)
     }
 
@@ -263,9 +298,21 @@ impl WorkerConnector for GrpcWorkerConnector {
         req: LaunchAppRequest,
     ) -> Result<LaunchAppResponse, String> {
         let (reply, answer) = oneshot::channel();
-        self.link(address)?
-            .send((req, reply))
-            .map_err(|_| "the worker's launch link is gone".to_string())?;
+        let mut launch = (req, reply);
+        // A link ends when its stream broke and nothing was queued; the next one starts here.
+        let mut sent = false;
+        for _ in 0..2 {
+            match self.link(address)?.send(launch) {
+                Ok(()) => {
+                    sent = true;
+                    break;
+                }
+                Err(mpsc::error::SendError(back)) => launch = back,
+            }
+        }
+        if !sent {
+            return Err("the worker's launch link is gone".into());
+        }
         match tokio::time::timeout(LAUNCH_TIMEOUT, answer).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err("the worker's launch link is gone".into()),
@@ -476,9 +523,56 @@ mod tests {
         let b = connector.launch(&address, launch("b", 1)).await;
         let why = b.expect_err("the stream broke under b");
         assert!(why.contains("the stream broke"), "{why}");
+        // The broken link ended; the next launch starts another.
+        let ended = connector.links.lock().unwrap().by_address[&address].is_closed();
+        assert!(ended, "the link of a broken stream ends");
         let c = connector.launch(&address, launch("c", 1)).await;
         assert_eq!(c.unwrap().app_id, "c");
         assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
+    }
+
+    /// Addresses on 127.0.0.1 nothing listens on.
+    fn unused_addresses(n: usize) -> Vec<String> {
+        let held: Vec<_> = (0..n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        held.iter()
+            .map(|l| l.local_addr().unwrap().to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn launches_queued_to_an_unreachable_worker_all_fail_with_its_error() {
+        let address = unused_addresses(1).remove(0);
+        let connector = Arc::new(GrpcWorkerConnector::new(None));
+        let mut all = tokio::task::JoinSet::new();
+        for i in 0..20 {
+            let (connector, address) = (connector.clone(), address.clone());
+            all.spawn(async move {
+                connector
+                    .launch(&address, launch(&format!("a{i}"), 1))
+                    .await
+            });
+        }
+        while let Some(r) = all.join_next().await {
+            let why = r.unwrap().expect_err("nobody there");
+            assert!(why.contains("tcp connect error"), "{why}");
+        }
+    }
+
+    #[tokio::test]
+    async fn links_to_workers_that_went_away_are_not_kept() {
+        let connector = GrpcWorkerConnector::new(None);
+        for address in unused_addresses(150) {
+            let r = connector.launch(&address, launch("a", 1)).await;
+            assert!(r.is_err());
+        }
+        let links = connector.links.lock().unwrap();
+        assert!(
+            links.by_address.len() <= 64,
+            "{} links kept",
+            links.by_address.len()
+        );
     }
 
     #[tokio::test]
