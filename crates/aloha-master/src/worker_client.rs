@@ -255,7 +255,16 @@ impl GrpcWorkerConnector {
             return Ok(tx.clone());
         }
         if links.by_address.len() >= links.sweep_at {
-            links.by_address.retain(|_, tx| !tx.is_closed());
+            // The channels of ended links go too (another call connects again): a worker that
+            // went away leaves nothing behind.
+            let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+            links.by_address.retain(|address, tx| {
+                let keep = !tx.is_closed();
+                if !keep {
+                    channels.remove(address);
+                }
+                keep
+            });
             links.sweep_at = (2 * links.by_address.len()).max(64);
         }
         let (tx, rx) = mpsc::unbounded_channel();
@@ -567,11 +576,11 @@ mod tests {
             let r = connector.launch(&address, launch("a", 1)).await;
             assert!(r.is_err());
         }
-        let links = connector.links.lock().unwrap();
+        let links = connector.links.lock().unwrap().by_address.len();
+        let channels = connector.channels.lock().unwrap().len();
         assert!(
-            links.by_address.len() <= 64,
-            "{} links kept",
-            links.by_address.len()
+            links <= 64 && channels <= 64,
+            "{links} links and {channels} channels kept"
         );
     }
 
