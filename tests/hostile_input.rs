@@ -1233,6 +1233,27 @@ fn grpc_properties(p: &mut Properties, f: &Fixture) {
         grpc_ok("Heartbeat", &r)
     });
 
+    p.run("gRPC Heartbeats", 200, vec(worker_id(), 1..5), |ids| {
+        let mut c = client.clone();
+        let n = ids.len();
+        let beats = ids
+            .into_iter()
+            .map(|worker_id| HeartbeatRequest { worker_id });
+        let r = rt.block_on(async {
+            let mut answers = c.heartbeats(tokio_stream::iter(beats)).await?.into_inner();
+            let mut got = 0;
+            while answers.message().await?.is_some() {
+                got += 1;
+            }
+            Ok::<_, tonic::Status>(got)
+        });
+        grpc_ok("Heartbeats", &r)?;
+        if let Ok(got) = r {
+            prop_assert_eq!(got, n, "one answer per beat");
+        }
+        Ok(())
+    });
+
     p.run(
         "gRPC ReportAppState",
         360,

@@ -162,20 +162,51 @@ fn a_worker_reports_over_its_stream() {
     for id in &ids {
         api.wait_state(id, "FINISHED", T);
     }
-    let text = reqwest::blocking::get(format!("{}/metrics", api.base))
-        .and_then(|r| r.text())
-        .expect("GET /metrics");
-    let calls = |method: &str| -> u64 {
-        let label = format!("aloha_rpc_server_duration_seconds_count{{method=\"{method}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&label))
-            .map_or(0, |n| n.trim().parse().expect("a count"))
-    };
+    let text = metrics(api);
+    let calls = |method: &str| rpc_count(&text, method);
     // Each app's RUNNING and FINISHED went in one batch or two.
     let batches = calls("stream_app_states");
     assert!((1..=6).contains(&batches), "{batches} batches:\n{text}");
     assert_eq!(calls("report_app_states"), 0, "{text}");
     assert_eq!(calls("report_app_state"), 0, "{text}");
+}
+
+fn metrics(api: &Api) -> String {
+    reqwest::blocking::get(format!("{}/metrics", api.base))
+        .and_then(|r| r.text())
+        .expect("GET /metrics")
+}
+
+/// How many calls (or stream messages) of gRPC `method` the master served, by its metrics.
+fn rpc_count(metrics: &str, method: &str) -> u64 {
+    let label = format!("aloha_rpc_server_duration_seconds_count{{method=\"{method}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&label))
+        .map_or(0, |n| n.trim().parse().expect("a count"))
+}
+
+#[test]
+fn a_worker_heartbeats_over_its_stream() {
+    let c = Cluster::start("2s", &[("w1", 1)]);
+    let api = c.api();
+    // A beat every 500 ms (a quarter of the worker timeout): wait for six, longer than the
+    // timeout, so the worker stayed ALIVE on streamed beats alone.
+    let deadline = std::time::Instant::now() + T;
+    let text = loop {
+        let text = metrics(api);
+        if rpc_count(&text, "heartbeats") >= 6 {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no heartbeats on the stream:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(rpc_count(&text, "heartbeat"), 0, "{text}");
+    let w = &api.get("/api/v1/workers").body["workers"][0];
+    assert_eq!(w["state"], "ALIVE", "{w}");
 }
 
 #[test]

@@ -375,28 +375,29 @@ impl MasterService for MasterRpc {
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let _t = self.node.metrics.rpc_server_timer("heartbeat");
-        let Some(master) = self.node.active() else {
-            return Ok(Response::new(pb::HeartbeatResponse {
-                accepted: false,
-                leader_rpc_address: self.leader_rpc(),
-                ..Default::default()
-            }));
-        };
-        let id = worker_id(&req.into_inner().worker_id)?;
-        let answer = master.heartbeat(id.as_str()).await;
-        Ok(Response::new(match answer {
-            HeartbeatAnswer::NotLeader => pb::HeartbeatResponse {
-                accepted: false,
-                leader_rpc_address: self.leader_rpc(),
-                ..Default::default()
-            },
-            HeartbeatAnswer::Ok | HeartbeatAnswer::Reregister => pb::HeartbeatResponse {
-                reregister: answer == HeartbeatAnswer::Reregister,
-                accepted: true,
-                leader_rpc_address: master.config().rpc_url(),
-                epoch: master.epoch(),
-            },
-        }))
+        beat(&self.node, req.into_inner()).await.map(Response::new)
+    }
+
+    type HeartbeatsStream = BeatStream;
+
+    async fn heartbeats(
+        &self,
+        req: Request<Streaming<pb::HeartbeatRequest>>,
+    ) -> Result<Response<Self::HeartbeatsStream>, Status> {
+        let node = self.node.clone();
+        // One answer per beat, in order; an error answer ends the stream (the worker
+        // registers again), as it fails one unary call.
+        let answers = req.into_inner().then(move |hb| {
+            let node = node.clone();
+            async move {
+                let _t = node.metrics.rpc_server_timer("heartbeats");
+                beat(&node, hb?).await
+            }
+        });
+        Ok(Response::new(Box::pin(until_stopped(
+            answers,
+            self.stop.clone(),
+        ))))
     }
 
     async fn report_app_state(
@@ -463,6 +464,38 @@ impl MasterService for MasterRpc {
             self.stop.clone(),
         ))))
     }
+}
+
+/// The answers of a worker's heartbeat stream.
+pub type BeatStream =
+    Pin<Box<dyn Stream<Item = Result<pb::HeartbeatResponse, Status>> + Send + 'static>>;
+
+/// Counts one heartbeat: the unary `Heartbeat` and each message of `Heartbeats`. A master
+/// that does not lead answers with the leader's address.
+async fn beat(node: &Node, req: pb::HeartbeatRequest) -> Result<pb::HeartbeatResponse, Status> {
+    let leader_rpc = || node.leader().map(|l| l.rpc).unwrap_or_default();
+    let Some(master) = node.active() else {
+        return Ok(pb::HeartbeatResponse {
+            accepted: false,
+            leader_rpc_address: leader_rpc(),
+            ..Default::default()
+        });
+    };
+    let id = worker_id(&req.worker_id)?;
+    let answer = master.heartbeat(id.as_str()).await;
+    Ok(match answer {
+        HeartbeatAnswer::NotLeader => pb::HeartbeatResponse {
+            accepted: false,
+            leader_rpc_address: leader_rpc(),
+            ..Default::default()
+        },
+        HeartbeatAnswer::Ok | HeartbeatAnswer::Reregister => pb::HeartbeatResponse {
+            reregister: answer == HeartbeatAnswer::Reregister,
+            accepted: true,
+            leader_rpc_address: master.config().rpc_url(),
+            epoch: master.epoch(),
+        },
+    })
 }
 
 /// The answers of a worker's report stream.

@@ -81,6 +81,52 @@ impl ReportStream {
     }
 }
 
+/// How the worker beats to one leader: over a `Heartbeats` stream opened at the first beat,
+/// or, to a master without it, one `Heartbeat` call per beat.
+#[derive(Default)]
+struct Beats {
+    stream: Option<(
+        mpsc::Sender<pb::HeartbeatRequest>,
+        tonic::Streaming<pb::HeartbeatResponse>,
+    )>,
+    unary: bool,
+}
+
+impl Beats {
+    /// Sends one beat and returns the master's answer. An error leaves the stream unusable;
+    /// the caller registers again, with fresh `Beats`.
+    async fn beat(
+        &mut self,
+        client: &mut MasterServiceClient<Authed>,
+        hb: pb::HeartbeatRequest,
+    ) -> Result<pb::HeartbeatResponse, tonic::Status> {
+        if !self.unary && self.stream.is_none() {
+            let (tx, rx) = mpsc::channel(1);
+            match client
+                .heartbeats(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+            {
+                Ok(answers) => self.stream = Some((tx, answers.into_inner())),
+                Err(status) if status.code() == tonic::Code::Unimplemented => {
+                    debug!("the master has no heartbeat stream; one call per beat");
+                    self.unary = true;
+                }
+                Err(status) => return Err(status),
+            }
+        }
+        let Some((tx, answers)) = self.stream.as_mut() else {
+            return client.heartbeat(hb).await.map(|r| r.into_inner());
+        };
+        tx.send(hb)
+            .await
+            .map_err(|_| tonic::Status::unavailable("the heartbeat stream closed"))?;
+        answers
+            .message()
+            .await?
+            .ok_or_else(|| tonic::Status::unavailable("the master ended the heartbeat stream"))
+    }
+}
+
 /// Registration, heartbeats and report delivery.
 pub struct Session {
     worker: Arc<Worker>,
@@ -266,6 +312,7 @@ impl Session {
             *self.leader.write().await = Some(leader.clone());
             self.worker.report_ready.notify_one();
             let mut client = leader.client.clone();
+            let mut beats = Beats::default();
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(interval) => {}
@@ -279,7 +326,7 @@ impl Session {
                     worker_id: self.worker.id.clone(),
                 };
                 // Two intervals without an answer: the master is gone or paused; find the leader.
-                match tokio::time::timeout(interval * 2, client.heartbeat(hb))
+                match tokio::time::timeout(interval * 2, beats.beat(&mut client, hb))
                     .await
                     .unwrap_or_else(|_| {
                         Err(tonic::Status::deadline_exceeded(
@@ -287,7 +334,6 @@ impl Session {
                         ))
                     }) {
                     Ok(r) => {
-                        let r = r.into_inner();
                         if !r.accepted {
                             info!(master = %leader.url, "master is no longer the leader");
                             break;

@@ -4,9 +4,10 @@
 //! then FINISHED (exit code 0): the app ends at once. Launches come over the master's
 //! `LaunchApps` stream to each worker. Reports are queued and sent as a real worker sends them:
 //! whatever is queued, in one message of the worker's `StreamAppStates` stream, by one
-//! delivery task per worker (or by unary calls with `--calls unary`). One tonic server serves
-//! every port: a launch request carries no worker id, so the handler finds the worker from the
-//! port the master connected to (`Request::local_addr`).
+//! delivery task per worker, and heartbeats over its `Heartbeats` stream (or all by unary
+//! calls with `--calls unary`). One tonic server serves every port: a launch request carries
+//! no worker id, so the handler finds the worker from the port the master connected to
+//! (`Request::local_addr`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -163,18 +164,25 @@ impl WorkerService for Service {
 /// How the master and the simulated workers exchange launches and reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Calls {
-    /// Over one `LaunchApps` and one `StreamAppStates` stream per worker, as aloha-worker.
+    /// Over one `LaunchApps`, one `StreamAppStates` and one `Heartbeats` stream per worker,
+    /// as aloha-worker.
     Streams,
     /// One `LaunchApp` call per launch (the workers refuse the stream, so the master falls
-    /// back) and one `ReportAppStates` call per batch of reports: how it went before streams.
+    /// back), one `ReportAppStates` call per batch of reports and one `Heartbeat` call per
+    /// beat: how it went before streams.
     Unary,
 }
 
-/// A worker's open `StreamAppStates`: one batch out, its answer back.
-struct ReportStream {
-    tx: tokio::sync::mpsc::Sender<ReportAppStatesRequest>,
-    answers: tonic::Streaming<aloha_proto::ReportAppStatesResponse>,
+/// A worker's open bidirectional stream to the master: one request out, its answer back.
+struct Duplex<Req, Resp> {
+    tx: tokio::sync::mpsc::Sender<Req>,
+    answers: tonic::Streaming<Resp>,
 }
+
+/// A `StreamAppStates` stream: one batch of reports out, then its answer back.
+type ReportStream = Duplex<ReportAppStatesRequest, aloha_proto::ReportAppStatesResponse>;
+/// A `Heartbeats` stream: one beat out, then its answer back.
+type BeatStream = Duplex<HeartbeatRequest, aloha_proto::HeartbeatResponse>;
 
 impl ReportStream {
     async fn open(client: &mut MasterServiceClient<Channel>) -> Result<ReportStream, Status> {
@@ -183,14 +191,24 @@ impl ReportStream {
             .stream_app_states(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await?
             .into_inner();
-        Ok(ReportStream { tx, answers })
+        Ok(Duplex { tx, answers })
     }
+}
 
+impl BeatStream {
+    async fn open(client: &mut MasterServiceClient<Channel>) -> Result<BeatStream, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let answers = client
+            .heartbeats(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(Duplex { tx, answers })
+    }
+}
+
+impl<Req, Resp> Duplex<Req, Resp> {
     /// The master's answer to `req`; None when the stream broke (open another).
-    async fn send(
-        &mut self,
-        req: ReportAppStatesRequest,
-    ) -> Option<aloha_proto::ReportAppStatesResponse> {
+    async fn send(&mut self, req: Req) -> Option<Resp> {
         self.tx.send(req).await.ok()?;
         self.answers.message().await.ok().flatten()
     }
@@ -389,6 +407,8 @@ impl SimWorkers {
             let offset = heartbeat.mul_f64(i as f64 / n as f64);
             tasks.spawn(async move {
                 let sim = &sims[i];
+                let mut client = sim.client.clone();
+                let mut stream: Option<BeatStream> = None;
                 let mut tick =
                     tokio::time::interval_at(tokio::time::Instant::now() + offset, heartbeat);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -400,10 +420,30 @@ impl SimWorkers {
                     let hb = HeartbeatRequest {
                         worker_id: sim.id.clone(),
                     };
-                    match sim.client.clone().heartbeat(hb).await {
+                    let answer = if calls == Calls::Unary {
+                        client.heartbeat(hb).await.map(|r| r.into_inner())
+                    } else {
+                        let s = match stream.as_mut() {
+                            Some(s) => Ok(s),
+                            None => BeatStream::open(&mut client)
+                                .await
+                                .map(|s| stream.insert(s)),
+                        };
+                        match s {
+                            Ok(s) => match s.send(hb).await {
+                                Some(r) => Ok(r),
+                                None => {
+                                    stream = None;
+                                    Err(Status::unavailable("the heartbeat stream broke"))
+                                }
+                            },
+                            Err(e) => Err(e),
+                        }
+                    };
+                    match answer {
                         Ok(r) => {
                             counters.heartbeats.fetch_add(1, Ordering::Relaxed);
-                            if r.get_ref().reregister {
+                            if r.reregister {
                                 counters.reregistrations.fetch_add(1, Ordering::Relaxed);
                                 if register(sim, cores).await.is_err() {
                                     counters.heartbeat_errors.fetch_add(1, Ordering::Relaxed);
