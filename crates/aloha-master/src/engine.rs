@@ -462,7 +462,64 @@ impl Engine {
             MAX_BATCH
         };
         let mut next_tick = tokio::time::Instant::now() + self.tick_every;
+        // The batch being written, and the next one, gathered and applied meanwhile.
+        let mut inflight: Option<InFlight> = None;
+        let mut open: Option<Open> = None;
         loop {
+            if let Some(f) = inflight.as_mut() {
+                // While a batch is written, the operations that come are applied on top of it
+                // (its memory, not yet durable) into the next batch, which is written as soon
+                // as this one is durable: the store is never idle while operations wait, and
+                // nothing of the next batch is answered, published or sent before its own
+                // commit. A failed commit takes the next batch down with it.
+                let room = open.as_ref().is_none_or(|o| o.len < max) && !*stop.borrow();
+                tokio::select! {
+                    biased;
+                    r = &mut f.task => {
+                        let f = inflight.take().expect("a batch in flight");
+                        let r = r.unwrap_or_else(|e| {
+                            Err(StoreError::Backend(format!("the commit task failed: {e}")))
+                        });
+                        if self.finish(f, r, &mut open) {
+                            if let Some(mut o) = open.take() {
+                                let now = tokio::time::Instant::now();
+                                if now >= next_tick {
+                                    next_tick = now + self.tick_every;
+                                    o.tick = true;
+                                }
+                                self.close(&mut o);
+                                inflight = self.start(o);
+                            }
+                        } else {
+                            // The store refused the batch: wait a little before the next one
+                            // (whose operations queue meanwhile) rather than retrying a
+                            // placement in a loop.
+                            tokio::select! {
+                                _ = tokio::time::sleep(FAILED_COMMIT_PAUSE) => {}
+                                _ = stop.changed() => {}
+                            }
+                        }
+                    }
+                    op = self.rx.recv(), if room => match op {
+                        Some(op) => {
+                            let o = match open.as_mut() {
+                                Some(o) => o,
+                                None => open.insert(self.open(false)),
+                            };
+                            let mut ops = vec![op];
+                            while o.len + ops.len() < max {
+                                match self.rx.try_recv() {
+                                    Ok(op) => ops.push(op),
+                                    Err(_) => break,
+                                }
+                            }
+                            self.apply(o, ops);
+                        }
+                        None => break,
+                    },
+                }
+                continue;
+            }
             if self.shared.is_fenced() || *stop.borrow() {
                 break;
             }
@@ -485,39 +542,53 @@ impl Engine {
                     Err(_) => break,
                 }
             }
-            if !batch.is_empty() {
-                self.metrics.engine_batch.observe(batch.len() as f64);
-            }
             let now = tokio::time::Instant::now();
             let tick = now >= next_tick;
             if tick {
                 next_tick = now + self.tick_every;
             }
-            if !self.run_batch(batch, tick).await {
-                // The store refused the batch: wait a little before the next one (whose
-                // operations queue meanwhile) rather than retrying a placement in a loop.
-                tokio::select! {
-                    _ = tokio::time::sleep(FAILED_COMMIT_PAUSE) => {}
-                    _ = stop.changed() => {}
-                }
+            let mut o = self.open(tick);
+            self.apply(&mut o, batch);
+            self.close(&mut o);
+            inflight = self.start(o);
+        }
+        // The batch gathered behind the last commit was never written: its callers learn that
+        // this master no longer leads, as do those still queued.
+        if let Some(o) = open.take() {
+            self.cluster = o.before;
+            for p in o.pending {
+                p.refuse();
             }
         }
-        // Whatever is still queued learns that this master no longer leads.
         self.rx.close();
         while let Ok(op) = self.rx.try_recv() {
             refuse(op);
         }
     }
 
-    /// Applies one batch, commits it, and acts on it. Returns whether the commit succeeded
-    /// (or there was nothing to commit).
-    pub async fn run_batch(&mut self, batch: Vec<Op>, mut tick: bool) -> bool {
-        let before = self.cluster.clone();
-        let now = self.now();
-        let mut fx = Effects::default();
-        let mut pending = Vec::with_capacity(batch.len());
+    /// Starts a batch on the current state.
+    fn open(&self, tick: bool) -> Open {
+        Open {
+            before: self.cluster.clone(),
+            now: self.now(),
+            fx: Effects::default(),
+            pending: Vec::new(),
+            submitted: 0,
+            len: 0,
+            tick,
+        }
+    }
+
+    /// Applies operations to the cluster, into the batch `o`; their answers wait for its
+    /// commit.
+    fn apply(&mut self, o: &mut Open, ops: Vec<Op>) {
+        o.now = self.now();
+        let mut o_len = 0;
         let mut submitted = 0u64;
-        for op in batch {
+        let mut tick = false;
+        let (now, fx, pending) = (o.now, &mut o.fx, &mut o.pending);
+        for op in ops {
+            o_len += 1;
             match op {
                 Op::Submit {
                     scope,
@@ -528,7 +599,7 @@ impl Engine {
                     let r = self
                         .cluster
                         .authorize(&scope, Target::Namespace(&req.namespace, "the app"))
-                        .and_then(|()| self.cluster.submit(req, key, now, &mut fx));
+                        .and_then(|()| self.cluster.submit(req, key, now, fx));
                     if r.as_ref().is_ok_and(|s| s.created) {
                         submitted += 1;
                     }
@@ -543,14 +614,14 @@ impl Engine {
                     let r = self
                         .cluster
                         .authorize(&scope, Target::App(&id))
-                        .and_then(|()| self.cluster.kill(&id, reason, now, &mut fx));
+                        .and_then(|()| self.cluster.kill(&id, reason, now, fx));
                     pending.push(Pending::App(reply, r));
                 }
                 Op::Retry { scope, id, reply } => {
                     let r = self
                         .cluster
                         .authorize(&scope, Target::App(&id))
-                        .and_then(|()| self.cluster.retry(&id, now, &mut fx));
+                        .and_then(|()| self.cluster.retry(&id, now, fx));
                     if r.is_ok() {
                         submitted += 1;
                     }
@@ -562,29 +633,26 @@ impl Engine {
                     reply,
                 } => {
                     let r = match deadline {
-                        Some(d) => self.cluster.drain_worker(&worker, d, now, &mut fx),
-                        None => self.cluster.undrain_worker(&worker, &mut fx),
+                        Some(d) => self.cluster.drain_worker(&worker, d, now, fx),
+                        None => self.cluster.undrain_worker(&worker, fx),
                     };
                     pending.push(Pending::Done(reply, r.map(|_| ())));
                 }
                 Op::Namespace { name, spec, reply } => {
                     let r = match spec {
-                        Some(spec) => self
-                            .cluster
-                            .put_namespace(&name, spec, now, &mut fx)
-                            .map(|_| ()),
-                        None => self.cluster.delete_namespace(&name, &mut fx),
+                        Some(spec) => self.cluster.put_namespace(&name, spec, now, fx).map(|_| ()),
+                        None => self.cluster.delete_namespace(&name, fx),
                     };
                     pending.push(Pending::Done(reply, r));
                 }
                 Op::Schedule { scope, cmd, reply } => {
                     let r = self
                         .authorize_schedule(&scope, &cmd)
-                        .and_then(|()| self.schedule_op(cmd, now, &mut fx));
+                        .and_then(|()| self.schedule_op(cmd, now, fx));
                     pending.push(Pending::Schedule(reply, r));
                 }
                 Op::Register { reg, reply } => {
-                    let r = self.cluster.register(reg, now, &mut fx);
+                    let r = self.cluster.register(reg, now, fx);
                     pending.push(Pending::Register(reply, r));
                 }
                 Op::Report {
@@ -592,7 +660,7 @@ impl Engine {
                     report,
                     reply,
                 } => {
-                    let r = self.cluster.report(&worker, &report, now, &mut fx);
+                    let r = self.cluster.report(&worker, &report, now, fx);
                     if let ReportOutcome::Refused(m) = &r {
                         error!(app_id = %report.app, worker_id = %worker, "refused illegal report: {m}");
                     }
@@ -606,7 +674,7 @@ impl Engine {
                     let outcomes = reports
                         .iter()
                         .map(|report| {
-                            let r = self.cluster.report(&worker, report, now, &mut fx);
+                            let r = self.cluster.report(&worker, report, now, fx);
                             if let ReportOutcome::Refused(m) = &r {
                                 error!(app_id = %report.app, worker_id = %worker, "refused illegal report: {m}");
                             }
@@ -628,7 +696,7 @@ impl Engine {
                 } => {
                     warn!(app_id = %app, worker_id = %worker, "launch on worker {worker} failed: {why}");
                     self.cluster
-                        .launch_failed(&worker, &app, attempt, &why, now, &mut fx)
+                        .launch_failed(&worker, &app, attempt, &why, now, fx)
                 }
                 Op::KillMissed {
                     worker,
@@ -637,23 +705,33 @@ impl Engine {
                     why,
                 } => self
                     .cluster
-                    .kill_missed(&worker, &app, attempt, &why, now, &mut fx),
+                    .kill_missed(&worker, &app, attempt, &why, now, fx),
             }
         }
-        if tick {
+        o.len += o_len;
+        o.submitted += submitted;
+        o.tick |= tick;
+    }
+
+    /// What a batch does beyond its operations, once they are applied: the timers when due,
+    /// the retention and a placement round.
+    fn close(&mut self, o: &mut Open) {
+        o.now = self.now();
+        let now = o.now;
+        if o.tick {
             let timeout = self.cluster.rules().worker_timeout_ms;
             let silent = self.shared.live.expired(now.mono_ms, timeout);
             for (w, silence) in &silent {
                 warn!(worker_id = %w, silence_ms = silence, "worker lost: no heartbeat");
             }
-            self.cluster.expire_workers(&silent, now, &mut fx);
-            self.cluster.check_recovery(now, &mut fx);
-            self.cluster.resend_kills(now, &mut fx);
+            self.cluster.expire_workers(&silent, now, &mut o.fx);
+            self.cluster.check_recovery(now, &mut o.fx);
+            self.cluster.resend_kills(now, &mut o.fx);
         }
         // App timers (relaunch pauses, max runtimes, on-demand keeping) fire when due, not on
         // the tick: the loop wakes for the earliest one.
         if self.cluster.next_timer().is_some_and(|t| t <= now.wall) {
-            self.cluster.fire_timers(now, &mut fx);
+            self.cluster.fire_timers(now, &mut o.fx);
         }
         // Schedules: the timers that are due, then the schedules whose runs ended (a run
         // created here is placed below, in this same batch).
@@ -662,52 +740,89 @@ impl Engine {
             .next_schedule_timer()
             .is_some_and(|t| t <= now.wall)
         {
-            self.cluster.fire_schedules(now, &mut fx);
+            self.cluster.fire_schedules(now, &mut o.fx);
         }
         if self.cluster.runs_ended() {
-            self.cluster.settle_schedules(now, &mut fx);
+            self.cluster.settle_schedules(now, &mut o.fx);
         }
         // The retention runs in every batch that has something to remove (a bounded number
         // each time), so it keeps up with any rate at which apps end.
         if self.cluster.expiry_due(now) {
-            let n = self.cluster.expire(now, &mut fx);
+            let n = self.cluster.expire(now, &mut o.fx);
             debug!(removed = n, "retention");
         }
         if self.cluster.can_place() {
-            self.cluster.place(now, &mut fx);
+            self.cluster.place(now, &mut o.fx);
         }
-        match self.commit_effects(fx, now).await {
+    }
+
+    /// Writes the batch `o` in a task of its own. Nothing to write: it is done at once.
+    fn start(&mut self, o: Open) -> Option<InFlight> {
+        if o.len > 0 {
+            self.metrics.engine_batch.observe(o.len as f64);
+        }
+        let after = self.cluster.clone();
+        match self.prepare(&o.fx, o.now) {
+            Ok(None) => {
+                self.done(o, Vec::new(), after);
+                None
+            }
+            Ok(Some((events, seq, chunks))) => {
+                let task = tokio::spawn(write(
+                    self.store.clone(),
+                    self.shared.clone(),
+                    self.metrics.clone(),
+                    self.epoch,
+                    chunks,
+                ));
+                Some(InFlight {
+                    task,
+                    batch: o,
+                    events,
+                    seq,
+                    after,
+                })
+            }
+            Err(e) => {
+                self.failed(o, &e);
+                None
+            }
+        }
+    }
+
+    /// Acts on the end of a batch's commit: answers, publishes and sends once it is durable;
+    /// otherwise restores the cluster to before it and fails its operations and those of
+    /// `next`, applied on top of it. Returns whether the commit succeeded.
+    fn finish(&mut self, f: InFlight, r: Result<(), StoreError>, next: &mut Option<Open>) -> bool {
+        match r {
             Ok(()) => {
-                self.metrics.submitted.inc_by(submitted);
-                for p in pending {
-                    p.answer(None);
-                }
+                self.last_event_seq = f.seq;
+                self.done(f.batch, f.events, f.after);
                 true
             }
             Err(e) => {
-                warn!(
-                    "store commit failed, {} operations refused: {e}",
-                    pending.len()
-                );
-                self.cluster = before;
-                for p in pending {
-                    p.answer(Some(&e));
+                if let Some(n) = next.take() {
+                    for p in n.pending {
+                        p.answer(Some(&e));
+                    }
                 }
+                self.failed(f.batch, &e);
                 false
             }
         }
     }
 
-    /// Commits `fx`; once durable, publishes the view, updates the liveness table, hands the
-    /// events to the log and the listeners, and sends the commands. On failure nothing of it
-    /// happened (the caller restores the cluster).
-    pub async fn commit_effects(&mut self, fx: Effects, now: Now) -> Result<(), StoreError> {
-        let events = self.commit(&fx, now).await?;
+    /// A durable batch: publishes `after` (the cluster as the batch left it), updates the
+    /// liveness table, hands the events to the log and the listeners, sends the commands and
+    /// answers the callers.
+    fn done(&mut self, o: Open, events: Vec<Arc<Event>>, after: Cluster) {
         self.shared.publish(View {
-            cluster: self.cluster.clone(),
+            cluster: after,
             epoch: self.epoch,
         });
-        self.shared.live.apply(&fx.liveness, now.mono_ms, now.wall);
+        self.shared
+            .live
+            .apply(&o.fx.liveness, o.now.mono_ms, o.now.wall);
         if !events.is_empty() {
             for e in &events {
                 if let EventBody::AppStateChanged { new_state, .. } = &e.body {
@@ -719,14 +834,69 @@ impl Engine {
                 l.publish(&events);
             }
         }
-        self.dispatch(fx.commands);
+        self.dispatch(o.fx.commands);
+        self.metrics.submitted.inc_by(o.submitted);
+        for p in o.pending {
+            p.answer(None);
+        }
+    }
+
+    /// A batch the store refused: the cluster goes back to before it and its callers get the
+    /// store's error.
+    fn failed(&mut self, o: Open, e: &StoreError) {
+        warn!(
+            "store commit failed, {} operations refused: {e}",
+            o.pending.len()
+        );
+        self.cluster = o.before;
+        for p in o.pending {
+            p.answer(Some(e));
+        }
+    }
+
+    /// Commits `fx`; once durable, publishes the view, updates the liveness table, hands the
+    /// events to the log and the listeners, and sends the commands. On failure nothing of it
+    /// happened (the caller restores the cluster).
+    pub async fn commit_effects(&mut self, fx: Effects, now: Now) -> Result<(), StoreError> {
+        let events = match self.prepare(&fx, now)? {
+            None => Vec::new(),
+            Some((events, seq, chunks)) => {
+                write(
+                    self.store.clone(),
+                    self.shared.clone(),
+                    self.metrics.clone(),
+                    self.epoch,
+                    chunks,
+                )
+                .await?;
+                self.last_event_seq = seq;
+                events
+            }
+        };
+        let o = Open {
+            before: self.cluster.clone(),
+            now,
+            fx,
+            pending: Vec::new(),
+            submitted: 0,
+            len: 0,
+            tick: false,
+        };
+        self.done(o, events, self.cluster.clone());
         Ok(())
     }
 
-    /// Writes the effects: one transaction, or chunks where the store limits transactions.
-    async fn commit(&mut self, fx: &Effects, now: Now) -> Result<Vec<Arc<Event>>, StoreError> {
+    /// The events of `fx` numbered after the last written, their last number, and the
+    /// transactions that write `fx` (one, or chunks where the store limits transactions);
+    /// None when `fx` writes nothing.
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        &self,
+        fx: &Effects,
+        now: Now,
+    ) -> Result<Option<(Vec<Arc<Event>>, u64, Vec<Txn>)>, StoreError> {
         if fx.writes_nothing() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         if self.shared.is_fenced() {
             return Err(StoreError::Fenced);
@@ -780,33 +950,7 @@ impl Engine {
             ));
         }
         let chunks = chunk(ops, meta, self.store.max_txn_ops());
-        let timer = self.metrics.store_txn_timer();
-        for (i, txn) in chunks.into_iter().enumerate() {
-            let r = self.store.txn(txn).await;
-            let r = match r {
-                Ok(true) => Ok(()),
-                // Our only compares are the fence's: the store changed under us.
-                Ok(false) | Err(StoreError::Fenced) => Err(StoreError::Fenced),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = r {
-                if matches!(e, StoreError::Fenced) {
-                    self.shared
-                        .mark_fenced(self.epoch, "a write was refused by the leadership fence");
-                } else if i > 0 || self.store.ambiguous_failures() {
-                    // Part of the change may be in the store: memory can no longer be kept
-                    // equal to it. Step down; the next leadership recovers from the store.
-                    self.shared.mark_fenced(
-                        self.epoch,
-                        &format!("a commit failed in a way that may have applied part of it ({e})"),
-                    );
-                }
-                return Err(e);
-            }
-        }
-        drop(timer);
-        self.last_event_seq = seq;
-        Ok(events)
+        Ok(Some((events, seq, chunks)))
     }
 
     fn dispatch(&self, commands: Vec<Command>) {
@@ -837,6 +981,85 @@ pub fn refuse(op: Op) {
         Op::Tick { reply } => drop(reply.send(Err(EngineError::Stopped))),
         Op::Heard(_) | Op::LaunchFailed { .. } | Op::KillMissed { .. } => {}
     }
+}
+
+/// A batch gathered and applied, not yet written.
+struct Open {
+    /// The cluster before the batch.
+    before: Cluster,
+    now: Now,
+    fx: Effects,
+    pending: Vec<Pending>,
+    /// Apps it created.
+    submitted: u64,
+    /// Operations in it.
+    len: usize,
+    /// Whether it runs the timers.
+    tick: bool,
+}
+
+/// A batch being written.
+struct InFlight {
+    task: tokio::task::JoinHandle<Result<(), StoreError>>,
+    batch: Open,
+    events: Vec<Arc<Event>>,
+    /// The last event number once it is written.
+    seq: u64,
+    /// The cluster as the batch left it: what readers see once it is durable.
+    after: Cluster,
+}
+
+impl Pending {
+    /// Answers that this master stopped before the operation was written.
+    fn refuse(self) {
+        fn send<T>(tx: Reply<T>) {
+            let _ = tx.send(Err(EngineError::Stopped));
+        }
+        match self {
+            Pending::Submit(tx, _) => send(tx),
+            Pending::App(tx, _) => send(tx),
+            Pending::Register(tx, _) => send(tx),
+            Pending::Report(tx, _) => send(tx),
+            Pending::Reports(tx, _) => send(tx),
+            Pending::Schedule(tx, _) => send(tx),
+            Pending::Done(tx, _) => send(tx),
+            Pending::Tick(tx) => send(tx),
+        }
+    }
+}
+
+/// Writes the transactions of one batch in order. A write the fence refuses fences this
+/// leadership; a failure after part of the batch may have been applied (a later chunk, or a
+/// store whose failures are ambiguous) steps it down too, as memory could no longer be kept
+/// equal to the store.
+async fn write(
+    store: Arc<dyn StateStore>,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    epoch: u64,
+    chunks: Vec<Txn>,
+) -> Result<(), StoreError> {
+    let _timer = metrics.store_txn_timer();
+    for (i, txn) in chunks.into_iter().enumerate() {
+        let r = match store.txn(txn).await {
+            Ok(true) => Ok(()),
+            // Our only compares are the fence's: the store changed under us.
+            Ok(false) | Err(StoreError::Fenced) => Err(StoreError::Fenced),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            if matches!(e, StoreError::Fenced) {
+                shared.mark_fenced(epoch, "a write was refused by the leadership fence");
+            } else if i > 0 || store.ambiguous_failures() {
+                shared.mark_fenced(
+                    epoch,
+                    &format!("a commit failed in a way that may have applied part of it ({e})"),
+                );
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// Splits writes into transactions of at most `max_ops` operations and about

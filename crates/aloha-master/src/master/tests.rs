@@ -321,6 +321,65 @@ async fn reads_are_answered_while_a_commit_is_stalled_and_concurrent_submissions
 }
 
 #[tokio::test]
+async fn the_batch_gathered_behind_a_commit_waits_for_it_and_fails_with_it() {
+    let r = rig().await;
+    let before = r.master.view().cluster.last_seq();
+    r.store.stall.store(true, Ordering::SeqCst);
+    let stalled = r.store.stalled.notified();
+    let m = r.master.clone();
+    let first = tokio::spawn(async move { m.submit(submit_req(0), None).await });
+    stalled.await;
+    // Applied behind the stalled commit, on top of the first submission...
+    let m = r.master.clone();
+    let second = tokio::spawn(async move { m.submit(submit_req(0), None).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...but neither answered nor visible before it is written.
+    assert!(!second.is_finished());
+    assert_eq!(r.master.view().cluster.app_count(), 0);
+    // The first commit fails: the second, built on it, fails too, and nothing remains.
+    r.store.fail.store(true, Ordering::SeqCst);
+    r.store.stall.store(false, Ordering::SeqCst);
+    r.store.release.notify_one();
+    assert!(matches!(first.await.unwrap(), Err(MasterError::Store(_))));
+    assert!(matches!(second.await.unwrap(), Err(MasterError::Store(_))));
+    assert_eq!(r.master.view().cluster.last_seq(), before);
+    r.store.fail.store(false, Ordering::SeqCst);
+    let next = r.master.submit(submit_req(0), None).await.unwrap();
+    assert_eq!(next.app.seq, before + 1, "no number was spent");
+    assert_eq!(r.master.view().cluster.app_count(), 1);
+}
+
+#[tokio::test]
+async fn the_batch_gathered_behind_a_commit_is_written_once_it_is_durable() {
+    let r = rig().await;
+    let txns_before = r.store.txns.load(Ordering::SeqCst);
+    r.store.stall.store(true, Ordering::SeqCst);
+    let stalled = r.store.stalled.notified();
+    let m = r.master.clone();
+    let first = tokio::spawn(async move { m.submit(submit_req(0), None).await });
+    stalled.await;
+    r.store.stall.store(false, Ordering::SeqCst);
+    let m = r.master.clone();
+    let second = tokio::spawn(async move { m.submit(submit_req(0), None).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!second.is_finished(), "answered before its commit");
+    r.store.release.notify_one();
+    let a = first.await.unwrap().unwrap();
+    let b = second.await.unwrap().unwrap();
+    assert_eq!((a.app.seq, b.app.seq), (1, 2));
+    assert_eq!(r.store.txns.load(Ordering::SeqCst) - txns_before, 2);
+    assert_eq!(r.master.view().cluster.app_count(), 2);
+    // Both are in the store, with their events in order.
+    assert!(r
+        .store
+        .inner
+        .get(&crate::store::keys::app(&b.app.id))
+        .await
+        .unwrap()
+        .is_some());
+}
+
+#[tokio::test]
 async fn idempotent_submissions_survive_a_restart() {
     let store: Arc<TestStore> = Arc::default();
     let clock: Arc<ManualClock> = Arc::default();
