@@ -210,6 +210,87 @@ fn a_worker_heartbeats_over_its_stream() {
 }
 
 #[test]
+fn a_batch_submission_answers_each_app_and_runs_the_accepted_ones() {
+    let c = Cluster::start("3s", &[("w1", 2)]);
+    let api = c.api();
+    let ok = |name: &str| json!({"name": name, "kind": "process", "spec": {"command": ["true"]}});
+    let batch = json!({"apps": [ok("b0"), {"name": "bad", "kind": "nope"}, ok("b2"),
+                                {"name": "zero", "kind": "process", "cores": 0}]});
+    let headers = [("Idempotency-Key", "batch-1")];
+    let r = api
+        .try_post_with("/api/v1/apps/batch", &batch, &headers)
+        .expect("POST batch");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let results = r.body["results"].as_array().expect("results").clone();
+    let statuses: Vec<u64> = results
+        .iter()
+        .map(|x| x["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [201, 422, 201, 400], "{results:?}");
+    assert!(
+        results[1]["error"].as_str().unwrap().contains("nope"),
+        "{results:?}"
+    );
+    assert!(results[1].get("app").is_none());
+    let ids: Vec<String> = [0, 2]
+        .iter()
+        .map(|&i| results[i]["app"]["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(results[0]["app"]["name"], "b0");
+    for id in &ids {
+        api.wait_state(id, "FINISHED", T);
+    }
+    // The same batch again with the same key: the first apps, with 200, and no new app.
+    let again = api
+        .try_post_with("/api/v1/apps/batch", &batch, &headers)
+        .expect("POST batch");
+    let results = again.body["results"].as_array().unwrap();
+    assert_eq!(results[0]["status"], 200, "{results:?}");
+    assert_eq!(results[0]["app"]["id"], ids[0].as_str());
+    assert_eq!(results[2]["app"]["id"], ids[1].as_str());
+    assert_eq!(
+        api.get("/api/v1/apps").body["apps"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // Whole-request errors: nothing submitted.
+    let empty = api.post("/api/v1/apps/batch", &json!({"apps": []}));
+    assert_eq!(empty.status, 400, "{:?}", empty.body);
+    assert!(empty.body["error"].as_str().unwrap().contains("1 to 1000"));
+    let many: Vec<_> = (0..1001).map(|i| ok(&format!("m{i}"))).collect();
+    let too_many = api.post("/api/v1/apps/batch", &json!({ "apps": many }));
+    assert_eq!(too_many.status, 400, "{:?}", too_many.body);
+    let dry = api.post(
+        "/api/v1/apps/batch?dry_run=true",
+        &json!({"apps": [ok("d0")]}),
+    );
+    assert_eq!(dry.status, 400, "{:?}", dry.body);
+    let big = "x".repeat(2 << 20);
+    let huge = api.post("/api/v1/apps/batch", &json!({"apps": [ok(&big)]}));
+    assert_eq!(huge.status, 413, "{:?}", huge.body);
+    assert!(huge.body["error"].is_string(), "{:?}", huge.body);
+    let shape = api.post(
+        "/api/v1/apps/batch",
+        &json!({"apps": [ok("s0"), {"name": 3}]}),
+    );
+    assert_eq!(shape.status, 422, "{:?}", shape.body);
+    assert!(
+        shape.body["error"].as_str().unwrap().contains("apps[1]"),
+        "{:?}",
+        shape.body
+    );
+    assert_eq!(
+        api.get("/api/v1/apps").body["apps"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
 fn listing_filters_by_state_and_limits_newest_first() {
     let c = Cluster::start("3s", &[("w1", 4)]);
     let api = c.api();

@@ -107,6 +107,15 @@ fn every_route_is_documented_and_real_answers_match_the_document() {
         let r = api.post("/api/v1/apps", &bad);
         doc.check("post", "/api/v1/apps", &r);
     }
+    let batch = json!({"apps": [{"name": "b", "kind": "process", "spec": {"command": ["true"]}},
+                                {"name": "x", "kind": "nope"}]});
+    let r = api.post("/api/v1/apps/batch", &batch);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    doc.check("post", "/api/v1/apps/batch", &r);
+    for bad in [json!({"apps": []}), json!({"apps": [{"name": 3}]})] {
+        let r = api.post("/api/v1/apps/batch", &bad);
+        doc.check("post", "/api/v1/apps/batch", &r);
+    }
     doc.check("get", "/api/v1/apps", &api.get("/api/v1/apps"));
     doc.check("get", "/api/v1/apps", &api.get("/api/v1/apps?limit=0"));
     api.wait_state(&id, "RUNNING", std::time::Duration::from_secs(30));

@@ -88,6 +88,16 @@ pub enum Op {
         /// The answer.
         reply: Reply<Submitted>,
     },
+    /// `POST /api/v1/apps/batch`: each app is submitted as by [`Op::Submit`], on its own;
+    /// one answer per app, in order.
+    SubmitBatch {
+        /// Where the caller may write.
+        scope: Scope,
+        /// The requests, each with its idempotency key.
+        reqs: Vec<(SubmitRequest, Option<String>)>,
+        /// The answers.
+        reply: Reply<Vec<Result<Submitted, OpError>>>,
+    },
     /// `POST /api/v1/apps/{id}/kill`.
     Kill {
         /// Where the caller may write.
@@ -345,6 +355,10 @@ pub struct Engine {
 /// An operation's outcome, held until the batch is durable.
 enum Pending {
     Submit(Reply<Submitted>, Result<Submitted, OpError>),
+    Batch(
+        Reply<Vec<Result<Submitted, OpError>>>,
+        Vec<Result<Submitted, OpError>>,
+    ),
     App(Reply<Arc<App>>, Result<Arc<App>, OpError>),
     Register(Reply<Vec<(AppId, u32)>>, Result<Vec<(AppId, u32)>, OpError>),
     Report(Reply<ReportOutcome>, ReportOutcome),
@@ -366,6 +380,7 @@ impl Pending {
         }
         match self {
             Pending::Submit(tx, r) => send(tx, r, failed),
+            Pending::Batch(tx, r) => send(tx, Ok(r), failed),
             Pending::App(tx, r) => send(tx, r, failed),
             Pending::Register(tx, r) => send(tx, r, failed),
             Pending::Report(tx, r) => send(tx, Ok(r), failed),
@@ -507,12 +522,7 @@ impl Engine {
                                 None => open.insert(self.open(false)),
                             };
                             let mut ops = vec![op];
-                            while o.len + ops.len() < max {
-                                match self.rx.try_recv() {
-                                    Ok(op) => ops.push(op),
-                                    Err(_) => break,
-                                }
-                            }
+                            self.gather(&mut ops, max.saturating_sub(o.len));
                             self.apply(o, ops);
                         }
                         None => break,
@@ -536,12 +546,7 @@ impl Engine {
                     _ = tokio::time::sleep_until(wake) => {}
                 }
             }
-            while batch.len() < max {
-                match self.rx.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
-                }
-            }
+            self.gather(&mut batch, max);
             let now = tokio::time::Instant::now();
             let tick = now >= next_tick;
             if tick {
@@ -563,6 +568,21 @@ impl Engine {
         self.rx.close();
         while let Ok(op) = self.rx.try_recv() {
             refuse(op);
+        }
+    }
+
+    /// Adds what is queued to `ops` until they weigh `max` (a batch submission weighs as
+    /// many as it holds, any other operation one).
+    fn gather(&mut self, ops: &mut Vec<Op>, max: usize) {
+        let mut weight: usize = ops.iter().map(Op::weight).sum();
+        while weight < max {
+            match self.rx.try_recv() {
+                Ok(op) => {
+                    weight += op.weight();
+                    ops.push(op);
+                }
+                Err(_) => break,
+            }
         }
     }
 
@@ -604,6 +624,24 @@ impl Engine {
                         submitted += 1;
                     }
                     pending.push(Pending::Submit(reply, r));
+                }
+                Op::SubmitBatch { scope, reqs, reply } => {
+                    // Counted as the submissions it holds, so a batch stays within the limit
+                    // of what one commit carries.
+                    o_len += reqs.len().saturating_sub(1);
+                    let results: Vec<_> = reqs
+                        .into_iter()
+                        .map(|(req, key)| {
+                            self.cluster
+                                .authorize(&scope, Target::Namespace(&req.namespace, "the app"))
+                                .and_then(|()| self.cluster.submit(req, key, now, fx))
+                        })
+                        .collect();
+                    submitted += results
+                        .iter()
+                        .filter(|r| r.as_ref().is_ok_and(|s| s.created))
+                        .count() as u64;
+                    pending.push(Pending::Batch(reply, results));
                 }
                 Op::Kill {
                     scope,
@@ -968,6 +1006,7 @@ impl Engine {
 pub fn refuse(op: Op) {
     match op {
         Op::Submit { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
+        Op::SubmitBatch { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
         Op::Kill { reply, .. } | Op::Retry { reply, .. } => {
             drop(reply.send(Err(EngineError::Stopped)))
         }
@@ -980,6 +1019,16 @@ pub fn refuse(op: Op) {
         Op::Reports { reply, .. } => drop(reply.send(Err(EngineError::Stopped))),
         Op::Tick { reply } => drop(reply.send(Err(EngineError::Stopped))),
         Op::Heard(_) | Op::LaunchFailed { .. } | Op::KillMissed { .. } => {}
+    }
+}
+
+impl Op {
+    /// What the operation counts for against a batch's limit.
+    fn weight(&self) -> usize {
+        match self {
+            Op::SubmitBatch { reqs, .. } => reqs.len().max(1),
+            _ => 1,
+        }
     }
 }
 
@@ -1017,6 +1066,7 @@ impl Pending {
         }
         match self {
             Pending::Submit(tx, _) => send(tx),
+            Pending::Batch(tx, _) => send(tx),
             Pending::App(tx, _) => send(tx),
             Pending::Register(tx, _) => send(tx),
             Pending::Report(tx, _) => send(tx),

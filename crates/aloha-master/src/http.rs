@@ -94,6 +94,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/apps", post(submit).get(list))
+        .route("/api/v1/apps/batch", post(submit_batch))
         .route("/api/v1/apps/{id}", get(show))
         .route("/api/v1/apps/{id}/kill", post(kill))
         .route("/api/v1/apps/{id}/retry", post(retry))
@@ -150,14 +151,14 @@ pub fn router(node: Arc<Node>) -> Router {
         description = "The master's REST API: apps, schedules, workers, the cluster, events, logs and probes. Every error is `{\"error\": \"...\"}`; a standby answers writes with 503 and the leader's address. The web console (`/`, `/ui/...`) and Spark's submission protocol (`--submission-addr`) are not part of this API.",
     ),
     paths(
-        healthz, readyz, metrics, openapi, submit, list, show, kill, retry,
+        healthz, readyz, metrics, openapi, submit, submit_batch, list, show, kill, retry,
         crate::logs::app_logs, create_schedule, list_schedules, show_schedule, update_schedule,
         delete_schedule, pause_schedule, resume_schedule, trigger_schedule, backfill_schedule,
         workers, drain_worker, undrain_worker, cluster, accept_restore,
         list_namespaces, show_namespace, put_namespace, delete_namespace, create_token, list_tokens, revoke_token, crate::stream::events,
     ),
     components(schemas(
-        App, AppState, SubmitRequest, AppList, ErrorBody, WorkerInfo, WorkerList, ClusterInfo,
+        App, AppState, SubmitRequest, BatchRequest, BatchResults, BatchResult, AppList, ErrorBody, WorkerInfo, WorkerList, ClusterInfo,
         ScheduleInfo, ScheduleList, ScheduleRequest, SchedulePatch, aloha_core::Event,
     )),
     tags(
@@ -249,20 +250,7 @@ async fn submit(
 ) -> ApiResult<Response> {
     let Query(query) = query?;
     let wait = query.wait.as_deref().map(parse_wait).transpose()?;
-    let key = match headers.get(IDEMPOTENCY_KEY) {
-        None => None,
-        Some(v) => {
-            let key = v.to_str().map_err(|_| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "Idempotency-Key must be visible ASCII",
-                )
-            })?;
-            aloha_core::cluster::check_idempotency_key(key)
-                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-            Some(key.to_string())
-        }
-    };
+    let key = idempotency_key(&headers)?;
     let Json(req) = body?;
     let master = m.leader_master().await?;
     if query.dry_run {
@@ -294,6 +282,128 @@ async fn submit(
         StatusCode::OK
     };
     Ok((status, [(header::LOCATION, location)], Json(app)).into_response())
+}
+
+/// The request's `Idempotency-Key`, checked.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = v.to_str().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Idempotency-Key must be visible ASCII",
+        )
+    })?;
+    aloha_core::cluster::check_idempotency_key(key)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok(Some(key.to_string()))
+}
+
+/// Most apps in one `POST /api/v1/apps/batch`.
+pub const MAX_BATCH_APPS: usize = 1000;
+
+/// `POST /api/v1/apps/batch` takes no query parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchQuery {}
+
+/// The body of `POST /api/v1/apps/batch`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// 1 to 1000 submissions, each as the body of `POST /api/v1/apps`.
+    pub apps: Vec<SubmitRequest>,
+}
+
+/// The answer of `POST /api/v1/apps/batch`: one result per submission, in order.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct BatchResults {
+    /// The results.
+    pub results: Vec<BatchResult>,
+}
+
+/// One submission's result in a batch: the status `POST /api/v1/apps` would have answered,
+/// with the app or the error.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct BatchResult {
+    /// 201 (created), 200 (an idempotent repeat: the first app), or the error's status.
+    pub status: u16,
+    /// The app, when accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<App>,
+    /// Why it was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST /api/v1/apps/batch`: up to 1000 submissions in one request, each accepted or refused
+/// on its own (one result each, in order, with the status `POST /api/v1/apps` would give it),
+/// all in one operation of the engine; every accepted app is durable when the answer comes.
+/// With an `Idempotency-Key`, app `i` takes the key `<key>#<i>`, so a repeat of the batch
+/// answers 200 with the first apps.
+#[utoipa::path(post, path = "/api/v1/apps/batch", tag = "apps",
+    params(("Idempotency-Key" = Option<String>, Header, description = "app i of the batch takes the key `<key>#<i>`: a repeat with the same key and bodies answers 200 for each with the first app")),
+    request_body = BatchRequest,
+    responses((status = 200, description = "one result per app, in order; each accepted app is durable", body = BatchResults),
+              (status = 400, description = "no apps, more than 1000, a bad key, or a query parameter (there are none)", body = ErrorBody),
+              (status = 413, description = "a body over 1 MiB", body = ErrorBody),
+              (status = 422, description = "a body of the wrong shape (the path of the first bad field is named)", body = ErrorBody),
+              (status = 503, description = "not the leader (the body names it), or the store failed: no app was accepted", body = ErrorBody)))]
+async fn submit_batch(
+    State(m): State<Arc<Node>>,
+    CallerScope(scope): CallerScope,
+    headers: HeaderMap,
+    query: Result<Query<BatchQuery>, QueryRejection>,
+    body: Result<Json<BatchRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    // No parameters: a `?dry_run=true` meant for `POST /api/v1/apps` must not create apps.
+    let Query(BatchQuery {}) = query?;
+    let key = idempotency_key(&headers)?;
+    let Json(batch) = body?;
+    let n = batch.apps.len();
+    if n == 0 || n > MAX_BATCH_APPS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("a batch holds 1 to {MAX_BATCH_APPS} apps; this one holds {n}"),
+        ));
+    }
+    let keys: Vec<Option<String>> = (0..n)
+        .map(|i| key.as_ref().map(|k| format!("{k}#{i}")))
+        .collect();
+    if let Some(Some(last)) = keys.last() {
+        aloha_core::cluster::check_idempotency_key(last).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{e} (with the `#<index>` a batch adds)"),
+            )
+        })?;
+    }
+    let master = m.leader_master().await?;
+    let results = master
+        .submit_batch_as(&scope, batch.apps.into_iter().zip(keys).collect())
+        .await?;
+    let view = master.view();
+    let results = results
+        .into_iter()
+        .map(|r| match r {
+            Ok(s) => BatchResult {
+                status: if s.created { 201 } else { 200 },
+                app: Some(present(&view.cluster, &s.app).into_owned()),
+                error: None,
+            },
+            Err(e) => {
+                let e = ApiError::from(e);
+                let (status, msg) = e.parts();
+                BatchResult {
+                    status: status.as_u16(),
+                    app: None,
+                    error: Some(msg.to_string()),
+                }
+            }
+        })
+        .collect();
+    Ok((StatusCode::OK, Json(BatchResults { results })).into_response())
 }
 
 #[derive(Debug, Deserialize)]

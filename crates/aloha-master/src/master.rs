@@ -377,6 +377,25 @@ impl Master {
         Ok(s)
     }
 
+    /// Accepts several submissions in one operation of the engine, each on its own as by
+    /// [`Master::submit_as`] with its own idempotency key: one result per request, in order,
+    /// every accepted one durable before this returns. The outer error is the batch's (not
+    /// the leader, the store failed): then none was accepted.
+    pub async fn submit_batch_as(
+        &self,
+        scope: &Scope,
+        reqs: Vec<(SubmitRequest, Option<String>)>,
+    ) -> Result<Vec<Result<Submitted, MasterError>>, MasterError> {
+        let scope = scope.clone();
+        let results = self
+            .call(|reply| Op::SubmitBatch { scope, reqs, reply })
+            .await?;
+        Ok(results
+            .into_iter()
+            .map(|r| r.map_err(|e| MasterError::from(EngineError::from(e))))
+            .collect())
+    }
+
     /// Asks for an app to be killed (see [`Cluster::kill`]).
     pub async fn kill(&self, id: &str, reason: Option<String>) -> Result<Arc<App>, MasterError> {
         self.kill_as(&Scope::All, id, reason).await

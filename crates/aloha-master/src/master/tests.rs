@@ -380,6 +380,47 @@ async fn the_batch_gathered_behind_a_commit_is_written_once_it_is_durable() {
 }
 
 #[tokio::test]
+async fn a_batch_submission_is_one_commit_with_a_result_per_app() {
+    let r = rig().await;
+    let txns = r.store.txns.load(Ordering::SeqCst);
+    let mut bad = submit_req(0);
+    bad.cores = 0;
+    let reqs = vec![
+        (submit_req(0), None),
+        (bad, None),
+        (submit_req(0), Some("k#2".to_string())),
+    ];
+    let out = r
+        .master
+        .submit_batch_as(&aloha_core::namespace::Scope::All, reqs.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.store.txns.load(Ordering::SeqCst) - txns, 1, "one commit");
+    assert!(
+        matches!(out[1], Err(MasterError::Submit(_))),
+        "{:?}",
+        out[1]
+    );
+    let (a, c) = (out[0].as_ref().unwrap(), out[2].as_ref().unwrap());
+    assert!(a.created && c.created);
+    assert_eq!(
+        (a.app.seq, c.app.seq),
+        (1, 2),
+        "the refused one spent no number"
+    );
+    // Again: the keyed one answers with its first app, the others are new.
+    let again = r
+        .master
+        .submit_batch_as(&aloha_core::namespace::Scope::All, reqs)
+        .await
+        .unwrap();
+    let c2 = again[2].as_ref().unwrap();
+    assert!(!c2.created);
+    assert_eq!(c2.app.id, c.app.id);
+    assert_eq!(again[0].as_ref().unwrap().app.seq, 3);
+}
+
+#[tokio::test]
 async fn idempotent_submissions_survive_a_restart() {
     let store: Arc<TestStore> = Arc::default();
     let clock: Arc<ManualClock> = Arc::default();
