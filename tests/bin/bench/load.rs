@@ -22,6 +22,81 @@ pub(crate) async fn submit_many_async(
     post_many_async(&url, n, connections, done, move |_| body.clone()).await
 }
 
+/// Submits `n` apps to the master at `base` in `POST /api/v1/apps/batch` requests of up to
+/// `batch` apps each, from `connections` concurrent tasks; `done` counts the acknowledged apps
+/// as they come. Fails at the first answer other than `200` with a `201` for every app.
+pub(crate) async fn submit_batches_async(
+    base: &str,
+    n: usize,
+    batch: usize,
+    connections: usize,
+    done: Arc<AtomicUsize>,
+) -> Result<(), String> {
+    let app = app_body("load");
+    let url = format!("{base}/api/v1/apps/batch");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| format!("http client: {e}"))?;
+    let body = |k: usize| serde_json::json!({ "apps": vec![app.clone(); k] }).to_string();
+    let (full, last) = (body(batch), body(n % batch));
+    let bodies = Arc::new((full, last));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connections.max(1) {
+        let (client, url, bodies, next, done) = (
+            client.clone(),
+            url.clone(),
+            bodies.clone(),
+            next.clone(),
+            done.clone(),
+        );
+        tasks.spawn(async move {
+            loop {
+                let first = next.fetch_add(batch, Ordering::Relaxed);
+                if first >= n {
+                    return Ok::<(), String>(());
+                }
+                let k = batch.min(n - first);
+                let body = if k == batch { &bodies.0 } else { &bodies.1 };
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .map_err(|e| format!("POST {url}: {e}"))?;
+                let status = r.status();
+                let text = r.text().await.map_err(|e| format!("POST {url}: {e}"))?;
+                if status.as_u16() != 200 {
+                    return Err(format!("POST {url}: {status}: {text}"));
+                }
+                let v: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| format!("POST {url}: {e}"))?;
+                let created = v["results"]
+                    .as_array()
+                    .map_or(0, |r| r.iter().filter(|x| x["status"] == 201).count());
+                if created != k {
+                    return Err(format!("POST {url}: {created} of {k} created: {text}"));
+                }
+                done.fetch_add(k, Ordering::Relaxed);
+            }
+        });
+    }
+    let mut first_err = None;
+    while let Some(r) = tasks.join_next().await {
+        let r = r
+            .map_err(|e| format!("submission task: {e}"))
+            .and_then(|r| r);
+        if let (Err(e), None) = (r, &first_err) {
+            next.store(n, Ordering::Relaxed);
+            first_err = Some(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
 /// POSTs `n` JSON bodies (`body(i)` for the i-th) to `url` from `connections` concurrent tasks,
 /// each on its own keep-alive connection; `done` counts the `201`s as they come. Fails at the
 /// first other answer.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::load::submit_many_async;
+use crate::load::{submit_batches_async, submit_many_async};
 use crate::queue::{mib, rss};
 use crate::report::report;
 use crate::setup::{metric, metrics, Setup};
@@ -36,6 +36,10 @@ pub(crate) struct ScaleArgs {
     /// Concurrent connections submitting the apps.
     #[arg(long, default_value_t = 64)]
     connections: usize,
+    /// Apps per submission: 1 posts each app to `POST /api/v1/apps`; more posts them in
+    /// `POST /api/v1/apps/batch` requests of that many.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// How launches and reports travel: `streams` (as aloha-worker) or `unary` calls.
     #[arg(long, value_enum, default_value = "streams")]
     calls: Calls,
@@ -171,7 +175,14 @@ fn scale_run(a: &ScaleArgs) -> Results {
             let done = Arc::new(AtomicUsize::new(0));
             let mut submitter = {
                 let (base, n, c, done) = (api.base.clone(), a.apps, a.connections, done.clone());
-                rt.spawn(async move { submit_many_async(&base, n, c, done).await })
+                let batch = a.batch;
+                rt.spawn(async move {
+                    if batch > 1 {
+                        submit_batches_async(&base, n, batch, c, done).await
+                    } else {
+                        submit_many_async(&base, n, c, done).await
+                    }
+                })
             };
             let mut submitted = None;
             let mut last = (0, Instant::now());
@@ -258,6 +269,9 @@ pub(crate) fn scale(a: &ScaleArgs, command_line: &str) -> Result<(), String> {
     if a.workers == 0 || a.connections == 0 || a.heartbeat.is_zero() {
         return Err("--workers, --connections and --heartbeat must not be 0".into());
     }
+    if a.batch == 0 || a.batch > 1000 {
+        return Err("--batch must be 1 to 1000".into());
+    }
     let limit = raise_fd_limit();
     let need = 3 * a.workers as u64 + 1000;
     if limit < need {
@@ -277,10 +291,21 @@ pub(crate) fn scale(a: &ScaleArgs, command_line: &str) -> Result<(), String> {
     let mut table = format!(
         "Single-node master (redb), {} simulated workers ({} cores each, heartbeat every {}) in \
          the bench process, each on its own port and gRPC connection; a launch is answered at \
-         once and reported RUNNING, then FINISHED.\n\n",
+         once and reported RUNNING, then FINISHED. {}\n\n",
         a.workers,
         a.worker_cores,
-        humantime::format_duration(a.heartbeat)
+        humantime::format_duration(a.heartbeat),
+        if a.batch > 1 {
+            format!(
+                "Apps submitted in `POST /api/v1/apps/batch` requests of {} by {} connections.",
+                a.batch, a.connections
+            )
+        } else {
+            format!(
+                "Apps submitted one per `POST /api/v1/apps` by {} connections.",
+                a.connections
+            )
+        }
     );
     if let Some(i) = &r.idle {
         table.push_str(&format!(
