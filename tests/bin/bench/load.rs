@@ -34,67 +34,37 @@ pub(crate) async fn submit_batches_async(
 ) -> Result<(), String> {
     let app = app_body("load");
     let url = format!("{base}/api/v1/apps/batch");
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(connections)
-        .timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| format!("http client: {e}"))?;
     let body = |k: usize| serde_json::json!({ "apps": vec![app.clone(); k] }).to_string();
     let (full, last) = (body(batch), body(n % batch));
-    let bodies = Arc::new((full, last));
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..connections.max(1) {
-        let (client, url, bodies, next, done) = (
-            client.clone(),
-            url.clone(),
-            bodies.clone(),
-            next.clone(),
-            done.clone(),
-        );
-        tasks.spawn(async move {
-            loop {
-                let first = next.fetch_add(batch, Ordering::Relaxed);
-                if first >= n {
-                    return Ok::<(), String>(());
+    let posts = Posts {
+        n,
+        per_request: batch,
+        connections,
+        done,
+    };
+    posts
+        .run(
+            &url,
+            move |_, k| {
+                if k == batch {
+                    full.clone()
+                } else {
+                    last.clone()
                 }
-                let k = batch.min(n - first);
-                let body = if k == batch { &bodies.0 } else { &bodies.1 };
-                let r = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .map_err(|e| format!("POST {url}: {e}"))?;
-                let status = r.status();
-                let text = r.text().await.map_err(|e| format!("POST {url}: {e}"))?;
-                if status.as_u16() != 200 {
-                    return Err(format!("POST {url}: {status}: {text}"));
-                }
-                let v: serde_json::Value =
-                    serde_json::from_str(&text).map_err(|e| format!("POST {url}: {e}"))?;
+            },
+            |status, text, k| {
+                let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
                 let created = v["results"]
                     .as_array()
                     .map_or(0, |r| r.iter().filter(|x| x["status"] == 201).count());
-                if created != k {
-                    return Err(format!("POST {url}: {created} of {k} created: {text}"));
+                if status == 200 && created == k {
+                    Ok(())
+                } else {
+                    Err(format!("{status}, {created} of {k} created: {text}"))
                 }
-                done.fetch_add(k, Ordering::Relaxed);
-            }
-        });
-    }
-    let mut first_err = None;
-    while let Some(r) = tasks.join_next().await {
-        let r = r
-            .map_err(|e| format!("submission task: {e}"))
-            .and_then(|r| r);
-        if let (Err(e), None) = (r, &first_err) {
-            next.store(n, Ordering::Relaxed);
-            first_err = Some(e);
-        }
-    }
-    first_err.map_or(Ok(()), Err)
+            },
+        )
+        .await
 }
 
 /// POSTs `n` JSON bodies (`body(i)` for the i-th) to `url` from `connections` concurrent tasks,
@@ -107,57 +77,103 @@ pub(crate) async fn post_many_async(
     done: Arc<AtomicUsize>,
     body: impl Fn(usize) -> String + Send + Sync + 'static,
 ) -> Result<(), String> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(connections)
-        .timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| format!("http client: {e}"))?;
-    let body = Arc::new(body);
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..connections.max(1) {
-        let (client, url, body, next, done) = (
-            client.clone(),
-            url.to_string(),
-            body.clone(),
-            next.clone(),
-            done.clone(),
-        );
-        tasks.spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    return Ok(());
+    let posts = Posts {
+        n,
+        per_request: 1,
+        connections,
+        done,
+    };
+    posts
+        .run(
+            url,
+            move |i, _| body(i),
+            |status, text, _| {
+                if status == 201 {
+                    Ok(())
+                } else {
+                    Err(format!("{status}: {text}"))
                 }
-                let r = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body(i))
-                    .send()
-                    .await
-                    .map_err(|e| format!("POST {url}: {e}"))?;
-                let status = r.status();
-                // Read the body so the connection is reused.
-                let text = r.text().await.map_err(|e| format!("POST {url}: {e}"))?;
-                if status.as_u16() != 201 {
-                    return Err(format!("POST {url}: {status}: {text}"));
+            },
+        )
+        .await
+}
+
+/// `n` items POSTed `per_request` at a time from `connections` concurrent tasks, each on its
+/// own keep-alive connection; `done` counts the accepted items as they come.
+struct Posts {
+    n: usize,
+    per_request: usize,
+    connections: usize,
+    done: Arc<AtomicUsize>,
+}
+
+impl Posts {
+    /// Sends `body(first, k)` for items `first..first + k`; `accepted(status, text, k)` tells
+    /// whether the answer accepted all k. Fails at the first answer that did not.
+    async fn run(
+        self,
+        url: &str,
+        body: impl Fn(usize, usize) -> String + Send + Sync + 'static,
+        accepted: impl Fn(u16, &str, usize) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Result<(), String> {
+        let Posts {
+            n,
+            per_request,
+            connections,
+            done,
+        } = self;
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(connections)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| format!("http client: {e}"))?;
+        let (body, accepted) = (Arc::new(body), Arc::new(accepted));
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..connections.max(1) {
+            let (client, url, body, accepted, next, done) = (
+                client.clone(),
+                url.to_string(),
+                body.clone(),
+                accepted.clone(),
+                next.clone(),
+                done.clone(),
+            );
+            tasks.spawn(async move {
+                loop {
+                    let first = next.fetch_add(per_request, Ordering::Relaxed);
+                    if first >= n {
+                        return Ok(());
+                    }
+                    let k = per_request.min(n - first);
+                    let r = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body(first, k))
+                        .send()
+                        .await
+                        .map_err(|e| format!("POST {url}: {e}"))?;
+                    let status = r.status().as_u16();
+                    // Read the body so the connection is reused.
+                    let text = r.text().await.map_err(|e| format!("POST {url}: {e}"))?;
+                    accepted(status, &text, k).map_err(|e| format!("POST {url}: {e}"))?;
+                    done.fetch_add(k, Ordering::Relaxed);
                 }
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-    }
-    let mut first_err = None;
-    while let Some(r) = tasks.join_next().await {
-        let r = r
-            .map_err(|e| format!("submission task: {e}"))
-            .and_then(|r| r);
-        if let (Err(e), None) = (r, &first_err) {
-            // Stop the others: the run is failed.
-            next.store(n, Ordering::Relaxed);
-            first_err = Some(e);
+            });
         }
+        let mut first_err = None;
+        while let Some(r) = tasks.join_next().await {
+            let r = r
+                .map_err(|e| format!("submission task: {e}"))
+                .and_then(|r| r);
+            if let (Err(e), None) = (r, &first_err) {
+                // Stop the others: the run is failed.
+                next.store(n, Ordering::Relaxed);
+                first_err = Some(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
-    first_err.map_or(Ok(()), Err)
 }
 
 /// [`submit_many_async`] on a runtime of its own, printing progress to stderr every 10 s.
