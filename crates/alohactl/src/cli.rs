@@ -78,6 +78,29 @@ pub enum Command {
     /// when a master times out or loses the connection the same submission is sent to the other
     /// masters without risk of a second app.
     Submit(SubmitArgs),
+    /// Submit many apps from a file, in `POST /api/v1/apps/batch` requests of up to --chunk apps.
+    ///
+    /// FILE (`-`: stdin) holds the submissions, each the JSON body of `POST /api/v1/apps`, as
+    /// `{"apps": [...]}`, as a JSON array, or as JSON lines (one object a line). They are sent
+    /// as they are; the master fills in defaults and accepts or refuses each app on its own.
+    ///
+    /// Prints one row per app: its index in FILE (from 0), the status (201 created, 200 created
+    /// before with the same key, otherwise why the master refused it: 400, 403, 404, 409, 422,
+    /// 429), its id and name, and the error; `-o json` prints `{"results": [...]}`, the master's
+    /// results of every chunk in file order.
+    ///
+    /// Exit status: 0 when every app was accepted; 1 when some were refused (`N of M apps were
+    /// refused`) or a chunk failed as a whole (e.g. 422 for a body of the wrong shape, 503 once
+    /// every master was tried), which stops there after printing the results so far; 2 when
+    /// FILE is not readable, not JSON or holds no app, or a chunk would exceed the master's
+    /// 1 MiB request limit (nothing is sent then).
+    ///
+    /// Chunk j (from 0) carries the idempotency key `KEY.j`, and the master keys app i of it
+    /// `KEY.j#i`; KEY is --idempotency-key or a fresh random one, named in the error when a
+    /// chunk fails. A chunk is resent with its key to the other masters after a 503, a timeout
+    /// or a lost connection, and running the command again with the same KEY, FILE and --chunk
+    /// answers 200 for the apps already created and creates only the missing ones.
+    SubmitBatch(SubmitBatchArgs),
     /// Show one app in detail, with its history.
     Status {
         /// The app id.
@@ -665,6 +688,28 @@ pub struct SubmitArgs {
     /// The command to run (kind `process` only): becomes the spec `{"command": [...]}`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// Most apps in one `POST /api/v1/apps/batch` (the master's limit).
+pub const MAX_BATCH_APPS: u32 = 1000;
+
+/// `alohactl submit-batch`.
+#[derive(Debug, Args)]
+pub struct SubmitBatchArgs {
+    /// The submissions: `{"apps": [...]}`, a JSON array or JSON lines; `-` reads stdin.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Apps per request (1 to 1000). Keep it when running the command again with the same
+    /// --idempotency-key: the keys follow the chunks.
+    #[arg(long, value_name = "N", default_value_t = MAX_BATCH_APPS,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_BATCH_APPS)))]
+    pub chunk: u32,
+
+    /// The base of the chunks' idempotency keys (chunk j sends `KEY.j`) instead of a fresh
+    /// random one, so that running this command again cannot create an app twice.
+    #[arg(long, value_name = "KEY", value_parser = parse_idempotency_key)]
+    pub idempotency_key: Option<String>,
 }
 
 /// `--restart`: the API's names for the restart policies.

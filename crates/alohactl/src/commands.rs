@@ -45,6 +45,7 @@ pub fn run(cli: Cli, io: &mut Io<'_>) -> Result<(), CtlError> {
     let format = cli.output;
     match cli.command {
         Command::Submit(args) => submit(&client, format, &args, io),
+        Command::SubmitBatch(args) => crate::batch::run(&client, format, &args, io),
         Command::Status { id } => status(&client, format, &id, io),
         Command::List(args) => list(&client, format, &args, io),
         Command::Kill { id } => kill(&client, format, &id, io),

@@ -71,6 +71,20 @@ pub enum CtlError {
         message: Option<String>,
     },
 
+    /// `submit-batch`: the master refused some of the apps (each one's error is in the output).
+    #[error("{refused} of {total} apps were refused")]
+    Refused {
+        /// Apps refused.
+        refused: usize,
+        /// Apps in the file.
+        total: usize,
+    },
+
+    /// `submit-batch`: a chunk failed as a whole; the message says where, how far the batch got
+    /// and how to finish it safely.
+    #[error("{0}")]
+    BatchStopped(String),
+
     /// Something that cannot happen with a sane environment (e.g. the HTTP client cannot be set
     /// up); reported rather than panicking.
     #[error("{0}")]

@@ -7,6 +7,7 @@
 //! - `cli`: the command line (clap) and the parsers of its values. Parsing only.
 //! - `client`: the blocking HTTP client; failover across masters and following the leader.
 //! - `commands`: one function per subcommand, and building a submission from flags.
+//! - `batch`: `alohactl submit-batch`, reading a file of submissions and sending it in chunks.
 //! - `schedules`: `alohactl schedule ...`, and building schedule bodies from flags.
 //! - `events`: `alohactl events`, reading the Server-Sent Events stream across masters.
 //! - `io`: where commands write (`Io`) and `print`; shared by `commands` and `events`.
@@ -17,6 +18,7 @@
 //! Exit codes: 0 success; 1 API, connection or output error, or a waited-for app that did not
 //! finish; 2 usage error. Every failure is one line on stderr: `alohactl: <message>`.
 
+mod batch;
 mod cli;
 mod client;
 mod commands;

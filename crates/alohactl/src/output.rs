@@ -259,6 +259,60 @@ pub fn app_list(apps: &[App]) -> String {
     )
 }
 
+/// One app's result in the answer of `POST /api/v1/apps/batch`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BatchResult {
+    /// 201 (created), 200 (created before, with the same key), or why it was refused.
+    pub status: u16,
+    /// The app, when accepted.
+    #[serde(default)]
+    pub app: Option<BatchApp>,
+    /// Why it was refused.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// What `submit-batch` shows of an accepted app (the JSON output has all of it).
+#[derive(Debug, Clone, Deserialize)]
+pub struct BatchApp {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl BatchResult {
+    /// Whether the app exists: created now (201) or by an earlier request with its key (200).
+    pub fn accepted(&self) -> bool {
+        matches!(self.status, 200 | 201)
+    }
+}
+
+/// `submit-batch`: one row per app, in file order; `submissions` are the apps as sent, for the
+/// names of the refused ones.
+pub fn batch_results(results: &[BatchResult], submissions: &[Value]) -> String {
+    grid(
+        &["INDEX", "STATUS", "APP", "NAME", "ERROR"],
+        results
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let name = match &r.app {
+                    Some(app) => Some(app.name.as_str()),
+                    None => submissions.get(i).and_then(|s| s["name"].as_str()),
+                };
+                vec![
+                    i.to_string(),
+                    r.status.to_string(),
+                    r.app.as_ref().map_or(dash(), |a| clean(&a.id)),
+                    name.map_or(dash(), |n| truncate(&clean(n), LIST_NAME_CHARS)),
+                    r.error.as_deref().map(clean).unwrap_or_default(),
+                ]
+            })
+            .collect(),
+    )
+}
+
 /// The line after a `list` page that is not the last: the command that shows the next one.
 /// Printed on stderr, so a piped table holds only rows.
 pub fn more_apps(args: &ListArgs, next: &str) -> String {
@@ -1157,6 +1211,38 @@ SCHEDULED AT          OUTCOME  APP / MESSAGE
         let run = Triggered::from_json(&serde_json::from_str(APP).unwrap()).unwrap();
         assert_eq!(triggered("s", &run), app_summary(&app()));
         assert!(Triggered::from_json(&serde_json::json!({"x": 1})).is_err());
+    }
+
+    #[test]
+    fn batch_rows_name_every_app_in_file_order() {
+        let results: Vec<BatchResult> = serde_json::from_value(serde_json::json!([
+            {"status": 201, "app": {"id": "app-20240102030405-0001", "name": "a", "seq": 1}},
+            {"status": 422, "error": "unknown kind \"nope\";\nknown kinds: process"},
+            {"status": 200, "app": {"id": "app-20240102030405-0002", "name": "c"}},
+            {"status": 400, "error": "name must not be empty"}
+        ]))
+        .unwrap();
+        let sent = [
+            serde_json::json!({"name": "a"}),
+            serde_json::json!({"name": "b", "kind": "nope"}),
+            serde_json::json!({"name": "c"}),
+            serde_json::json!({"kind": "process"}),
+        ];
+        assert_eq!(
+            results
+                .iter()
+                .map(BatchResult::accepted)
+                .collect::<Vec<_>>(),
+            [true, false, true, false]
+        );
+        let expected = "\
+INDEX  STATUS  APP                      NAME  ERROR
+0      201     app-20240102030405-0001  a
+1      422     -                        b     unknown kind \"nope\"; known kinds: process
+2      200     app-20240102030405-0002  c
+3      400     -                        -     name must not be empty
+";
+        assert_eq!(batch_results(&results, &sent), expected);
     }
 
     #[test]
