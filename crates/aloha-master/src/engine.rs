@@ -784,7 +784,8 @@ impl Engine {
             self.cluster.settle_schedules(now, &mut o.fx);
         }
         // The retention runs in every batch that has something to remove (a bounded number
-        // each time), so it keeps up with any rate at which apps end.
+        // each time, more when apps over the count piled up), so it keeps up with any rate at
+        // which apps end.
         if self.cluster.expiry_due(now) {
             let n = self.cluster.expire(now, &mut o.fx);
             debug!(removed = n, "retention");

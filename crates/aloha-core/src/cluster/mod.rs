@@ -47,6 +47,10 @@ pub struct Now {
     pub mono_ms: u64,
 }
 
+/// How many shares of `Rules::expire_batch` one [`Cluster::expire`] call may remove of the apps
+/// over `retain_finished` when they have piled up.
+pub const EXPIRE_CATCH_UP: usize = 16;
+
 /// The rules' settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rules {
@@ -1737,11 +1741,22 @@ impl Cluster {
 
     /// The retention: removes terminal apps beyond `retain_finished` or older than
     /// `retain_finished_for`, and forgets DEAD workers after `retain_dead_workers_for`; at most
-    /// `expire_batch` of each per call. Returns how many were removed.
+    /// `expire_batch` of each per call, except that apps over the count are removed up to
+    /// [`EXPIRE_CATCH_UP`] × `expire_batch` at once: a batch that ended more apps than one call's
+    /// share is followed by a call that removes as many, so the retention keeps up with any
+    /// rate at which apps end. Returns how many were removed.
     pub fn expire(&mut self, now: Now, fx: &mut Effects) -> usize {
         let mut n = 0;
         let cutoff = now.wall - self.rules.retain_finished_for;
-        while n < self.rules.expire_batch {
+        let over = self
+            .terminal
+            .len()
+            .saturating_sub(self.rules.retain_finished);
+        let limit = self
+            .rules
+            .expire_batch
+            .max(over.min(EXPIRE_CATCH_UP * self.rules.expire_batch));
+        while n < limit {
             let Some((at, seq)) = self.terminal.get_min().cloned() else {
                 break;
             };

@@ -581,6 +581,35 @@ fn retention_removes_the_oldest_terminal_apps_by_count_and_age() {
 }
 
 #[test]
+fn the_retention_keeps_up_when_one_batch_ends_many_apps() {
+    let mut t = T::new();
+    t.c = Cluster::new(Rules {
+        retain_finished: 10,
+        expire_batch: 4,
+        ..rules()
+    });
+    // 50 apps end at once (one batch), 40 over the count: one call removes them all, not 4.
+    let ids: Vec<AppId> = (0..50).map(|i| t.submit(1, 0, i)).collect();
+    for id in &ids {
+        t.c.kill(id, None, at(1_000), &mut t.fx).unwrap();
+    }
+    t.take();
+    assert_eq!(t.c.expire(at(2_000), &mut t.fx), 40);
+    assert!(!t.c.expiry_due(at(2_000)));
+    // A pile-up beyond EXPIRE_CATCH_UP shares goes down by that much per call.
+    let more: Vec<AppId> = (0..100).map(|i| t.submit(1, 0, 3_000 + i)).collect();
+    for id in &more {
+        t.c.kill(id, None, at(4_000), &mut t.fx).unwrap();
+    }
+    t.take();
+    let cap = crate::cluster::EXPIRE_CATCH_UP * 4;
+    assert_eq!(t.c.expire(at(5_000), &mut t.fx), cap);
+    assert_eq!(t.c.expire(at(5_000), &mut t.fx), 100 - cap);
+    assert!(!t.c.expiry_due(at(5_000)));
+    t.c.check_invariants().unwrap();
+}
+
+#[test]
 fn expired_apps_free_their_idempotency_key() {
     let mut t = T::new();
     t.c = Cluster::new(Rules {
