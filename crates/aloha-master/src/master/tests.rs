@@ -260,6 +260,19 @@ async fn a_failed_commit_acknowledges_nothing_and_changes_nothing() {
     assert_eq!(next.app.seq, before + 1);
 }
 
+/// Makes the store stall its next transaction, submits an app, and returns once the engine is
+/// inside that commit. `r.store.release` lets it go on.
+async fn submit_into_a_stalled_commit(
+    r: &Rig,
+) -> tokio::task::JoinHandle<Result<Submitted, MasterError>> {
+    r.store.stall.store(true, Ordering::SeqCst);
+    let stalled = r.store.stalled.notified();
+    let m = r.master.clone();
+    let first = tokio::spawn(async move { m.submit(submit_req(0), None).await });
+    stalled.await;
+    first
+}
+
 async fn futures_join(r: &Rig, n: usize) -> Vec<Result<Submitted, MasterError>> {
     let mut handles = Vec::new();
     for _ in 0..n {
@@ -284,11 +297,7 @@ async fn reads_are_answered_while_a_commit_is_stalled_and_concurrent_submissions
         .await
         .unwrap();
     let txns_before = r.store.txns.load(Ordering::SeqCst);
-    r.store.stall.store(true, Ordering::SeqCst);
-    let stalled = r.store.stalled.notified();
-    let m = r.master.clone();
-    let first = tokio::spawn(async move { m.submit(submit_req(0), None).await });
-    stalled.await;
+    let first = submit_into_a_stalled_commit(&r).await;
     // The engine is inside a commit: reads still answer at once, from the last snapshot.
     let view = tokio::time::timeout(Duration::from_millis(200), async { r.master.view() })
         .await
@@ -324,11 +333,7 @@ async fn reads_are_answered_while_a_commit_is_stalled_and_concurrent_submissions
 async fn the_batch_gathered_behind_a_commit_waits_for_it_and_fails_with_it() {
     let r = rig().await;
     let before = r.master.view().cluster.last_seq();
-    r.store.stall.store(true, Ordering::SeqCst);
-    let stalled = r.store.stalled.notified();
-    let m = r.master.clone();
-    let first = tokio::spawn(async move { m.submit(submit_req(0), None).await });
-    stalled.await;
+    let first = submit_into_a_stalled_commit(&r).await;
     // Applied behind the stalled commit, on top of the first submission...
     let m = r.master.clone();
     let second = tokio::spawn(async move { m.submit(submit_req(0), None).await });
@@ -353,11 +358,7 @@ async fn the_batch_gathered_behind_a_commit_waits_for_it_and_fails_with_it() {
 async fn the_batch_gathered_behind_a_commit_is_written_once_it_is_durable() {
     let r = rig().await;
     let txns_before = r.store.txns.load(Ordering::SeqCst);
-    r.store.stall.store(true, Ordering::SeqCst);
-    let stalled = r.store.stalled.notified();
-    let m = r.master.clone();
-    let first = tokio::spawn(async move { m.submit(submit_req(0), None).await });
-    stalled.await;
+    let first = submit_into_a_stalled_commit(&r).await;
     r.store.stall.store(false, Ordering::SeqCst);
     let m = r.master.clone();
     let second = tokio::spawn(async move { m.submit(submit_req(0), None).await });
