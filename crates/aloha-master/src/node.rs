@@ -754,7 +754,7 @@ impl Node {
             if let Ok(Ok(g)) =
                 tokio::time::timeout(Duration::from_secs(2), generation(store.as_ref())).await
             {
-                if g >= self.history.next_generation() {
+                if g >= refusal.needed_generation {
                     info!(
                         generation = g,
                         "the restore was accepted: campaigning again"

@@ -48,6 +48,11 @@ pub struct Refusal {
     pub reason: String,
     /// Since when.
     pub since: DateTime<Utc>,
+    /// The generation an operator's acceptance must reach: the one above every epoch seen
+    /// when the refusal began. Epochs seen later (a new leader's, after an acceptance) do not
+    /// raise it, or a master that hears of the new leader before it reads the new generation
+    /// would wait for one more acceptance.
+    pub needed_generation: u64,
 }
 
 /// One process's memory of epochs and its refusal to lead.
@@ -88,6 +93,7 @@ impl History {
                 *r = Some(Refusal {
                     reason: reason.into(),
                     since: Utc::now(),
+                    needed_generation: self.next_generation(),
                 });
             }
         }
@@ -213,6 +219,18 @@ mod tests {
         assert_eq!(h.refusal().unwrap().reason, "etcd went back");
         h.accept();
         assert!(h.refusal().is_none());
+    }
+
+    #[test]
+    fn a_refusal_needs_the_generation_above_what_was_seen_when_it_began() {
+        let h = History::new();
+        h.observe(compose_epoch(0, 26));
+        h.refuse("etcd went back");
+        // The new leader's epoch (after an operator accepted) is heard of first...
+        h.observe(compose_epoch(1, 25));
+        assert_eq!(h.next_generation(), 2);
+        // ...and generation 1 still ends the refusal.
+        assert_eq!(h.refusal().unwrap().needed_generation, 1);
     }
 
     #[test]
