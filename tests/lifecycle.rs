@@ -151,6 +151,33 @@ fn fifo_by_resources_without_head_of_line_blocking() {
     });
 }
 
+/// `--placement binpack` fills one worker before the next; the default spreads.
+#[test]
+fn binpack_fills_a_worker_before_the_next_and_spread_alternates() {
+    for (flags, expected) in [
+        (vec!["--placement", "binpack"], ["w1", "w1", "w1", "w2"]),
+        (vec![], ["w1", "w2", "w1", "w2"]),
+    ] {
+        let c = Cluster::start_with("3s", &[("w1", 3), ("w2", 3)], |_| {
+            flags.iter().map(|f| f.to_string()).collect()
+        });
+        let api = c.api();
+        let (mut ids, mut on) = (Vec::new(), Vec::new());
+        for i in 0..4 {
+            // One at a time, so each placement sees the one before it.
+            let id = api.submit_cmd(&format!("a{i}"), &["sleep", "600"], json!({"cores": 1}));
+            let app = api.wait_state(&id, "RUNNING", T);
+            on.push(app["worker_id"].as_str().unwrap().to_string());
+            ids.push(id);
+        }
+        assert_eq!(on, expected, "with {flags:?}");
+        for id in &ids {
+            api.post(&format!("/api/v1/apps/{id}/kill"), &json!({}));
+            api.wait_state(id, "KILLED", T);
+        }
+    }
+}
+
 /// A real worker sends its reports over one `StreamAppStates` stream, not one call per batch.
 #[test]
 fn a_worker_reports_over_its_stream() {

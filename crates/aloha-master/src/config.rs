@@ -96,6 +96,9 @@ pub struct Config {
     /// DEAD workers are forgotten this long after they died.
     #[serde(with = "humantime_serde")]
     pub retain_dead_workers_for: Duration,
+    /// Which of the workers that fit an app it goes to: `spread` (most free cores) or
+    /// `binpack` (fewest free cores that fit).
+    pub placement: aloha_core::schedule::PlacementPolicy,
     /// A file holding the join token every gRPC call between masters and workers must carry
     /// (`aloha_proto::auth`); none: no token is required.
     pub join_token_file: Option<PathBuf>,
@@ -151,6 +154,7 @@ impl Default for Config {
             retain_finished: 10_000,
             retain_finished_for: Duration::from_secs(7 * 24 * 3600),
             retain_dead_workers_for: Duration::from_secs(3600),
+            placement: aloha_core::schedule::PlacementPolicy::Spread,
             join_token_file: None,
             join_token: None,
             auth: None,
@@ -345,6 +349,10 @@ pub struct Args {
     /// DEAD workers are forgotten this long after they died, e.g. "1h" [default: 1h].
     #[arg(long, env = "ALOHA_RETAIN_DEAD_WORKERS_FOR", value_parser = humantime::parse_duration)]
     pub retain_dead_workers_for: Option<Duration>,
+    /// Where an app goes among the workers that fit it: "spread" (the most free cores) or
+    /// "binpack" (the fewest free cores that fit) [default: spread].
+    #[arg(long, env = "ALOHA_PLACEMENT")]
+    pub placement: Option<aloha_core::schedule::PlacementPolicy>,
     /// Log filter, e.g. "info" or "aloha_master=debug" [default: info].
     #[arg(long, env = "ALOHA_LOG")]
     pub log: Option<String>,
@@ -503,6 +511,9 @@ impl Args {
         if let Some(v) = self.retain_dead_workers_for {
             cfg.retain_dead_workers_for = v;
         }
+        if let Some(v) = self.placement {
+            cfg.placement = v;
+        }
         for l in &self.listeners {
             cfg.listeners
                 .push(crate::listeners::ListenerSpec::parse_flag(l).map_err(ConfigError::Invalid)?);
@@ -596,6 +607,31 @@ mod tests {
             from_flag.submission_addr,
             Some("127.0.0.1:7066".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn the_placement_policy_comes_from_the_file_or_the_flag() {
+        use aloha_core::schedule::PlacementPolicy;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.toml");
+        std::fs::write(&file, "placement = \"binpack\"\n").unwrap();
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["aloha-master", "--config", file.to_str().unwrap()];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv).map(|a| a.into_config().unwrap().placement)
+        };
+        assert_eq!(parse(&[]).unwrap(), PlacementPolicy::Binpack);
+        assert_eq!(
+            parse(&["--placement", "spread"]).unwrap(),
+            PlacementPolicy::Spread
+        );
+        let err = parse(&["--placement", "pack"]).unwrap_err().to_string();
+        assert!(err.contains("expected \"spread\" or \"binpack\""), "{err}");
+        std::fs::write(&file, "placement = \"pack\"\n").unwrap();
+        let err = aloha_daemon::load_toml::<Config>(&file)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pack"), "{err}");
     }
 
     #[test]

@@ -136,6 +136,7 @@ pub fn rules(cfg: &Config) -> Rules {
         retain_finished: cfg.retain_finished,
         retain_finished_for: chrono(cfg.retain_finished_for),
         retain_dead_workers_for: chrono(cfg.retain_dead_workers_for),
+        placement: cfg.placement,
         ..Rules::default()
     }
 }

@@ -43,6 +43,9 @@ pub(crate) struct ScaleArgs {
     /// How launches and reports travel: `streams` (as aloha-worker) or `unary` calls.
     #[arg(long, value_enum, default_value = "streams")]
     calls: Calls,
+    /// The master's `--placement`: `spread` (its default) or `binpack`.
+    #[arg(long, default_value = "spread")]
+    placement: aloha_core::schedule::PlacementPolicy,
     /// Markdown file whose `bench:scale` section is replaced with the results.
     #[arg(long)]
     write: Option<PathBuf>,
@@ -111,7 +114,7 @@ struct AppsPhase {
 
 fn scale_run(a: &ScaleArgs) -> Results {
     let mut s = Setup::new("aloha-bench-scale-");
-    s.add_master("5s");
+    s.add_master_with("5s", vec!["--placement".into(), a.placement.to_string()]);
     s.wait_leader();
     let master = &s.masters[0];
     let (pid, api, rpc) = (master.proc.pid(), master.api.clone(), master.rpc_url());
@@ -291,10 +294,11 @@ pub(crate) fn scale(a: &ScaleArgs, command_line: &str) -> Result<(), String> {
     let mut table = format!(
         "Single-node master (redb), {} simulated workers ({} cores each, heartbeat every {}) in \
          the bench process, each on its own port and gRPC connection; a launch is answered at \
-         once and reported RUNNING, then FINISHED. {}\n\n",
+         once and reported RUNNING, then FINISHED. Placement: `{}`. {}\n\n",
         a.workers,
         a.worker_cores,
         humantime::format_duration(a.heartbeat),
+        a.placement,
         if a.batch > 1 {
             format!(
                 "Apps submitted in `POST /api/v1/apps/batch` requests of {} by {} connections.",

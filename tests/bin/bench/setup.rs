@@ -54,6 +54,11 @@ impl Setup {
 
     /// Starts a master: HA with `lease_ttl` when etcd runs, single-node otherwise.
     pub(crate) fn add_master(&mut self, lease_ttl: &str) {
+        self.add_master_with(lease_ttl, Vec::new());
+    }
+
+    /// Starts a master as [`Setup::add_master`] does, with `extra` flags.
+    pub(crate) fn add_master_with(&mut self, lease_ttl: &str, extra: Vec<String>) {
         let i = self.masters.len();
         let opts = MasterOpts {
             http_port: free_port(),
@@ -65,7 +70,7 @@ impl Setup {
                 .as_ref()
                 .map(|e| (e.endpoints(), lease_ttl.to_string())),
         };
-        let m = MasterProc::start(&format!("m{i}"), opts, self.dir.path());
+        let m = MasterProc::start_with(&format!("m{i}"), opts, extra, self.dir.path());
         self.masters.push(m);
     }
 

@@ -3,9 +3,11 @@
 //! rollback point and the readers' snapshot — costs a few pointer copies.
 
 use std::cmp::Reverse;
+use std::ops::Bound;
 
 use imbl::{OrdMap, OrdSet};
 
+use crate::schedule::PlacementPolicy;
 use crate::worker::WorkerId;
 
 /// What an app needs from one worker: apps of one shape are interchangeable for placement.
@@ -174,19 +176,49 @@ impl CapacityIndex {
     }
 
     /// The worker `shape` goes to: among the workers of its kind with enough free cores and
-    /// memory, the one with the most free cores (ties: most free memory, then smallest id).
-    /// Walks down from the most free cores and stops at the first worker with too few.
-    pub fn best(&self, shape: &Shape) -> Option<WorkerId> {
+    /// memory, with [`PlacementPolicy::Spread`] the one with the most free cores (ties: most
+    /// free memory, then smallest id), with [`PlacementPolicy::Binpack`] the one with the
+    /// fewest (ties: least free memory, then smallest id). Walks from the preferred end and
+    /// passes over only workers of enough cores but too little memory.
+    pub fn best(&self, shape: &Shape, policy: PlacementPolicy) -> Option<WorkerId> {
         let set = self.by_kind.get(&shape.kind)?;
-        for (cores, memory, Reverse(id)) in set.iter().rev() {
-            if *cores < shape.cores {
-                return None;
+        match policy {
+            PlacementPolicy::Spread => {
+                for (cores, memory, Reverse(id)) in set.iter().rev() {
+                    if *cores < shape.cores {
+                        return None;
+                    }
+                    if *memory >= shape.memory_mb {
+                        return Some(id.clone());
+                    }
+                }
+                None
             }
-            if *memory >= shape.memory_mb {
-                return Some(id.clone());
+            PlacementPolicy::Binpack => {
+                // Keys of equal cores and memory sort by descending id (`Reverse`): the
+                // smallest id of a tie is the last of its run.
+                // The first key that may fit: just above (cores, memory - 1, the last id), or
+                // above every key of one core fewer. No id is empty, so `Reverse("")` sorts
+                // after every key of its cores and memory.
+                let last = || Reverse(WorkerId(String::new()));
+                let from = match (shape.cores, shape.memory_mb) {
+                    (0, 0) => Bound::Unbounded,
+                    (c, 0) => Bound::Excluded((c - 1, u64::MAX, last())),
+                    (c, m) => Bound::Excluded((c, m - 1, last())),
+                };
+                let mut found: Option<&CapKey> = None;
+                for key in set.range((from, Bound::Unbounded)) {
+                    if key.1 < shape.memory_mb {
+                        continue;
+                    }
+                    match found {
+                        Some(f) if (f.0, f.1) != (key.0, key.1) => break,
+                        _ => found = Some(key),
+                    }
+                }
+                found.map(|(_, _, Reverse(id))| id.clone())
             }
         }
-        None
     }
 }
 
@@ -247,6 +279,8 @@ mod tests {
         assert_eq!(q.all(), Vec::<u64>::new());
     }
 
+    const S: PlacementPolicy = PlacementPolicy::Spread;
+
     #[test]
     fn capacity_prefers_most_free_cores_then_memory_then_smallest_id() {
         let mut c = CapacityIndex::default();
@@ -261,18 +295,68 @@ mod tests {
             cores,
             memory_mb,
         };
-        assert_eq!(c.best(&need(1, 0)), Some(w("d")));
+        assert_eq!(c.best(&need(1, 0), S), Some(w("d")));
         assert_eq!(
-            c.best(&need(1, 60)),
+            c.best(&need(1, 60), S),
             Some(w("a")),
             "d lacks memory; a beats b"
         );
-        assert_eq!(c.best(&need(5, 60)), None);
-        assert_eq!(c.best(&need(9, 0)), None);
+        assert_eq!(c.best(&need(5, 60), S), None);
+        assert_eq!(c.best(&need(9, 0), S), None);
         let mut spark = need(1, 0);
         spark.kind = "spark".into();
-        assert_eq!(c.best(&spark), None);
+        assert_eq!(c.best(&spark, S), None);
         c.remove(&w("a"), &k, (4, 100));
-        assert_eq!(c.best(&need(1, 60)), Some(w("b")));
+        assert_eq!(c.best(&need(1, 60), S), Some(w("b")));
+    }
+
+    #[test]
+    fn binpack_prefers_fewest_free_cores_then_memory_then_smallest_id() {
+        const B: PlacementPolicy = PlacementPolicy::Binpack;
+        let mut c = CapacityIndex::default();
+        let k = vec!["process".to_string()];
+        let w = |s: &str| WorkerId(s.into());
+        let need = |cores, memory_mb| Shape {
+            kind: "process".into(),
+            cores,
+            memory_mb,
+        };
+        assert_eq!(c.best(&need(1, 0), B), None, "no worker at all");
+        c.insert(&w("b"), &k, (2, 100));
+        c.insert(&w("a"), &k, (2, 100));
+        c.insert(&w("c"), &k, (2, 50));
+        c.insert(&w("d"), &k, (8, 10));
+        c.insert(&w("e"), &k, (1, 5));
+        c.insert(&w("f"), &k, (0, 500));
+        assert_eq!(
+            c.best(&need(0, 0), B),
+            Some(w("f")),
+            "no cores asked: the full one"
+        );
+        assert_eq!(c.best(&need(1, 0), B), Some(w("e")));
+        assert_eq!(
+            c.best(&need(1, 6), B),
+            Some(w("c")),
+            "e lacks memory; c has the least that fits"
+        );
+        assert_eq!(
+            c.best(&need(1, 60), B),
+            Some(w("a")),
+            "a beats b on a full tie"
+        );
+        assert_eq!(
+            c.best(&need(2, 100), B),
+            Some(w("a")),
+            "exactly enough of both"
+        );
+        assert_eq!(
+            c.best(&need(2, 101), B),
+            None,
+            "d has the cores but not the memory"
+        );
+        assert_eq!(c.best(&need(3, 0), B), Some(w("d")));
+        assert_eq!(c.best(&need(9, 0), B), None);
+        c.remove(&w("a"), &k, (2, 100));
+        assert_eq!(c.best(&need(1, 60), B), Some(w("b")));
     }
 }

@@ -29,6 +29,7 @@ use crate::app::{App, AppId, SubmitError, SubmitRequest, ON_DEMAND_KEEP};
 use crate::event::{app_events, worker_events, EventBody};
 use crate::namespace::{self, Namespace};
 use crate::report::{self, Outcome, Report};
+use crate::schedule::PlacementPolicy;
 use crate::schedules::{Schedule, ScheduleId};
 use crate::state::AppState;
 use crate::worker::{WorkerId, WorkerRecord, WorkerState};
@@ -70,6 +71,8 @@ pub struct Rules {
     /// Most apps and workers one retention pass removes (the rest wait for the next batch),
     /// so that one batch stays small.
     pub expire_batch: usize,
+    /// Which of the workers that fit an app it goes to.
+    pub placement: PlacementPolicy,
 }
 
 impl Default for Rules {
@@ -82,6 +85,7 @@ impl Default for Rules {
             retain_dead_workers_for: chrono::Duration::hours(1),
             kill_resend_ms: 5_000,
             expire_batch: 256,
+            placement: PlacementPolicy::Spread,
         }
     }
 }
@@ -1173,7 +1177,10 @@ impl Cluster {
             .namespaces
             .get(&app.namespace)
             .map_or(0, |e| e.queue.waiting(&shape));
-        let placement = match (self.quota_reason(&app), self.capacity.best(&shape)) {
+        let placement = match (
+            self.quota_reason(&app),
+            self.capacity.best(&shape, self.rules.placement),
+        ) {
             (Some(held), _) => Placement::Waiting(held),
             (None, Some(w)) if ahead == 0 => Placement::Worker(w),
             (None, Some(_)) => Placement::Waiting(format!(
@@ -1799,8 +1806,9 @@ impl Cluster {
     // ------------------------------------------------------------------------------------
     // Placement
 
-    /// Places waiting apps, oldest first, each on the placeable worker of its kind with the
-    /// most free cores (ties: most free memory, smallest id) that fits it; an app that fits
+    /// Places waiting apps, oldest first, each on the placeable worker of its kind that fits it
+    /// and that `Rules::placement` prefers (spread: most free cores, then most free memory;
+    /// binpack: fewest free cores, then least free memory; ties: smallest id); an app that fits
     /// nowhere is skipped, so smaller apps behind it go first. Returns how many were placed.
     ///
     /// Costs O(apps placed × log workers + shapes examined): a shape that fits nowhere is not
@@ -1813,7 +1821,7 @@ impl Cluster {
                 namespace::held_back(&ns, &e.quota(), &e.usage, shape.cores, shape.memory_mb);
             let best = match held {
                 Some(_) => None,
-                None => self.capacity.best(&shape),
+                None => self.capacity.best(&shape, self.rules.placement),
             };
             let Some(wid) = best else {
                 // Over its namespace's quota, or fits on no worker now: skip the shape until

@@ -1,7 +1,7 @@
 //! Every rule of the cluster, on plain data with a hand-moved clock.
 
 use super::*;
-use crate::schedule::{self, Capacity, Decision};
+use crate::schedule::{self, Capacity, Decision, PlacementPolicy};
 use chrono::TimeZone;
 
 fn at(ms: u64) -> Now {
@@ -697,9 +697,19 @@ impl Rng {
 
 #[test]
 fn incremental_placement_decides_exactly_as_the_reference_policy() {
+    for policy in [PlacementPolicy::Spread, PlacementPolicy::Binpack] {
+        placement_matches_the_reference(policy);
+    }
+}
+
+fn placement_matches_the_reference(policy: PlacementPolicy) {
     for seed in 1..=40u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut t = T::new();
+        t.c = Cluster::new(Rules {
+            placement: policy,
+            ..rules()
+        });
         let nworkers = 1 + rng.below(6);
         for i in 0..nworkers {
             let mut r = reg(&format!("w{i}"), 1 + rng.below(8) as u32, vec![]);
@@ -737,7 +747,7 @@ fn incremental_placement_decides_exactly_as_the_reference_policy() {
                         kinds: w.record.kinds.clone(),
                     })
                     .collect();
-            let expected: Vec<(String, String)> = schedule::place(&refs, &caps)
+            let expected: Vec<(String, String)> = schedule::place(&refs, &caps, policy)
                 .into_iter()
                 .filter_map(|d| match d {
                     Decision::Place { app, worker } => Some((app.0, worker.0)),
@@ -750,7 +760,7 @@ fn incremental_placement_decides_exactly_as_the_reference_policy() {
                 .into_iter()
                 .map(|(a, w, _)| (a, w))
                 .collect();
-            assert_eq!(got, expected, "seed {seed} round {round}");
+            assert_eq!(got, expected, "{policy}: seed {seed} round {round}");
             // Some apps end, freeing capacity for the next round.
             let running: Vec<Arc<App>> =
                 t.c.apps
@@ -776,7 +786,17 @@ fn incremental_placement_decides_exactly_as_the_reference_policy() {
 
 #[test]
 fn ten_thousand_waiting_apps_of_mixed_shapes_keep_fifo_per_shape_and_never_starve() {
+    for policy in [PlacementPolicy::Spread, PlacementPolicy::Binpack] {
+        mixed_shapes_keep_fifo_and_never_starve(policy);
+    }
+}
+
+fn mixed_shapes_keep_fifo_and_never_starve(policy: PlacementPolicy) {
     let mut t = T::new();
+    t.c = Cluster::new(Rules {
+        placement: policy,
+        ..rules()
+    });
     let mut rng = Rng(7);
     let shapes = [(1, 0), (2, 512), (4, 1024), (1, 2048), (3, 0), (8, 0)];
     let mut by_shape: BTreeMap<(i64, i64), Vec<u64>> = BTreeMap::new();
@@ -792,11 +812,18 @@ fn ten_thousand_waiting_apps_of_mixed_shapes_keep_fifo_per_shape_and_never_starv
     let mut rounds = 0;
     while t.c.queued() > 0 {
         rounds += 1;
-        assert!(rounds < 20_000, "starvation: {} still queued", t.c.queued());
+        assert!(
+            rounds < 20_000,
+            "{policy}: starvation: {} still queued",
+            t.c.queued()
+        );
         t.take();
         t.c.place(at(now), &mut t.fx);
         let placed = launches(&t.take());
-        assert!(!placed.is_empty(), "a placeable app was left waiting");
+        assert!(
+            !placed.is_empty(),
+            "{policy}: a placeable app was left waiting"
+        );
         for (id, wid, attempt) in placed {
             let app = t.app(&AppId(id.clone()));
             order
@@ -813,7 +840,10 @@ fn ten_thousand_waiting_apps_of_mixed_shapes_keep_fifo_per_shape_and_never_starv
         }
         now += 1;
     }
-    assert_eq!(order, by_shape, "each shape is placed in submission order");
+    assert_eq!(
+        order, by_shape,
+        "{policy}: each shape is placed in submission order"
+    );
     t.c.check_invariants().unwrap();
 }
 
