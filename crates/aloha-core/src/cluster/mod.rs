@@ -943,12 +943,12 @@ impl Cluster {
         // Idempotency keys live exactly as long as their app.
         if let Some(k) = old.and_then(|a| a.idempotency_key.as_ref()) {
             if new.is_none() {
-                self.idempotency.remove(k);
+                self.idempotency.remove(&**k);
             }
         }
         if let Some(k) = new.and_then(|a| a.idempotency_key.as_ref()) {
             if old.is_none() {
-                self.idempotency.insert(k.clone(), seq);
+                self.idempotency.insert(k.to_string(), seq);
             }
         }
     }
@@ -1107,7 +1107,9 @@ impl Cluster {
         }
         self.validate(&req)?;
         self.admit_app(&req.namespace)?;
-        let app = self.create(req, now, fx, |app| app.idempotency_key = idempotency_key);
+        let app = self.create(req, now, fx, |app| {
+            app.idempotency_key = idempotency_key.map(String::into_boxed_str)
+        });
         Ok(Submitted { app, created: true })
     }
 
@@ -1159,7 +1161,7 @@ impl Cluster {
         }
         self.admit_app(&old.namespace)?;
         Ok(self.create(old.template(), now, fx, |app| {
-            app.retry_of = Some(old.id.clone());
+            app.retry_of = Some(Box::new(old.id.clone()));
             app.schedule_id = old.schedule_id.clone();
             app.scheduled_at = old.scheduled_at;
         }))
@@ -1216,7 +1218,7 @@ impl Cluster {
         }
         let mut app = (*old).clone();
         app.kill_requested = true;
-        app.kill_reason = Some(reason.clone());
+        app.kill_reason = Some(reason.as_str().into());
         if app.state.is_waiting() {
             app.transition(
                 AppState::Killed,
@@ -1251,8 +1253,9 @@ impl Cluster {
             attempt: app.attempt,
             reason: if app.kill_requested {
                 app.kill_reason
-                    .clone()
-                    .unwrap_or_else(|| "requested by the user".to_string())
+                    .as_deref()
+                    .unwrap_or("requested by the user")
+                    .to_string()
             } else if app.over_max_runtime() {
                 app.max_runtime_message()
             } else {
@@ -1961,7 +1964,7 @@ impl Cluster {
         let mut active: OrdMap<ScheduleId, OrdSet<u64>> = OrdMap::new();
         let mut index: PMap<(ScheduleId, DateTime<Utc>), u64> = PMap::new();
         for a in self.apps.values() {
-            let Some(sid) = a.schedule_id.as_ref().map(|s| ScheduleId(s.clone())) else {
+            let Some(sid) = a.schedule_id.as_deref().map(|s| ScheduleId(s.to_string())) else {
                 continue;
             };
             runs.entry(sid.clone()).or_default().insert(a.seq);

@@ -321,7 +321,7 @@ impl Cluster {
         let Some(sid) = any.schedule_id.as_ref() else {
             return;
         };
-        let sid = ScheduleId(sid.clone());
+        let sid = ScheduleId(sid.to_string());
         let seq = any.seq;
         let (was, is) = (old.is_some(), new.is_some());
         if was != is {
@@ -876,7 +876,7 @@ impl Cluster {
         let req = s.spec.app.request(s.run_name(t), &s.spec.namespace);
         let sid = s.id.clone();
         let app = self.create(req, now, fx, |app| {
-            app.schedule_id = Some(sid.0.clone());
+            app.schedule_id = Some(sid.0.as_str().into());
             app.scheduled_at = Some(t);
         });
         s.remember(app.id.clone(), t);

@@ -1120,7 +1120,7 @@ fn a_retry_copies_the_template_of_an_ended_app() {
     let old = t.app(&id);
     let new = t.c.retry(&id, at(20), &mut t.fx).unwrap();
     assert_ne!(new.id, id);
-    assert_eq!(new.retry_of.as_ref(), Some(&id));
+    assert_eq!(new.retry_of.as_deref(), Some(&id));
     assert_eq!(new.state, AppState::Submitted);
     assert_eq!((new.attempt, new.retries), (0, 0));
     assert!(old.same_request(&new.template()));
