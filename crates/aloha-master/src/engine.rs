@@ -13,6 +13,7 @@
 //!
 //! Readers never wait for the engine: they read the last published [`View`].
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -491,6 +492,7 @@ impl Engine {
                 tokio::select! {
                     biased;
                     r = &mut f.task => {
+                        let busy = std::time::Instant::now();
                         let f = inflight.take().expect("a batch in flight");
                         let r = r.unwrap_or_else(|e| {
                             Err(StoreError::Backend(format!("the commit task failed: {e}")))
@@ -505,6 +507,7 @@ impl Engine {
                                 self.close(&mut o);
                                 inflight = self.start(o);
                             }
+                            self.metrics.engine_busy.inc_by(busy.elapsed().as_secs_f64());
                         } else {
                             // The store refused the batch: wait a little before the next one
                             // (whose operations queue meanwhile) rather than retrying a
@@ -517,6 +520,7 @@ impl Engine {
                     }
                     op = self.rx.recv(), if room => match op {
                         Some(op) => {
+                            let busy = std::time::Instant::now();
                             let o = match open.as_mut() {
                                 Some(o) => o,
                                 None => open.insert(self.open(false)),
@@ -524,6 +528,7 @@ impl Engine {
                             let mut ops = vec![op];
                             self.gather(&mut ops, max.saturating_sub(o.len));
                             self.apply(o, ops);
+                            self.metrics.engine_busy.inc_by(busy.elapsed().as_secs_f64());
                         }
                         None => break,
                     },
@@ -546,6 +551,7 @@ impl Engine {
                     _ = tokio::time::sleep_until(wake) => {}
                 }
             }
+            let busy = std::time::Instant::now();
             self.gather(&mut batch, max);
             let now = tokio::time::Instant::now();
             let tick = now >= next_tick;
@@ -556,6 +562,9 @@ impl Engine {
             self.apply(&mut o, batch);
             self.close(&mut o);
             inflight = self.start(o);
+            self.metrics
+                .engine_busy
+                .inc_by(busy.elapsed().as_secs_f64());
         }
         // The batch gathered behind the last commit was never written: its callers learn that
         // this master no longer leads, as do those still queued.
@@ -796,23 +805,23 @@ impl Engine {
     }
 
     /// Writes the batch `o` in a task of its own. Nothing to write: it is done at once.
-    fn start(&mut self, o: Open) -> Option<InFlight> {
+    fn start(&mut self, mut o: Open) -> Option<InFlight> {
         if o.len > 0 {
             self.metrics.engine_batch.observe(o.len as f64);
         }
         let after = self.cluster.clone();
-        match self.prepare(&o.fx, o.now) {
+        match self.prepare(&mut o.fx, o.now) {
             Ok(None) => {
                 self.done(o, Vec::new(), after);
                 None
             }
-            Ok(Some((events, seq, chunks))) => {
+            Ok(Some((events, seq, writes))) => {
                 let task = tokio::spawn(write(
                     self.store.clone(),
                     self.shared.clone(),
                     self.metrics.clone(),
                     self.epoch,
-                    chunks,
+                    writes,
                 ));
                 Some(InFlight {
                     task,
@@ -896,16 +905,16 @@ impl Engine {
     /// Commits `fx`; once durable, publishes the view, updates the liveness table, hands the
     /// events to the log and the listeners, and sends the commands. On failure nothing of it
     /// happened (the caller restores the cluster).
-    pub async fn commit_effects(&mut self, fx: Effects, now: Now) -> Result<(), StoreError> {
-        let events = match self.prepare(&fx, now)? {
+    pub async fn commit_effects(&mut self, mut fx: Effects, now: Now) -> Result<(), StoreError> {
+        let events = match self.prepare(&mut fx, now)? {
             None => Vec::new(),
-            Some((events, seq, chunks)) => {
+            Some((events, seq, writes)) => {
                 write(
                     self.store.clone(),
                     self.shared.clone(),
                     self.metrics.clone(),
                     self.epoch,
-                    chunks,
+                    writes,
                 )
                 .await?;
                 self.last_event_seq = seq;
@@ -925,15 +934,15 @@ impl Engine {
         Ok(())
     }
 
-    /// The events of `fx` numbered after the last written, their last number, and the
-    /// transactions that write `fx` (one, or chunks where the store limits transactions);
-    /// None when `fx` writes nothing.
+    /// The events of `fx` numbered after the last written, their last number, and what `fx`
+    /// writes, taken out of it (its commands and liveness changes stay) and encoded later by
+    /// [`write`], off the engine's task; None when `fx` writes nothing.
     #[allow(clippy::type_complexity)]
     fn prepare(
         &self,
-        fx: &Effects,
+        fx: &mut Effects,
         now: Now,
-    ) -> Result<Option<(Vec<Arc<Event>>, u64, Vec<Txn>)>, StoreError> {
+    ) -> Result<Option<(Vec<Arc<Event>>, u64, Writes)>, StoreError> {
         if fx.writes_nothing() {
             return Ok(None);
         }
@@ -941,42 +950,22 @@ impl Engine {
             return Err(StoreError::Fenced);
         }
         let mut seq = self.last_event_seq;
-        let events: Vec<Arc<Event>> = fx
-            .events
-            .iter()
+        let events: Vec<Arc<Event>> = std::mem::take(&mut fx.events)
+            .into_iter()
             .map(|body| {
                 seq += 1;
                 Arc::new(Event {
                     seq,
                     at: now.wall,
-                    body: body.clone(),
+                    body,
                 })
             })
             .collect();
-        let mut ops: Vec<(String, Option<Vec<u8>>)> = Vec::new();
-        for w in fx.apps.values() {
-            match w {
-                AppWrite::Put(app) => ops.push((keys::app(&app.id), Some(json(app.as_ref())))),
-                AppWrite::Delete(id) => ops.push((keys::app(id), None)),
-            }
-        }
-        for (id, w) in &fx.workers {
-            ops.push((keys::worker(id), w.as_ref().map(|r| json(r.as_ref()))));
-        }
-        for (id, s) in &fx.schedules {
-            ops.push((keys::schedule(id), s.as_ref().map(|r| json(r.as_ref()))));
-        }
-        for (name, n) in &fx.namespaces {
-            ops.push((keys::namespace(name), n.as_ref().map(|r| json(r.as_ref()))));
-        }
-        for e in &events {
-            ops.push((crate::events::key(e.seq), Some(json(e.as_ref()))));
-        }
         let mut meta: Vec<(String, Option<Vec<u8>>)> = Vec::new();
-        if let Some(s) = fx.last_seq {
+        if let Some(s) = fx.last_seq.take() {
             meta.push((keys::APP_SEQ.to_string(), Some(s.to_string().into_bytes())));
         }
-        if let Some(s) = fx.schedule_seq {
+        if let Some(s) = fx.schedule_seq.take() {
             meta.push((
                 keys::SCHEDULE_SEQ.to_string(),
                 Some(s.to_string().into_bytes()),
@@ -988,8 +977,16 @@ impl Engine {
                 Some(seq.to_string().into_bytes()),
             ));
         }
-        let chunks = chunk(ops, meta, self.store.max_txn_ops());
-        Ok(Some((events, seq, chunks)))
+        let writes = Writes {
+            apps: std::mem::take(&mut fx.apps),
+            workers: std::mem::take(&mut fx.workers),
+            schedules: std::mem::take(&mut fx.schedules),
+            namespaces: std::mem::take(&mut fx.namespaces),
+            events: events.clone(),
+            meta,
+            max_ops: self.store.max_txn_ops(),
+        };
+        Ok(Some((events, seq, writes)))
     }
 
     fn dispatch(&self, commands: Vec<Command>) {
@@ -1088,8 +1085,9 @@ async fn write(
     shared: Arc<Shared>,
     metrics: Arc<Metrics>,
     epoch: u64,
-    chunks: Vec<Txn>,
+    writes: Writes,
 ) -> Result<(), StoreError> {
+    let chunks = writes.encode();
     let _timer = metrics.store_txn_timer();
     for (i, txn) in chunks.into_iter().enumerate() {
         let r = match store.txn(txn).await {
@@ -1111,6 +1109,52 @@ async fn write(
         }
     }
     Ok(())
+}
+
+/// What one batch writes to the store, as records: encoded by [`Writes::encode`] in the
+/// commit's own task, so the engine applies the next batch meanwhile.
+struct Writes {
+    apps: BTreeMap<u64, AppWrite>,
+    workers: BTreeMap<WorkerId, Option<Arc<aloha_core::WorkerRecord>>>,
+    schedules: BTreeMap<ScheduleId, Option<Arc<Schedule>>>,
+    namespaces: BTreeMap<String, Option<Arc<aloha_core::namespace::Namespace>>>,
+    events: Vec<Arc<Event>>,
+    /// The sequence numbers, written last.
+    meta: Vec<(String, Option<Vec<u8>>)>,
+    /// The store's limit of operations per transaction.
+    max_ops: Option<usize>,
+}
+
+impl Writes {
+    /// The records as JSON under their keys, in the transactions that write them.
+    fn encode(self) -> Vec<Txn> {
+        let mut ops: Vec<(String, Option<Vec<u8>>)> = Vec::with_capacity(
+            self.apps.len()
+                + self.workers.len()
+                + self.schedules.len()
+                + self.namespaces.len()
+                + self.events.len(),
+        );
+        for w in self.apps.values() {
+            match w {
+                AppWrite::Put(app) => ops.push((keys::app(&app.id), Some(json(app.as_ref())))),
+                AppWrite::Delete(id) => ops.push((keys::app(id), None)),
+            }
+        }
+        for (id, w) in &self.workers {
+            ops.push((keys::worker(id), w.as_ref().map(|r| json(r.as_ref()))));
+        }
+        for (id, s) in &self.schedules {
+            ops.push((keys::schedule(id), s.as_ref().map(|r| json(r.as_ref()))));
+        }
+        for (name, n) in &self.namespaces {
+            ops.push((keys::namespace(name), n.as_ref().map(|r| json(r.as_ref()))));
+        }
+        for e in &self.events {
+            ops.push((crate::events::key(e.seq), Some(json(e.as_ref()))));
+        }
+        chunk(ops, self.meta, self.max_ops)
+    }
 }
 
 /// Splits writes into transactions of at most `max_ops` operations and about

@@ -57,6 +57,9 @@ pub struct Metrics {
     pub engine_batch: Histogram,
     /// Operations waiting for the engine.
     pub engine_queue: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Time the engine's task spent working (applying, placing, preparing, publishing,
+    /// answering), not waiting: its rate is the share of one core the single writer uses.
+    pub engine_busy: Counter<f64, AtomicU64>,
 }
 
 fn latency() -> Histogram {
@@ -148,6 +151,13 @@ impl Metrics {
             "Operations waiting for the engine",
             engine_queue.clone(),
         );
+        let engine_busy = Counter::<f64, AtomicU64>::default();
+        registry.register(
+            "engine_busy_seconds",
+            "Time the engine's task spent working rather than waiting (its rate near 1: the \
+             single writer is saturated)",
+            engine_busy.clone(),
+        );
         Metrics {
             registry,
             apps,
@@ -165,6 +175,7 @@ impl Metrics {
             event_streams,
             engine_batch,
             engine_queue,
+            engine_busy,
         }
     }
 

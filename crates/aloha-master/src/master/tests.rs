@@ -232,6 +232,14 @@ async fn submit_place_launch_run_finish() {
     let stored: App =
         serde_json::from_slice(&r.store.get(&keys::app(&a.id)).await.unwrap().unwrap()).unwrap();
     assert_eq!(&stored, a.as_ref());
+    // The engine counted the time it worked for these batches.
+    let text = r.master.render_metrics();
+    let busy: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("aloha_engine_busy_seconds_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no aloha_engine_busy_seconds_total in {text}"));
+    assert!(busy > 0.0, "{busy}");
 }
 
 #[tokio::test]
