@@ -178,23 +178,6 @@ fn binpack_fills_a_worker_before_the_next_and_spread_alternates() {
     }
 }
 
-/// The master turns transparent huge pages off for itself only: the worker (whose apps inherit
-/// the flag) keeps what the system gives.
-#[test]
-fn the_master_runs_without_transparent_huge_pages_and_the_worker_as_the_system_has_it() {
-    let c = Cluster::start("3s", &[("w1", 1)]);
-    let thp = |pid: u32| {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("THP_enabled:"))
-            .map(|v| v.trim().to_string())
-            .unwrap_or_else(|| panic!("no THP_enabled line in /proc/{pid}/status"))
-    };
-    assert_eq!(thp(c.master.proc.pid() as u32), "0");
-    assert_eq!(thp(c.workers[0].pid() as u32), thp(std::process::id()));
-}
-
 /// A real worker sends its reports over one `StreamAppStates` stream, not one call per batch.
 #[test]
 fn a_worker_reports_over_its_stream() {

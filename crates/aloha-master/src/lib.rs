@@ -47,7 +47,6 @@ pub mod rpc;
 pub mod store;
 pub mod stream;
 pub mod submission;
-pub mod thp;
 pub mod worker_client;
 
 use std::sync::Arc;

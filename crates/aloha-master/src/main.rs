@@ -7,7 +7,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {
-    aloha_master::thp::disable_unless_allowed();
     aloha_daemon::main(
         "aloha-master",
         aloha_master::config::Args::parse().into_config(),
