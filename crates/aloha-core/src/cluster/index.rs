@@ -195,8 +195,6 @@ impl CapacityIndex {
                 None
             }
             PlacementPolicy::Binpack => {
-                // Keys of equal cores and memory sort by descending id (`Reverse`): the
-                // smallest id of a tie is the last of its run.
                 // The first key that may fit: just above (cores, memory - 1, the last id), or
                 // above every key of one core fewer. No id is empty, so `Reverse("")` sorts
                 // after every key of its cores and memory.
@@ -206,17 +204,14 @@ impl CapacityIndex {
                     (c, 0) => Bound::Excluded((c - 1, u64::MAX, last())),
                     (c, m) => Bound::Excluded((c, m - 1, last())),
                 };
-                let mut found: Option<&CapKey> = None;
-                for key in set.range((from, Bound::Unbounded)) {
-                    if key.1 < shape.memory_mb {
-                        continue;
-                    }
-                    match found {
-                        Some(f) if (f.0, f.1) != (key.0, key.1) => break,
-                        _ => found = Some(key),
-                    }
-                }
-                found.map(|(_, _, Reverse(id))| id.clone())
+                let (cores, memory, _) = set
+                    .range((from, Bound::Unbounded))
+                    .find(|k| k.1 >= shape.memory_mb)?;
+                // Keys of equal cores and memory sort by descending id (`Reverse`): the
+                // smallest id of the tie is the last key of its run, found without walking it.
+                set.range(..=(*cores, *memory, last()))
+                    .next_back()
+                    .map(|(_, _, Reverse(id))| id.clone())
             }
         }
     }
